@@ -1,0 +1,134 @@
+"""Small shared helpers: user-facing errors, atomic writes, JSON output, progress bars, devices."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class UserError(Exception):
+    """Bad user input (file, field, value). The CLI prints it as one line and exits with code 2."""
+
+
+def _atomic(path: Path, write) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` via a temp file in the same folder and a rename: never half-written."""
+    _atomic(path, lambda f: f.write(data))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Convert numpy scalars/arrays, Paths and non-finite floats into plain JSON values (NaN/inf -> None)."""
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return to_jsonable(obj.item())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def dumps_json(obj: Any, indent: int | None = 2) -> str:
+    return json.dumps(to_jsonable(obj), indent=indent, allow_nan=False)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, dumps_json(obj) + "\n")
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def read_json(path: Path, what: str = "JSON file") -> Any:
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: {what} not found")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+
+
+def emit_json(obj: Any) -> None:
+    """Print exactly one JSON document on stdout (the `--json` contract)."""
+    sys.stdout.write(dumps_json(obj) + "\n")
+    sys.stdout.flush()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def progress(iterable: Iterable | None = None, *, total: int | None = None, desc: str = "", **kw):
+    """A tqdm progress bar on stderr (stdout stays clean for --json). Hidden when DSE_NO_PROGRESS=1."""
+    from tqdm.auto import tqdm
+
+    disable = os.environ.get("DSE_NO_PROGRESS") == "1"
+    return tqdm(iterable, total=total, desc=desc, file=sys.stderr, disable=disable, dynamic_ncols=True, **kw)
+
+
+def log(msg: str) -> None:
+    """Human-readable status line on stderr."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+def resolve_device(name: str = "auto"):
+    """'cpu' | 'cuda' | 'auto' -> torch.device; a clear error when CUDA is asked for and absent."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise UserError(f"--device {name}: expected cpu, cuda or auto")
+    return torch.device(name)
