@@ -1,0 +1,159 @@
+"""The multiplier library a command sees: the built-ins plus the user library directory.
+
+The user library directory holds one pair of files per imported multiplier: `<name>.npz` (array `lut`,
+int32 [256, 256], DESIGN.md §4 orientation) and `<name>.json` (metadata: name, signed, energy_rel,
+energy_method, source, params, lut_sha256). It is chosen by `--library DIR`, else the environment variable
+`DSE_LIBRARY`, else `$XDG_DATA_HOME/dse/multipliers` (default `~/.local/share/dse/multipliers`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import json
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from dse.multipliers.builtin import builtin_multipliers
+from dse.multipliers.core import Multiplier
+from dse.util import UserError, atomic_write_bytes, atomic_write_json
+
+LIBRARY_ENV = "DSE_LIBRARY"
+
+
+def default_library_dir() -> Path:
+    """`$DSE_LIBRARY`, else the per-user data directory."""
+    env = os.environ.get(LIBRARY_ENV)
+    if env:
+        return Path(env).expanduser()
+    data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(data) / "dse" / "multipliers"
+
+
+class Library:
+    """An ordered, name-unique collection of multipliers (built-ins first, then the user's, by name)."""
+
+    def __init__(self, multipliers: Iterable[Multiplier], library_dir: Path | None = None) -> None:
+        self._items: dict[str, Multiplier] = {}
+        for m in multipliers:
+            if m.name in self._items:
+                raise UserError(f"multiplier library: the name {m.name!r} appears twice")
+            self._items[m.name] = m
+        self.library_dir = library_dir
+
+    def get(self, name: str) -> Multiplier:
+        """The multiplier called `name`; a UserError listing close names when there is none."""
+        try:
+            return self._items[name]
+        except KeyError:
+            close = difflib.get_close_matches(name, list(self._items), n=5, cutoff=0.5)
+            hint = (
+                f"; did you mean {', '.join(close)}?" if close else "; `dse multipliers list` shows them all"
+            )
+            raise UserError(f"multiplier {name!r}: not in the library{hint}") from None
+
+    def names(self) -> list[str]:
+        return list(self._items)
+
+    def multipliers(self, signed: bool | None = None) -> list[Multiplier]:
+        """All multipliers, or only the signed (True) / unsigned (False) ones, in library order."""
+        return [m for m in self._items.values() if signed is None or m.signed == signed]
+
+    def select(self, patterns: Iterable[str], signed: bool | None) -> list[Multiplier]:
+        """The multipliers whose names match any fnmatch pattern (and the format), in library order.
+
+        A pattern that matches nothing of that format is a UserError (a typo must not silently shrink a
+        search space)."""
+        patterns = list(patterns)
+        pool = self.multipliers(signed)
+        chosen: set[str] = set()
+        for p in patterns:
+            hits = [m.name for m in pool if fnmatch.fnmatchcase(m.name, p)]
+            if not hits:
+                fmt = {None: "", True: "signed ", False: "unsigned "}[signed]
+                close = difflib.get_close_matches(p, [m.name for m in pool], n=5, cutoff=0.5)
+                hint = f"; close names: {', '.join(close)}" if close else ""
+                raise UserError(f"multipliers: pattern {p!r} matches no {fmt}multiplier in the library{hint}")
+            chosen.update(hits)
+        return [m for m in pool if m.name in chosen]
+
+    def __iter__(self) -> Iterator[Multiplier]:
+        return iter(self._items.values())
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+
+def _read_user_multiplier(meta_path: Path) -> Multiplier:
+    try:
+        meta = json.loads(meta_path.read_text())
+        lut_path = meta_path.with_suffix(".npz")
+        with np.load(lut_path, allow_pickle=False) as z:
+            lut = np.asarray(z["lut"])
+        m = Multiplier(
+            name=str(meta["name"]),
+            signed=bool(meta["signed"]),
+            lut=lut,
+            energy_rel=float(meta["energy_rel"]),
+            energy_method=str(meta["energy_method"]),
+            source=str(meta.get("source", "imported")),
+            params=dict(meta.get("params", {})),
+        )
+    except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
+        raise UserError(f"{meta_path}: not a readable library entry ({e}); remove it or re-import") from None
+    if m.sha256 != meta.get("lut_sha256", m.sha256):
+        raise UserError(f"{meta_path}: table does not match its recorded sha256; remove it or re-import")
+    return m
+
+
+def user_multipliers(library_dir: Path) -> list[Multiplier]:
+    """The multipliers stored in a user library directory, sorted by name (none if it does not exist)."""
+    library_dir = Path(library_dir)
+    if not library_dir.exists():
+        return []
+    if not library_dir.is_dir():
+        raise UserError(f"--library {library_dir}: expected a directory")
+    return [_read_user_multiplier(p) for p in sorted(library_dir.glob("*.json"))]
+
+
+def load_library(library_dir: Path | str | None = None) -> Library:
+    """Built-ins plus the user library (`library_dir`, else `$DSE_LIBRARY`, else the per-user data dir)."""
+    directory = Path(library_dir).expanduser() if library_dir is not None else default_library_dir()
+    return Library([*builtin_multipliers(), *user_multipliers(directory)], library_dir=directory)
+
+
+def save_user_multiplier(m: Multiplier, library_dir: Path, *, replace: bool = False) -> Path:
+    """Write `m` into the user library (table first, then metadata; both atomic). Returns the JSON path."""
+    library_dir = Path(library_dir)
+    if m.name in {b.name for b in builtin_multipliers()}:
+        raise UserError(f"--name {m.name}: a built-in multiplier has that name; choose another with --name")
+    meta_path = library_dir / f"{m.name}.json"
+    if meta_path.exists() and not replace:
+        raise UserError(
+            f"--name {m.name}: already in the library {library_dir}; pass --replace to overwrite it "
+            "or --name to choose another name"
+        )
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, lut=m.lut.astype(np.int32))
+    atomic_write_bytes(library_dir / f"{m.name}.npz", buf.getvalue())
+    atomic_write_json(
+        meta_path,
+        {
+            "name": m.name,
+            "signed": m.signed,
+            "energy_rel": m.energy_rel,
+            "energy_method": m.energy_method,
+            "source": m.source,
+            "params": m.params,
+            "lut_sha256": m.sha256,
+        },
+    )
+    return meta_path
