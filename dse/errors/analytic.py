@@ -1,0 +1,145 @@
+"""Analytic error propagation through a GEMM (SCIENCE.md §1, our derivation of P1's abstract).
+
+A GEMM Y = X W (X ∈ Z^{M×K}, W ∈ Z^{K×N}) computed with an approximate multiplier has the error
+ΔY_ij = Σ_k ε(x_ik, w_kj), ε = approximate − exact. With operand pairs drawn i.i.d. from p_x(a)·p_w(b)
+and μ, σ² the error table's moments under that distribution:
+
+    E‖ΔY‖_F² = M·N·(K·σ² + K²·μ²)        (variance term K·σ², bias term K²·μ²)
+
+Everything here is in accumulator units (integer products); multiply by the layer's output scale for
+float units. Histograms are normalised 256-bin arrays indexed by the operand's byte (value & 0xFF).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def error_moments(err: np.ndarray, hist_x: np.ndarray, hist_w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean μ and variance σ² of the error table(s) under p_x(a)·p_w(b).
+
+    err: [256, 256] or [M, 256, 256] (ε[a_byte, w_byte]); hist_x, hist_w: [256] (normalised here).
+    Returns (μ, σ²), scalars or [M] arrays.
+    """
+    hx = np.asarray(hist_x, dtype=np.float64)
+    hw = np.asarray(hist_w, dtype=np.float64)
+    hx = hx / hx.sum()
+    hw = hw / hw.sum()
+    e = np.asarray(err, dtype=np.float64)
+    mu = np.einsum("a,...ab,b->...", hx, e, hw)
+    second = np.einsum("a,...ab,b->...", hx, e * e, hw)
+    var = np.maximum(second - mu * mu, 0.0)
+    return mu, var
+
+
+@dataclass(frozen=True)
+class Distortion:
+    """Expected squared Frobenius norm of a GEMM's output error, split into its two terms.
+
+    `variance_term` = M·N·K·σ², `bias_term` = M·N·K²·μ², `frob_sq` their sum; `rms` = √(frob_sq/(M·N)),
+    the RMS error per output entry; `bias_fraction` = the bias term's share.
+    """
+
+    variance_term: float
+    bias_term: float
+    entries: int
+
+    @property
+    def frob_sq(self) -> float:
+        return self.variance_term + self.bias_term
+
+    @property
+    def frob(self) -> float:
+        return float(np.sqrt(self.frob_sq))
+
+    @property
+    def rms(self) -> float:
+        return float(np.sqrt(self.frob_sq / self.entries))
+
+    @property
+    def bias_fraction(self) -> float:
+        return self.bias_term / self.frob_sq if self.frob_sq > 0 else 0.0
+
+
+def gemm_distortion(mu: float, var: float, fan_in: int, rows: int = 1, cols: int = 1) -> Distortion:
+    """E‖ΔY‖_F² = rows·cols·(K·σ² + K²·μ²) for i.i.d. operands (correlated rows only widen its spread)."""
+    entries = int(rows) * int(cols)
+    return Distortion(
+        variance_term=float(entries * fan_in * var),
+        bias_term=float(entries * fan_in**2 * mu**2),
+        entries=entries,
+    )
+
+
+def compensated_distortion(var: float, fan_in: int, rows: int = 1, cols: int = 1) -> Distortion:
+    """Distortion after bias compensation (subtract K·μ from every accumulator): rows·cols·K·σ²."""
+    return gemm_distortion(0.0, var, fan_in, rows, cols)
+
+
+def crossover_fan_in(mu: float, var: float) -> float:
+    """K* = σ²/μ²: the fan-in at which bias and variance terms are equal (inf for an unbiased table)."""
+    return float(var / mu**2) if mu != 0 else float("inf")
+
+
+def bias_fraction(mu: float, var: float, fan_in) -> np.ndarray | float:
+    """Share of the distortion due to the bias: K·μ²/(σ² + K·μ²); increases monotonically in K."""
+    k = np.asarray(fan_in, dtype=np.float64)
+    denom = var + k * mu**2
+    out = np.where(denom > 0, k * mu**2 / np.where(denom > 0, denom, 1.0), 0.0)
+    return float(out) if out.ndim == 0 else out
+
+
+def output_energy(
+    hist_x: np.ndarray, hist_w: np.ndarray, values_x: np.ndarray, values_w: np.ndarray, fan_in: int
+) -> float:
+    """E[Y_ij²] per entry for i.i.d. operands: K·Var(xw) + K²·(E[x]E[w])² (x, w the operand *values*)."""
+    hx = np.asarray(hist_x, np.float64) / np.sum(hist_x)
+    hw = np.asarray(hist_w, np.float64) / np.sum(hist_w)
+    vx = np.asarray(values_x, np.float64)
+    vw = np.asarray(values_w, np.float64)
+    ex, ew = hx @ vx, hw @ vw
+    exw2 = (hx @ vx**2) * (hw @ vw**2)
+    var_xw = exw2 - (ex * ew) ** 2
+    return float(fan_in * var_xw + fan_in**2 * (ex * ew) ** 2)
+
+
+def relative_distortion(distortion: Distortion, output_sq_per_entry: float) -> float:
+    """D = ‖ΔY‖_F / ‖Y‖_F from the expected squared norms (per entry, so M·N cancels)."""
+    if output_sq_per_entry <= 0:
+        return float("inf") if distortion.frob_sq > 0 else 0.0
+    return float(np.sqrt(distortion.frob_sq / distortion.entries / output_sq_per_entry))
+
+
+def heterogeneous_distortion(mean_terms: np.ndarray, var_terms: np.ndarray) -> float:
+    """E‖ΔY‖_F² = Σ_ij [Σ_k Var ε_ijk + (Σ_k E ε_ijk)²]; arrays [..., K] (last axis summed within a dot
+    product, the K terms independent)."""
+    m = np.asarray(mean_terms, np.float64)
+    v = np.asarray(var_terms, np.float64)
+    return float(v.sum() + (m.sum(axis=-1) ** 2).sum())
+
+
+def relative_model_distortion(x: np.ndarray, w: np.ndarray, mu_r: float, sigma_r: float) -> float:
+    """Relative-error multipliers m̃ = ab(1+δ), δ independent with mean μ_r and std σ_r:
+    E‖ΔY‖_F² = μ_r²‖XW‖_F² + σ_r² Σ_ijk (x_ik w_kj)²."""
+    x = np.asarray(x, np.float64)
+    w = np.asarray(w, np.float64)
+    y = x @ w
+    sq = (x * x) @ (w * w)
+    return float(mu_r**2 * (y * y).sum() + sigma_r**2 * sq.sum())
+
+
+def p2_error_generator(y, mu_eps, sigma_eps, rho, s2=None):
+    """P2's per-neuron error generator (SCIENCE.md §2, Eq. 11), in torch so it stays in the graph:
+    ξ = σ_ε·(ρ·s₁ + √(1−ρ²)·s₂) + μ_ε with s₁ = (y − mean(y))/std(y) over the batch axis 0 and s₂ ~ N(0,1).
+    The gradient flows through s₁ (∂ξ/∂y = σ_ε·ρ/σ_y, with the batch statistics held fixed)."""
+    import torch
+
+    mean = y.mean(dim=0, keepdim=True).detach()
+    std = y.std(dim=0, keepdim=True).detach().clamp_min(1e-12)
+    s1 = (y - mean) / std
+    if s2 is None:
+        s2 = torch.randn_like(y)
+    rho = torch.as_tensor(rho, dtype=y.dtype)
+    return sigma_eps * (rho * s1 + torch.sqrt(1 - rho * rho) * s2) + mu_eps

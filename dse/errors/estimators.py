@@ -1,0 +1,170 @@
+"""σ predictors as pure array functions: predicted std and mean of a layer's output error per multiplier.
+
+Inputs are byte-indexed (value & 0xFF) 8-bit codes and *effective* error tables ε[a_byte, w_byte]
+(the error the kernel adds for that code pair, with the sign-magnitude weight sign already folded in,
+see `error_tables`). Outputs are in accumulator units times `col_scale` (the per-output-column float
+scale), i.e. float output units before bias when `col_scale` is the layer's output scale.
+
+Three predictors (SCIENCE.md §3 and §6):
+- `predict_p3`: P3's published population model: local activation histograms of sampled receptive
+  fields against one global weight histogram, pooled by the law of total variance:
+  σ = √(K·mean_i σ_i² + K²·Var_i μ_i).
+- `predict_weight_aware`: the same pooled over (field, output column) pairs with each column's own
+  weight histogram (catches the per-column bias Σ_k sign(w)·μ(|w|) that a global histogram averages away).
+- `predict_sampled`: the table applied to the sampled rows with the real weights; std and mean of the
+  resulting output errors (no independence assumption at all). The default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from dse.multipliers.core import Multiplier, exact_table, operand_values
+
+
+def byte_histogram(codes, weights=None) -> np.ndarray:
+    """256-bin counts of 8-bit codes by their byte (value & 0xFF): unsigned code c lands in bin c, a
+    signed code v in bin v & 0xFF (two's complement). Never shifted by 128."""
+    c = np.asarray(codes).astype(np.int64).reshape(-1) & 0xFF
+    return np.bincount(c, weights=weights, minlength=256).astype(np.float64)
+
+
+def row_histograms(rows: np.ndarray) -> np.ndarray:
+    """[S, K] codes -> [S, 256] normalised per-row byte histograms."""
+    rows = np.asarray(rows).astype(np.int64) & 0xFF
+    s = rows.shape[0]
+    flat = (np.arange(s)[:, None] * 256 + rows).reshape(-1)
+    h = np.bincount(flat, minlength=s * 256).reshape(s, 256).astype(np.float64)
+    return h / rows.shape[1]
+
+
+def error_tables(multipliers: Sequence[Multiplier], weight_scheme: str = "symmetric") -> np.ndarray:
+    """Effective error tables float64 [M, 256, 256] as the kernel sees them.
+
+    `symmetric` (signed) and `affine` (uint8 × uint8, zero-point corrections exact): ε itself.
+    `sign-magnitude`: the weight byte holds an int8 code w in [-127, 127]; the product is
+    sign(w)·m̃(a, |w|), so ε_eff[a, w & 0xFF] = sign(w)·ε[a, |w|].
+    """
+    out = np.empty((len(multipliers), 256, 256), dtype=np.float64)
+    for i, m in enumerate(multipliers):
+        err = m.error_table.astype(np.float64)
+        if weight_scheme == "sign-magnitude":
+            if m.signed:
+                raise ValueError(f"{m.name}: sign-magnitude weights need an unsigned table")
+            w = operand_values(True)  # byte -> int8 value
+            out[i] = np.sign(w)[None, :] * err[:, np.abs(w)]
+        else:
+            out[i] = err
+    return out
+
+
+def exact_effective_table(signed: bool, weight_scheme: str) -> np.ndarray:
+    """The exact product in the effective orientation (for tests and measurements)."""
+    if weight_scheme == "sign-magnitude":
+        w = operand_values(True)
+        return np.sign(w)[None, :] * exact_table(False).astype(np.float64)[:, np.abs(w)]
+    return exact_table(signed).astype(np.float64)
+
+
+def _scale_stats(col_scale, n_cols: int) -> np.ndarray:
+    s = np.ones(n_cols) if col_scale is None else np.asarray(col_scale, np.float64).reshape(-1)
+    return np.broadcast_to(s, (n_cols,)) if s.size == 1 else s
+
+
+def predict_global(hist_x, hist_w, err: np.ndarray, fan_in: int, col_scale=None):
+    """√K·σ_e and K·μ_e from global histograms (the single-distribution model). Returns (σ [M], mean [M])."""
+    from dse.errors.analytic import error_moments
+
+    mu, var = error_moments(err, hist_x, hist_w)
+    s = np.atleast_1d(np.asarray(1.0 if col_scale is None else col_scale, np.float64))
+    rms_s, mean_s = np.sqrt(np.mean(s * s)), np.mean(s)
+    return np.sqrt(fan_in * var) * rms_s, fan_in * mu * mean_s
+
+
+def predict_p3(local_hists: np.ndarray, hist_w: np.ndarray, err: np.ndarray, fan_in: int, col_scale=None):
+    """P3's population model (paper Eqs. 15–16 via agn-approx): per sampled field i, (μ_i, σ_i²) of the
+    table under (local p_x^{(i)}, global p_w); σ_pred = √(K·mean σ_i² + K²·Var μ_i), mean = K·mean μ_i.
+
+    local_hists [S, 256] (rows normalised), hist_w [256], err [M, 256, 256]. Returns (σ [M], mean [M]).
+    """
+    hx = np.asarray(local_hists, np.float64)
+    hw = np.asarray(hist_w, np.float64)
+    hw = hw / hw.sum()
+    e = np.asarray(err, np.float64)
+    ew = e @ hw  # [M, 256]: E_w[ε | a]
+    e2w = (e * e) @ hw
+    mu_i = hx @ ew.T  # [S, M]
+    var_i = np.maximum(hx @ e2w.T - mu_i**2, 0.0)
+    k = float(fan_in)
+    total_var = k * var_i.mean(axis=0) + k * k * mu_i.var(axis=0)
+    s = np.atleast_1d(np.asarray(1.0 if col_scale is None else col_scale, np.float64))
+    return np.sqrt(total_var) * np.sqrt(np.mean(s * s)), k * mu_i.mean(axis=0) * np.mean(s)
+
+
+def predict_weight_aware(
+    local_hists: np.ndarray, col_hists: np.ndarray, err: np.ndarray, fan_in: int, col_scale=None
+):
+    """P3 pooled over (field i, column n) with each column's own weight histogram and float scale s_n:
+    per pair mean K·μ_in·s_n and variance K·σ_in²·s_n²; pooled by the law of total variance.
+
+    local_hists [S, 256], col_hists [N, 256] (rows normalised), err [M, 256, 256]. Returns (σ, mean) [M].
+    """
+    hx = np.asarray(local_hists, np.float64)
+    hw = np.asarray(col_hists, np.float64)
+    hw = hw / hw.sum(axis=1, keepdims=True)
+    e = np.asarray(err, np.float64)
+    s = _scale_stats(col_scale, hw.shape[0])
+    k = float(fan_in)
+    sig = np.empty(e.shape[0])
+    mean = np.empty(e.shape[0])
+    for m in range(e.shape[0]):
+        xe = hx @ e[m]  # [S, 256]
+        xe2 = hx @ (e[m] * e[m])
+        mu = xe @ hw.T  # [S, N]
+        var = np.maximum(xe2 @ hw.T - mu**2, 0.0)
+        mu_out = k * mu * s[None, :]
+        var_out = k * var * (s * s)[None, :]
+        mean[m] = mu_out.mean()
+        sig[m] = np.sqrt(var_out.mean() + mu_out.var())
+    return sig, mean
+
+
+def sampled_errors(rows: np.ndarray, weights: np.ndarray, err: np.ndarray, chunk_bytes: int = 64 << 20):
+    """Accumulator error of every multiplier on every sampled row and output column:
+    out[m, s, n] = Σ_k err[m, rows[s, k], weights[k, n]] (bytes), float32 [M, S, N].
+
+    Weight-stationary embedding bag: table T[k·256 + a, (m, n)] = err[m, a, w_kn], one bag per row.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    rows_t = torch.as_tensor(np.asarray(rows).astype(np.int64) & 0xFF)
+    w_t = torch.as_tensor(np.asarray(weights).astype(np.int64) & 0xFF)
+    e_t = torch.as_tensor(np.asarray(err), dtype=torch.float32)
+    n_mult = e_t.shape[0]
+    s, k = rows_t.shape
+    n = w_t.shape[1]
+    idx = rows_t + 256 * torch.arange(k)[None, :]  # [S, K] rows of T
+    per_mult = k * 256 * n * 4
+    step = max(1, min(n_mult, chunk_bytes // max(per_mult, 1)))
+    out = torch.empty(n_mult, s, n, dtype=torch.float32)
+    for m0 in range(0, n_mult, step):
+        m1 = min(n_mult, m0 + step)
+        # [m, 256, K, N] -> [K, 256, m, N] -> [K*256, m*N]
+        t = e_t[m0:m1][:, :, w_t]  # [m, 256, K, N]
+        t = t.permute(2, 1, 0, 3).reshape(k * 256, (m1 - m0) * n)
+        bag = F.embedding_bag(idx, t, mode="sum")  # [S, m*N]
+        out[m0:m1] = bag.reshape(s, m1 - m0, n).permute(1, 0, 2)
+    return out.numpy()
+
+
+def predict_sampled(rows: np.ndarray, weights: np.ndarray, err: np.ndarray, col_scale=None):
+    """The table applied to sampled calibration rows with the real weights: std and mean of the output
+    error over (rows × columns), each column scaled by its float scale. Returns (σ [M], mean [M])."""
+    e = sampled_errors(rows, weights, err).astype(np.float64)  # [M, S, N]
+    s = _scale_stats(col_scale, e.shape[2])
+    e = e * s[None, None, :]
+    flat = e.reshape(e.shape[0], -1)
+    return flat.std(axis=1), flat.mean(axis=1)
