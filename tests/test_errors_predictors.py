@@ -7,12 +7,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from dse.kernels.reference import approx_matmul_reference
 
 from dse.energy import energy_rel, mac_shares
 from dse.errors import estimators as est
 from dse.errors.agn import agn_regulariser, check_agn_settings
 from dse.errors.mapping import map_assignment
-from dse.kernels.reference import approx_matmul_reference
 from dse.multipliers.core import Multiplier, exact_table, operand_values
 from dse.util import UserError
 
