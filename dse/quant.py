@@ -1,0 +1,279 @@
+"""8-bit quantization: operand formats, activation observers, weight quantizers, effective tables.
+
+Three operand formats (DESIGN.md §4), all 8-bit:
+- `signed` / `symmetric`: int8 activations (zero point 0, codes -128..127) × int8 weights (-127..127).
+- `unsigned` / `sign-magnitude`: uint8 activations × int8 weight codes in [-127, 127]; the multiplier sees
+  (activation, |w|) through its unsigned table and the weight's sign is applied to the product. The kernel
+  gets the *effective table* T[a, w & 0xFF] = sign(w)·lut[a, |w|] (`effective_lut`).
+- `unsigned` / `affine`: uint8 activations × uint8 weights with zero points (weights per channel or per
+  tensor); the zero-point corrections are exact integer terms in the accumulator (see `dse.nn`).
+
+Activations are quantized per tensor from an observed range [min, max] (always widened to contain 0, so
+that real zero has an exact code, which padding feeds). In the unsigned formats the activation rule of a
+layer follows from its observed range (`ActivationQuantizer.rule`):
+- `relu`: the input was never negative (post-ReLU): zero point 0, codes 0..255 cover [0, max].
+- `shifted`: the input can be negative (first layer on normalised images, a residual sum without ReLU):
+  affine uint8 codes with zero point z = round(-min/scale) > 0, and the layer subtracts z·Σ_k w exactly in
+  the accumulator. Negative inputs are never clipped to zero; only values outside the observed range
+  saturate, as at the top of any range.
+In the signed format the rule is `symmetric` (zero point 0, negatives carried natively).
+
+Quantized values are produced as *float tensors holding integer codes* with straight-through gradients
+(round and clamp pass the gradient inside the range, zero outside), so QAT trains through them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dse.util import UserError
+
+WEIGHT_SCHEMES = ("symmetric", "sign-magnitude", "affine")
+FORMAT_NAMES = ("signed", "unsigned")
+EMA_MOMENTUM = 0.01  # observer update during QAT (as torch's MovingAverageMinMaxObserver)
+
+
+@dataclass(frozen=True)
+class QuantFormat:
+    """The operand format of a search space: signedness of the table, weight scheme, per-channel weights."""
+
+    signed: bool
+    weight_scheme: str
+    per_channel: bool = True
+
+    def __post_init__(self) -> None:
+        if self.weight_scheme not in WEIGHT_SCHEMES:
+            raise UserError(
+                f"weight_scheme: expected one of {', '.join(WEIGHT_SCHEMES)}, got {self.weight_scheme!r}"
+            )
+        if self.signed and self.weight_scheme != "symmetric":
+            raise UserError(f"weight_scheme: the signed format uses 'symmetric', got {self.weight_scheme!r}")
+        if not self.signed and self.weight_scheme == "symmetric":
+            raise UserError(
+                "weight_scheme: the unsigned format uses 'sign-magnitude' or 'affine', got 'symmetric'"
+            )
+
+    @classmethod
+    def from_names(
+        cls, format: str, weight_scheme: str | None = None, per_channel: bool = True
+    ) -> QuantFormat:
+        """`QuantFormat.from_names("unsigned", "sign-magnitude")`; the scheme defaults per format."""
+        if format not in FORMAT_NAMES:
+            raise UserError(f"format: expected 'signed' or 'unsigned', got {format!r}")
+        signed = format == "signed"
+        if weight_scheme is None:
+            weight_scheme = "symmetric" if signed else "sign-magnitude"
+        return cls(signed=signed, weight_scheme=weight_scheme, per_channel=bool(per_channel))
+
+    @property
+    def format(self) -> str:
+        return "signed" if self.signed else "unsigned"
+
+    @property
+    def act_range(self) -> tuple[int, int]:
+        """Range of activation codes."""
+        return (-128, 127) if self.signed else (0, 255)
+
+    @property
+    def weight_range(self) -> tuple[int, int]:
+        """Range of weight codes (symmetric schemes leave -128 unused so that |w| ≤ 127)."""
+        return (0, 255) if self.weight_scheme == "affine" else (-127, 127)
+
+    @property
+    def act_dtype(self) -> torch.dtype:
+        return torch.int8 if self.signed else torch.uint8
+
+    @property
+    def weight_dtype(self) -> torch.dtype:
+        return torch.uint8 if self.weight_scheme == "affine" else torch.int8
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": self.format, "weight_scheme": self.weight_scheme, "per_channel": self.per_channel}
+
+    def __str__(self) -> str:
+        return f"{self.format}/{self.weight_scheme}{'/per-channel' if self.per_channel else ''}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Effective tables
+
+
+def _raw_table(multiplier: Any) -> tuple[np.ndarray, bool | None, str]:
+    """(table int32 [256,256], signedness or None if unknown, identity) of a Multiplier or a raw table."""
+    if hasattr(multiplier, "lut") and hasattr(multiplier, "signed"):
+        return np.asarray(multiplier.lut, dtype=np.int32), bool(multiplier.signed), multiplier.sha256
+    lut = (
+        multiplier.detach().cpu().numpy() if isinstance(multiplier, torch.Tensor) else np.asarray(multiplier)
+    )
+    if lut.shape != (256, 256):
+        raise ValueError(f"table must be [256, 256], got {list(lut.shape)}")
+    lut = np.ascontiguousarray(lut, dtype=np.int32)
+    import hashlib
+
+    return lut, None, hashlib.sha256(lut.astype("<i4").tobytes()).hexdigest()
+
+
+def check_multiplier_format(multiplier: Any, fmt: QuantFormat, where: str = "multiplier") -> None:
+    """UserError if a Multiplier's signedness does not match the operand format."""
+    signed = getattr(multiplier, "signed", None)
+    if signed is not None and bool(signed) != fmt.signed:
+        name = getattr(multiplier, "name", "?")
+        raise UserError(
+            f"{where}: multiplier {name} is {'signed' if signed else 'unsigned'}, "
+            f"but the operand format is {fmt.format} ({fmt.weight_scheme})"
+        )
+
+
+@lru_cache(maxsize=256)
+def _effective_cached(sha: str, scheme: str, lut_bytes: bytes) -> torch.Tensor:
+    lut = torch.from_numpy(np.frombuffer(lut_bytes, dtype=np.int32).reshape(256, 256).copy())
+    if scheme != "sign-magnitude":
+        return lut
+    byte = torch.arange(256)
+    w = byte - 256 * (byte >= 128)  # the signed weight code of each byte
+    eff = lut[:, w.abs()] * torch.sign(w).to(torch.int32)[None, :]
+    return eff.to(torch.int32).contiguous()
+
+
+def effective_lut(multiplier: Any, fmt: QuantFormat) -> torch.Tensor:
+    """The table the kernel gets, int32 [256, 256], indexed [activation_byte, weight_byte].
+
+    signed / affine: the multiplier's table itself. sign-magnitude: T[a, w & 0xFF] = sign(w)·lut[a, |w|]
+    for the int8 weight code w (so the unsigned multiplier sees |w| and the sign is applied to the product).
+    `multiplier` is a `Multiplier` (its signedness is checked) or a raw [256, 256] table of the format.
+    Cached by table hash; do not modify the returned tensor.
+    """
+    check_multiplier_format(multiplier, fmt)
+    lut, _, sha = _raw_table(multiplier)
+    return _effective_cached(sha, fmt.weight_scheme, lut.tobytes())
+
+
+def exact_lut(fmt: QuantFormat) -> torch.Tensor:
+    """The effective table of the exact multiplier of the format (T[a, w] = a·w in operand values)."""
+    from dse.multipliers.core import exact_table
+
+    return effective_lut(exact_table(fmt.signed), fmt)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Straight-through quantizers
+
+
+def ste_round(x: torch.Tensor) -> torch.Tensor:
+    """round(x) in the forward pass, identity gradient."""
+    if not x.requires_grad:
+        return torch.round(x)
+    return x + (torch.round(x) - x).detach()
+
+
+def quantize_codes(
+    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, lo: int, hi: int
+) -> torch.Tensor:
+    """clamp(round(x / scale) + zero_point, lo, hi) as a float tensor of integer codes (STE gradient)."""
+    return torch.clamp(ste_round(x / scale) + zero_point, lo, hi)
+
+
+def _safe_scale(s: torch.Tensor) -> torch.Tensor:
+    return torch.where(s > 0, s, torch.ones_like(s))
+
+
+def range_qparams(lo_val: torch.Tensor, hi_val: torch.Tensor, symmetric: bool, qmax_sym: int = 127):
+    """(scale, zero_point) float tensors for a real range [lo_val, hi_val] (widened to contain 0).
+
+    symmetric: scale = max|·| / qmax_sym, zero point 0. Otherwise uint8 affine: scale = (hi - lo) / 255,
+    zero point = clamp(round(-lo / scale), 0, 255) (0 when lo ≥ 0).
+    """
+    lo_val = torch.clamp(lo_val, max=0.0)
+    hi_val = torch.clamp(hi_val, min=0.0)
+    if symmetric:
+        scale = _safe_scale(torch.maximum(-lo_val, hi_val) / qmax_sym)
+        return scale, torch.zeros_like(scale)
+    scale = _safe_scale((hi_val - lo_val) / 255.0)
+    zp = torch.clamp(torch.round(-lo_val / scale), 0, 255)
+    return scale, zp
+
+
+def weight_qparams(w: torch.Tensor, fmt: QuantFormat) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-output-channel (scale, zero_point), shape [C_out] (per-tensor: one value repeated)."""
+    w = w.detach()
+    flat = w.reshape(w.shape[0], -1)
+    if fmt.per_channel:
+        lo, hi = flat.amin(dim=1), flat.amax(dim=1)
+    else:
+        lo, hi = flat.min().expand(w.shape[0]), flat.max().expand(w.shape[0])
+    return range_qparams(lo.float(), hi.float(), symmetric=fmt.weight_scheme != "affine")
+
+
+def quantize_weight(w: torch.Tensor, fmt: QuantFormat) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(float weight codes with STE gradient, scale [C_out], zero_point [C_out])."""
+    scale, zp = weight_qparams(w, fmt)
+    view = (-1,) + (1,) * (w.dim() - 1)
+    lo, hi = fmt.weight_range
+    codes = quantize_codes(w, scale.view(view), zp.view(view), lo, hi)
+    return codes, scale, zp
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Activation observer + quantizer
+
+
+class ActivationQuantizer(nn.Module):
+    """Per-tensor activation quantizer with a min/max observer; its state lives in the state_dict.
+
+    Buffers: `running_min`, `running_max` (the observed range), `observed` (batches seen).
+    `calibrating = True`: every batch widens the range (min of mins, max of maxes). Otherwise `observe`
+    moves it by an exponential moving average (QAT), after the first batch initialises it.
+    """
+
+    def __init__(self, fmt: QuantFormat) -> None:
+        super().__init__()
+        self.fmt = fmt
+        self.calibrating = False
+        self.register_buffer("running_min", torch.zeros(()))
+        self.register_buffer("running_max", torch.zeros(()))
+        self.register_buffer("observed", torch.zeros((), dtype=torch.int64))
+
+    @torch.no_grad()
+    def observe(self, x: torch.Tensor) -> None:
+        lo, hi = torch.aminmax(x.detach().float())
+        if self.calibrating or int(self.observed) == 0:
+            first = int(self.observed) == 0
+            self.running_min.copy_(lo if first else torch.minimum(self.running_min, lo))
+            self.running_max.copy_(hi if first else torch.maximum(self.running_max, hi))
+        else:
+            self.running_min.add_(EMA_MOMENTUM * (lo - self.running_min))
+            self.running_max.add_(EMA_MOMENTUM * (hi - self.running_max))
+        self.observed.add_(1)
+
+    def reset(self) -> None:
+        self.running_min.zero_()
+        self.running_max.zero_()
+        self.observed.zero_()
+
+    @property
+    def is_observed(self) -> bool:
+        return int(self.observed) > 0
+
+    @property
+    def rule(self) -> str:
+        """How the layer's input is encoded: `symmetric` (signed), `relu` (zp 0) or `shifted` (zp > 0)."""
+        if self.fmt.signed:
+            return "symmetric"
+        return "relu" if float(self.running_min) >= 0 else "shifted"
+
+    def qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, zero_point) as 0-d float tensors on the buffers' device."""
+        return range_qparams(self.running_min, self.running_max, symmetric=self.fmt.signed, qmax_sym=127)
+
+    def float_codes(self, x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor) -> torch.Tensor:
+        lo, hi = self.fmt.act_range
+        return quantize_codes(x, scale, zp, lo, hi)
+
+    def extra_repr(self) -> str:
+        return f"{self.fmt}, range=[{float(self.running_min):.4g}, {float(self.running_max):.4g}]"
