@@ -398,8 +398,8 @@ def report_points(run: RunData) -> list[dict[str, Any]]:
     return points
 
 
-def render_report(run: RunData, library) -> str:
-    """The page's HTML text."""
+def render_report(run: RunData, library) -> tuple[str, dict[str, int]]:
+    """The page's HTML text and {"points", "front", "configs"} counts."""
     import plotly.offline
 
     points = report_points(run)
@@ -484,8 +484,13 @@ def render_report(run: RunData, library) -> str:
     missing_keys = [k for k in replacements if k not in template]
     if missing_keys:
         raise RuntimeError(f"page.html lacks {missing_keys}")
+    stats = {
+        "points": len(points),
+        "front": sum(1 for p in points if p.get("on_front")),
+        "configs": sum(c is not None for c in configs),
+    }
     # one pass: substituted values (plotly.js, data) are never searched for placeholders again
-    return re.sub(r"\{\{[A-Z]+\}\}", lambda m: replacements.get(m.group(0), m.group(0)), template)
+    return re.sub(r"\{\{[A-Z]+\}\}", lambda m: replacements.get(m.group(0), m.group(0)), template), stats
 
 
 def _script_json(obj: Any) -> str:
@@ -502,11 +507,11 @@ def load_library_safely():
         return None
 
 
-def write_report(run_dir: Path, out: Path | None = None, library=None) -> Path:
-    """Write `RUN_DIR/report.html` (or `out`) and return its path."""
+def write_report(run_dir: Path, out: Path | None = None, library=None) -> tuple[Path, dict[str, int]]:
+    """Write `RUN_DIR/report.html` (or `out`); return its path and {"points", "front", "configs"} counts."""
     run = load_run(run_dir)
     lib = library if library is not None else load_library_safely()
-    text = render_report(run, lib)
+    text, stats = render_report(run, lib)
     path = Path(out) if out is not None else run.run_dir / "report.html"
     atomic_write_text(path, text)
-    return path
+    return path, stats

@@ -1,0 +1,120 @@
+"""`dse evaluate`: rebuild a run's prepared model, apply a configuration's per-layer multipliers (each
+table checked against the library by sha256, the layers against the model) and re-measure its accuracy
+by behavioural simulation — the same `evaluate_accuracy` path the search's numbers come from."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from dse.report.config import read_assignment, read_config
+from dse.util import UserError, read_json
+
+
+def _recorded_from_summary(run_dir: Path, assignment: dict[str, str], split: str) -> float | None:
+    """The accuracy the search recorded for this exact assignment, if it simulated it."""
+    path = run_dir / "summary.json"
+    if not path.is_file():
+        return None
+    try:
+        summary = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    key = "accuracy" if split == "val" else "test_accuracy"
+    groups = [summary.get("points") or [], summary.get("front") or []]
+    groups += [(b or {}).get("points") or [] for b in (summary.get("baselines") or {}).values()]
+    for points in groups:
+        for p in points:
+            if p.get("assignment") == assignment and p.get(key) is not None:
+                return float(p[key])
+    return None
+
+
+def evaluate_config(
+    path: Path, run_dir: Path | None = None, data: Path | None = None, device: str = "cpu", split: str = "val"
+) -> dict[str, Any]:
+    """Re-measure a configuration file (or a plain {layer: multiplier} JSON object with `run_dir`).
+    Returns {"accuracy", "energy_rel", "matches_recorded", "recorded_accuracy", "split", "run_dir", …}."""
+    path = Path(path)
+    raw = read_json(path, "configuration JSON")
+    config = read_config(path) if isinstance(raw, dict) and "schema_version" in raw else None
+    assignment = read_assignment(path)
+    if run_dir is None:
+        if config is None or not config["provenance"].get("run_dir"):
+            raise UserError(
+                f"{path}: names no run directory (a plain layer→multiplier object); give --run RUN_DIR"
+            )
+        run_dir = Path(config["provenance"]["run_dir"])
+        if not run_dir.is_dir():
+            raise UserError(
+                f"{path}: provenance.run_dir: {run_dir} not found; give the run directory with --run DIR"
+            )
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"--run {run_dir}: run directory not found")
+
+    from dse.energy import energy_rel
+    from dse.nn import assign, set_mode
+    from dse.study import evaluate_accuracy, load_prepared
+
+    prepared = load_prepared(run_dir, data=data, device=device)
+    names = [info.name for info in prepared.layers]
+    macs = {info.name: int(info.macs) for info in prepared.layers}
+    unknown = [n for n in assignment if n not in macs]
+    missing = [n for n in names if n not in assignment] if config is not None else []
+    if unknown or missing:
+        what = "layers" if config is not None else "keys"
+        raise UserError(
+            f"{path}: {what}: do not match the model of {run_dir} (unknown: {unknown or 'none'}, missing: "
+            f"{missing or 'none'}; the model's layers: {names})"
+        )
+    library = prepared.library
+    chosen = {}
+    for i, name in enumerate(names):
+        if name not in assignment:
+            continue
+        where = f"layers[{i}].multiplier" if config is not None else name
+        try:
+            m = library.get(assignment[name])
+        except UserError:
+            raise UserError(
+                f"{path}: {where}: multiplier {assignment[name]!r} is not in the library"
+            ) from None
+        if m.signed != prepared.fmt.signed:
+            fmt = "signed" if prepared.fmt.signed else "unsigned"
+            raise UserError(f"{path}: {where}: {m.name} is {m.format}, the model's operand format is {fmt}")
+        chosen[name] = m
+    if config is not None:
+        for i, layer in enumerate(config["layers"]):
+            m = chosen[layer["name"]]
+            if layer["lut_sha256"] != m.sha256:
+                raise UserError(
+                    f"{path}: layers[{i}].lut_sha256: {layer['lut_sha256'][:12]}… does not match the library's "
+                    f"{m.name} ({m.sha256[:12]}…): the table under that name changed"
+                )
+            if int(layer["macs"]) != macs[layer["name"]]:
+                raise UserError(
+                    f"{path}: layers[{i}].macs: {layer['macs']} but the model's {layer['name']} has {macs[layer['name']]}"
+                )
+    model = prepared.model
+    assign(model, chosen)
+    set_mode(model, "lut")
+    dataset = prepared.splits.val if split == "val" else prepared.splits.test
+    batch = prepared.study.train.eval_batch_size
+    accuracy = float(evaluate_accuracy(model, dataset, batch_size=batch, device=prepared.device))
+    set_mode(model, "quant")
+    if config is not None:
+        recorded = config["totals"]["accuracy" if split == "val" else "test_accuracy"]
+    else:
+        recorded = _recorded_from_summary(run_dir, {n: m.name for n, m in chosen.items()}, split)
+    return {
+        "accuracy": accuracy,
+        "energy_rel": energy_rel(macs, {n: m.energy_rel for n, m in chosen.items()}),
+        "matches_recorded": None if recorded is None else accuracy == float(recorded),
+        "recorded_accuracy": recorded,
+        "split": split,
+        "samples": len(dataset),
+        "run_dir": str(run_dir.resolve()),
+        "assignment": {n: chosen[n].name if n in chosen else None for n in names},
+    }
