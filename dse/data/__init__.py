@@ -1,0 +1,285 @@
+"""Datasets, all local (nothing is downloaded), and their fixed, seeded, disjoint splits.
+
+A loader returns the whole pool of labelled images; `load_splits` draws train / validation / test from
+one seeded permutation of that pool (so the official train/test division of CIFAR-10 or MNIST is not
+kept: the pool is re-split, and the split is recorded in the run directory's splits.json).
+Images become float32 in [0, 1] (uint8 / 255; digits / 16), shape [N, C, H, W], labels int64.
+No mean subtraction: inputs stay non-negative so that unsigned activation formats carry them.
+
+Sources (`[data] name`):
+- `digits`: scikit-learn's bundled 8x8 digits (1,797 images, no path).
+- `npz`: a `.npz` file with arrays `x` ([N,H,W], [N,H,W,C] or [N,C,H,W]) and `y` ([N]).
+- `cifar10`: a directory with the CIFAR-10 python batches (`data_batch_1..5`, `test_batch`).
+- `mnist_idx`: a directory with MNIST idx files (`*-images-idx3-ubyte` / `*-labels-idx1-ubyte`, `.gz` ok).
+- `"module:function"`: the user's function; called with the path if one is given, returns `(x, y)`.
+The file-based sources follow what the path is: a `.npz` file is read as `npz`, a directory as CIFAR-10
+batches (when it holds them) or MNIST idx files, so `--data` may point at either form of a dataset.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import pickle
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dse.util import UserError
+
+BUILTIN_DATASETS = ("digits", "npz", "cifar10", "mnist_idx")
+
+
+@dataclass
+class Splits:
+    """train / val / test as TensorDatasets (x float32 [N,C,H,W], y int64), plus what describes them.
+    `augment(x, generator) -> x` is applied by training to train batches only (None: no augmentation)."""
+
+    train: object
+    val: object
+    test: object
+    num_classes: int
+    input_shape: tuple[int, ...]
+    augment: Callable | None = None
+    info: dict = field(default_factory=dict)  # seed, sizes, index sha256, data sha256 (splits.json)
+
+
+# ---------------------------------------------------------------------------------------------- loaders
+
+
+def load_digits_pool() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.images.astype(np.float32) / 16.0)[:, None]
+    return x, d.target.astype(np.int64)
+
+
+def load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    path = _existing(path, "file")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            keys = set(f.files)
+            for key in ("x", "y"):
+                if key not in keys:
+                    raise UserError(
+                        f"data.path: {path} has no array '{key}' (found: {', '.join(sorted(keys)) or 'none'}); "
+                        "expected arrays 'x' (images) and 'y' (labels)"
+                    )
+            return f["x"], f["y"]
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(f"data.path: {path} is not a readable .npz file ({type(e).__name__}: {e})") from None
+
+
+def load_cifar10(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    path = _existing(path, "directory")
+    if (path / "cifar-10-batches-py").is_dir():
+        path = path / "cifar-10-batches-py"
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    found = [path / n for n in names if (path / n).exists()]
+    if not found:
+        raise UserError(f"data.path: {path} holds no CIFAR-10 python batches (expected {', '.join(names)})")
+    xs, ys = [], []
+    for f in found:
+        try:
+            with open(f, "rb") as fh:
+                batch = pickle.load(fh, encoding="bytes")
+            xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(batch[b"labels"], dtype=np.int64))
+        except Exception as e:
+            raise UserError(
+                f"data.path: {f} is not a CIFAR-10 python batch ({type(e).__name__}: {e})"
+            ) from None
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise UserError(f"data.path: {path} is not an unsigned-byte idx file")
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(dims)):
+        raise UserError(f"data.path: {path}: idx header says {dims}, file holds {body.size} values")
+    return body.reshape(dims)
+
+
+def load_mnist_idx(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    path = _existing(path, "directory")
+    xs, ys = [], []
+    for images in sorted(path.glob("*images*idx3-ubyte*")):
+        labels = path / images.name.replace("images", "labels").replace("idx3", "idx1")
+        if not labels.exists():
+            raise UserError(f"data.path: {images} has no matching labels file {labels.name}")
+        x, y = _read_idx(images), _read_idx(labels)
+        if len(x) != len(y):
+            raise UserError(f"data.path: {images.name} has {len(x)} images but {labels.name} {len(y)} labels")
+        xs.append(x)
+        ys.append(y)
+    if not xs:
+        raise UserError(f"data.path: {path} holds no MNIST idx files (expected *-images-idx3-ubyte[.gz])")
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def _existing(path: Path | str | None, kind: str) -> Path:
+    if path is None or str(path) == "":
+        raise UserError(f"data.path: this dataset needs a {kind}; give it in the study or with --data PATH")
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise UserError(f"data.path: {path} not found (expected a {kind}; override with --data PATH)")
+    return path
+
+
+def _normalise(x: np.ndarray, y: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """-> x float32 [N,C,H,W] in [0,1] for uint8 input (float input kept), y int64 [N]."""
+    x, y = np.asarray(x), np.asarray(y)
+    if y.ndim != 1 or len(y) != len(x):
+        raise UserError(f"{what}: expected labels y of shape [{len(x)}], got {list(y.shape)}")
+    if len(x) == 0:
+        raise UserError(f"{what}: the dataset is empty")
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+        x = x.transpose(0, 3, 1, 2)
+    elif x.ndim != 4:
+        raise UserError(f"{what}: expected images x of shape [N,H,W] or [N,C,H,W], got {list(x.shape)}")
+    if x.dtype == np.uint8:
+        x = x.astype(np.float32) / 255.0
+    elif np.issubdtype(x.dtype, np.number):
+        x = x.astype(np.float32)
+    else:
+        raise UserError(f"{what}: images must be numeric, got dtype {x.dtype}")
+    if not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
+        raise UserError(f"{what}: labels y must be non-negative integers")
+    return np.ascontiguousarray(x), y.astype(np.int64)
+
+
+def _kind_of(path: Path, name: str) -> str:
+    """The file-based source a path holds: a .npz file is `npz`, a directory of CIFAR-10 batches is
+    `cifar10`, another directory `mnist_idx`; so `--data` may point at any of them."""
+    if path.is_file() and path.suffix == ".npz":
+        return "npz"
+    if path.is_dir():
+        if any(path.glob("*idx3-ubyte*")):
+            return "mnist_idx"
+        if (path / "data_batch_1").exists() or (path / "cifar-10-batches-py").is_dir():
+            return "cifar10"
+    return name
+
+
+def load_pool(name: str, path: str | Path | None = None, base_dir: Path | None = None):
+    """All labelled images of a dataset source -> (x float32 [N,C,H,W], y int64 [N])."""
+    if name in ("npz", "mnist_idx", "cifar10") and path not in (None, ""):
+        name = _kind_of(Path(path).expanduser(), name)
+    if name == "digits":
+        x, y = load_digits_pool()
+    elif name == "npz":
+        x, y = load_npz(path)
+    elif name == "cifar10":
+        x, y = load_cifar10(path)
+    elif name == "mnist_idx":
+        x, y = load_mnist_idx(path)
+    elif ":" in name:
+        from dse.models import import_function
+
+        func = import_function(name, "data.name", base_dir)
+        try:
+            out = func(path) if path else func()
+        except UserError:
+            raise
+        except Exception as e:
+            raise UserError(f"data.name: {name} raised {type(e).__name__}: {e}") from None
+        if not (isinstance(out, (tuple, list)) and len(out) == 2):
+            raise UserError(f"data.name: {name} must return (x, y), got {type(out).__name__}")
+        x, y = (np.asarray(v.numpy() if hasattr(v, "numpy") else v) for v in out)
+    else:
+        raise UserError(
+            f"data.name: unknown dataset {name!r}; expected one of {', '.join(BUILTIN_DATASETS)} or 'module:function'"
+        )
+    return _normalise(x, y, f"data ({name})")
+
+
+# ------------------------------------------------------------------------------------------------ splits
+
+
+def split_indices(n: int, train_size: int | None, val_size: int, test_size: int, seed: int):
+    """Seeded disjoint index arrays (train, val, test) over range(n); train = the rest when None."""
+    if val_size < 1 or test_size < 0:
+        raise UserError(f"data: val_size must be >= 1 and test_size >= 0 (got {val_size}, {test_size})")
+    rest = n - val_size - test_size
+    if train_size is None:
+        train_size = rest
+    if train_size < 1 or train_size > rest:
+        raise UserError(
+            f"data: the dataset has {n} images, too few for val_size={val_size} + test_size={test_size} "
+            f"+ train_size={train_size}"
+        )
+    perm = np.random.default_rng(seed).permutation(n)
+    val = np.sort(perm[:val_size])
+    test = np.sort(perm[val_size : val_size + test_size])
+    train = np.sort(perm[val_size + test_size : val_size + test_size + train_size])
+    return train, val, test
+
+
+def _sha(arr: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()
+
+
+def load_splits(data_cfg, path_override: str | Path | None = None, base_dir: Path | None = None) -> Splits:
+    """data_cfg: the study's [data] section (`dse.study.DataConfig` or anything with the same fields)."""
+    import torch
+    from torch.utils.data import TensorDataset
+
+    path = path_override if path_override not in (None, "") else data_cfg.path
+    x, y = load_pool(data_cfg.name, path, base_dir)
+    train, val, test = split_indices(
+        len(x), data_cfg.train_size, data_cfg.val_size, data_cfg.test_size, data_cfg.seed
+    )
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    num_classes = int(y.max()) + 1
+    want_augment = getattr(data_cfg, "augment", None)
+    if want_augment is None:  # default: the standard augmentation where it is standard
+        want_augment = data_cfg.name == "cifar10"
+    info = {
+        "seed": data_cfg.seed,
+        "pool_size": len(x),
+        "sizes": {"train": len(train), "val": len(val), "test": len(test)},
+        "index_sha256": {"train": _sha(train), "val": _sha(val), "test": _sha(test)},
+        "data_sha256": hashlib.sha256(_sha(x).encode() + _sha(y).encode()).hexdigest(),
+        "num_classes": num_classes,
+        "input_shape": list(x.shape[1:]),
+    }
+    return Splits(
+        train=TensorDataset(xt[train], yt[train]),
+        val=TensorDataset(xt[val], yt[val]),
+        test=TensorDataset(xt[test], yt[test]),
+        num_classes=num_classes,
+        input_shape=tuple(x.shape[1:]),
+        augment=crop_flip if want_augment else None,
+        info=info,
+    )
+
+
+def crop_flip(x, generator=None, padding: int = 4):
+    """Standard CIFAR augmentation on a batch [N,C,H,W]: random crop with zero padding + horizontal flip."""
+    import torch
+    from torch.nn import functional as F
+
+    n, _, h, w = x.shape
+    padded = F.pad(x, (padding,) * 4)
+    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+    flip = torch.rand(n, generator=generator) < 0.5
+    rows = (dy[:, None] + torch.arange(h)[None]).to(x.device)  # [N, H]
+    cols = dx[:, None] + torch.arange(w)[None]  # [N, W]
+    cols = torch.where(flip[:, None], cols.flip(1), cols).to(x.device)
+    idx_n = torch.arange(n, device=x.device)[:, None, None]
+    out = padded.permute(0, 2, 3, 1)[idx_n, rows[:, :, None], cols[:, None, :]]  # [N, H, W, C]
+    return out.permute(0, 3, 1, 2).contiguous()

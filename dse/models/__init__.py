@@ -1,0 +1,145 @@
+"""Built-in networks, the user's own by `module:function`, checkpoints and BatchNorm folding.
+
+`build_model("lenet5")`, `build_model("my_pkg.nets:small_cnn")` or `build_model("nets.py:small_cnn")`
+(a file path, relative to `base_dir`). BatchNorm is not approximable: `fold_batchnorm` folds every
+BatchNorm2d that directly follows a Conv2d into that convolution (weights and bias), as an accelerator
+does, so that the approximate layers see the folded weights. `dse prepare` folds after float training,
+before quantization, and checks that the folded network computes the same outputs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from dse.util import UserError
+
+BUILTIN_MODELS = ("digits_cnn", "lenet5", "resnet8", "resnet14", "resnet20", "resnet32", "mobilenet_tiny")
+
+
+def import_function(spec: str, what: str, base_dir: Path | None = None) -> Callable:
+    """Resolve "package.module:function" (or "path/file.py:function") to the callable it names."""
+    module_name, sep, func_name = spec.rpartition(":")
+    if not sep or not module_name or not func_name:
+        raise UserError(f"{what}: expected a built-in name or 'module:function', got {spec!r}")
+    try:
+        if module_name.endswith(".py"):
+            path = Path(module_name)
+            if not path.is_absolute() and base_dir is not None:
+                path = Path(base_dir) / path
+            if not path.exists():
+                raise UserError(f"{what}: file {path} not found")
+            mod_id = f"_dse_hook_{abs(hash(str(path.resolve())))}"
+            loader_spec = importlib.util.spec_from_file_location(mod_id, path)
+            module = importlib.util.module_from_spec(loader_spec)
+            sys.modules[mod_id] = module
+            loader_spec.loader.exec_module(module)
+        else:
+            if base_dir is not None and str(base_dir) not in sys.path:
+                sys.path.insert(0, str(base_dir))
+            module = importlib.import_module(module_name)
+    except UserError:
+        raise
+    except Exception as e:  # any import failure of user code is bad input
+        raise UserError(f"{what}: cannot import {module_name!r} ({type(e).__name__}: {e})") from None
+    func = getattr(module, func_name, None)
+    if not callable(func):
+        raise UserError(f"{what}: {module_name!r} has no function {func_name!r}")
+    return func
+
+
+def build_model(
+    name_or_hook: str,
+    *,
+    input_shape: tuple[int, ...] | None = None,
+    num_classes: int | None = None,
+    base_dir: Path | None = None,
+):
+    """A fresh (untrained) network. input_shape = (C, H, W) of one sample; defaults per model."""
+    from torch import nn
+
+    from dse.models import nets
+
+    n_cls = num_classes or 10
+    if name_or_hook in BUILTIN_MODELS:
+        c = input_shape[0] if input_shape else None
+        side = input_shape[-1] if input_shape else None
+        if name_or_hook == "digits_cnn":
+            return nets.DigitsCNN(c or 1, n_cls, side or 8)
+        if name_or_hook == "lenet5":
+            return nets.LeNet5(c or 1, n_cls, side or 28)
+        if name_or_hook == "mobilenet_tiny":
+            return nets.MobileNetTiny(c or 3, n_cls)
+        return nets.CifarResNet(int(name_or_hook[len("resnet") :]), c or 3, n_cls)
+    if ":" not in name_or_hook:
+        raise UserError(
+            f"model.name: unknown model {name_or_hook!r}; expected one of {', '.join(BUILTIN_MODELS)} "
+            "or 'module:function'"
+        )
+    func = import_function(name_or_hook, "model.name", base_dir)
+    try:
+        model = func()
+    except Exception as e:
+        raise UserError(f"model.name: {name_or_hook} raised {type(e).__name__}: {e}") from None
+    if not isinstance(model, nn.Module):
+        raise UserError(
+            f"model.name: {name_or_hook} returned {type(model).__name__}, expected a torch nn.Module"
+        )
+    return model
+
+
+def load_checkpoint(model, path: Path, what: str = "model.checkpoint") -> None:
+    """Load float weights into `model`: a state_dict, or a dict holding one under 'state_dict'/'model'."""
+    import torch
+
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{what}: checkpoint {path} not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(f"{what}: {path} is not a readable torch checkpoint ({type(e).__name__})") from None
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    elif isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]
+    if not isinstance(obj, dict):
+        raise UserError(f"{what}: {path} holds no state_dict")
+    try:
+        model.load_state_dict(obj)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        detail = "; ".join(line.strip() for line in first[1:3]) or first[0]
+        raise UserError(f"{what}: {path} does not fit the model ({detail})") from None
+
+
+def fold_batchnorm(model) -> list[str]:
+    """Fold each BatchNorm2d that is registered directly after a Conv2d in the same parent (and has its
+    channel count) into that conv, replacing the BN by nn.Identity. In place; returns the folded BN
+    names. Uses the BN's running statistics: the folded model equals the original in eval mode."""
+    import torch
+    from torch import nn
+
+    folded = []
+    for parent_name, parent in list(model.named_modules()):
+        children = list(parent.named_children())
+        for (_, conv), (bn_name, bn) in zip(children, children[1:]):
+            if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)):
+                continue
+            if bn.num_features != conv.out_channels or not bn.track_running_stats:
+                continue
+            with torch.no_grad():
+                std = torch.sqrt(bn.running_var + bn.eps)
+                gamma = bn.weight if bn.affine else torch.ones_like(std)
+                beta = bn.bias if bn.affine else torch.zeros_like(std)
+                scale = gamma / std
+                conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
+                bias = conv.bias if conv.bias is not None else torch.zeros_like(std)
+                new_bias = (bias - bn.running_mean) * scale + beta
+                conv.bias = nn.Parameter(new_bias.detach().clone())
+            setattr(parent, bn_name, nn.Identity())
+            folded.append(f"{parent_name}.{bn_name}" if parent_name else bn_name)
+    return folded

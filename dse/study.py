@@ -1,0 +1,407 @@
+"""The study config and the search space (validated TOML), and the click options every command shares.
+
+A study names the model, the data, the training budgets, the search space and the search settings.
+`load_study("digits")` resolves a built-in study from the package data `dse.studies` (also after a
+non-editable install); `load_study("my_study.toml")` reads a file, and relative paths in it (data path,
+checkpoint, search-space file, `file.py:function` hooks) are relative to that file's folder.
+
+The run directory and the prepare stage live in `dse.rundir`; `prepare`, `load_prepared`, `Prepared`,
+`RunDir`, `open_run` and `evaluate_accuracy` are re-exported here (imported lazily: this module must
+stay light, the CLI imports it for its options).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import click
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+from dse.util import UserError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DEFAULT_STUDY = "digits"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    name: str = Field("digits_cnn", description="built-in model name or 'module:function'")
+    checkpoint: str | None = Field(None, description="float weights to load instead of float training")
+
+
+class DataConfig(_Section):
+    name: str = Field("digits", description="digits | npz | cifar10 | mnist_idx | 'module:function'")
+    path: str = Field("", description="file or directory of the data ('' for digits); --data overrides it")
+    train_size: int | None = Field(None, ge=1, description="None: every image not in val/test")
+    val_size: int = Field(500, ge=1)
+    test_size: int = Field(297, ge=0)
+    seed: int = 0
+    augment: bool | None = Field(None, description="crop+flip on train batches; None: only for cifar10")
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(10, ge=0, description="float training epochs")
+    qat_epochs: int = Field(2, ge=0, description="quantization-aware training epochs")
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    qat_lr: float | None = Field(None, gt=0, description="None: lr / 10")
+    optimizer: Literal["adam", "sgd"] = "adam"
+    weight_decay: float = Field(0.0, ge=0)
+    seed: int = 0
+    per_channel: bool = True
+    calibration_batches: int = Field(8, ge=1, description="train batches that calibrate the observers")
+    eval_batch_size: int = Field(512, ge=1)
+
+
+class AgnConfig(_Section):
+    lambdas: list[float] = Field(default_factory=lambda: [0.5, 0.2, 0.05])
+    sigma_init: float = Field(0.1, gt=0)
+    sigma_max: float = Field(0.5, gt=0)
+    epochs: int = Field(3, ge=0)
+    lr: float = Field(1e-3, gt=0)
+
+
+class SearchConfig(_Section):
+    budget: int = Field(200, ge=0, description="behavioural simulations of the accurate stage")
+    population: int = Field(24, ge=2)
+    seed: int = 0
+    surrogate_generations: int = Field(200, ge=0)
+    calibration_images: int = Field(512, ge=0)
+    random_baseline: bool = True
+
+
+class Study(_Section):
+    name: str
+    search_space: str = Field("unsigned_sm", description="built-in search-space name or path to a TOML")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    agn: AgnConfig = Field(default_factory=AgnConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+
+    _source: Path | None = PrivateAttr(None)
+
+    @property
+    def source(self) -> Path | None:
+        """The TOML file this study was read from (None for one built in code)."""
+        return self._source
+
+    @property
+    def base_dir(self) -> Path | None:
+        """Folder that relative paths and `file.py:function` hooks in the study are relative to."""
+        return self._source.parent if self._source is not None else None
+
+    def resolved(self, data_path: str | Path | None = None) -> Study:
+        """A copy with every relative path made absolute (and data.path replaced by `data_path` when
+        given): what the run directory stores, so that later commands need only the run directory."""
+        d = self.model_dump()
+        base = self.base_dir
+
+        def absolute(p: str) -> str:
+            q = Path(p).expanduser()
+            if not q.is_absolute() and base is not None:
+                q = base / q
+            return str(q.resolve())
+
+        def absolute_hook(spec: str) -> str:
+            mod, sep, func = spec.rpartition(":")
+            return f"{absolute(mod)}:{func}" if sep and mod.endswith(".py") else spec
+
+        if data_path not in (None, ""):
+            d["data"]["path"] = str(Path(data_path).expanduser().resolve())
+        elif d["data"]["path"]:
+            d["data"]["path"] = absolute(d["data"]["path"])
+        if d["model"]["checkpoint"]:
+            d["model"]["checkpoint"] = absolute(d["model"]["checkpoint"])
+        d["model"]["name"] = absolute_hook(d["model"]["name"])
+        d["data"]["name"] = absolute_hook(d["data"]["name"])
+        if _looks_like_path(d["search_space"]):
+            d["search_space"] = absolute(d["search_space"])
+        out = Study.model_validate(d)
+        out._source = self._source
+        return out
+
+    def to_toml(self) -> str:
+        return to_toml(self.model_dump(exclude_none=True))
+
+    def load_search_space(self) -> SearchSpace:
+        return load_search_space(self.search_space, self.base_dir)
+
+
+class LayerRestriction(_Section):
+    multipliers: list[str] = Field(min_length=1)
+
+
+class SearchSpace(_Section):
+    """Operand format + the multipliers a search may use (fnmatch patterns over library names of that
+    format) + optional per-layer restrictions `[layers.<name>] multipliers = [...]`."""
+
+    name: str
+    format: Literal["signed", "unsigned"]
+    weight_scheme: Literal["symmetric", "sign-magnitude", "affine"]
+    multipliers: list[str] = Field(min_length=1)
+    layers: dict[str, LayerRestriction] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _scheme_fits_format(self) -> SearchSpace:
+        ok = {"signed": ("symmetric",), "unsigned": ("sign-magnitude", "affine")}[self.format]
+        if self.weight_scheme not in ok:
+            raise ValueError(
+                f"weight_scheme {self.weight_scheme!r} does not go with format {self.format!r} "
+                f"(expected {' or '.join(ok)})"
+            )
+        return self
+
+    @property
+    def signed(self) -> bool:
+        return self.format == "signed"
+
+    def quant_format(self, per_channel: bool = True):
+        from dse.quant import QuantFormat
+
+        return QuantFormat(signed=self.signed, weight_scheme=self.weight_scheme, per_channel=per_channel)
+
+    def _select(self, library, patterns: list[str], where: str) -> list:
+        candidates = list(library.multipliers(signed=self.signed))
+        chosen, seen = [], set()
+        for pattern in patterns:
+            hits = [m for m in candidates if fnmatch.fnmatchcase(m.name, pattern)]
+            if not hits:
+                other = [
+                    m.name
+                    for m in library.multipliers(signed=not self.signed)
+                    if fnmatch.fnmatchcase(m.name, pattern)
+                ]
+                why = (
+                    f" ({', '.join(other[:3])} {'is' if len(other) == 1 else 'are'} not {self.format})"
+                    if other
+                    else ""
+                )
+                raise UserError(
+                    f"search space {self.name}: {where}: {pattern!r} matches no {self.format} multiplier in the "
+                    f"library{why}; see `dse multipliers list`"
+                )
+            for m in hits:
+                if m.name not in seen:
+                    seen.add(m.name)
+                    chosen.append(m)
+        # library order, so that the genome's multiplier indices do not depend on pattern order
+        order = {m.name: i for i, m in enumerate(candidates)}
+        return sorted(chosen, key=lambda m: order[m.name])
+
+    def resolve(self, library) -> list:
+        """The allowed multipliers (library order), each pattern matching at least one -> list[Multiplier]."""
+        return self._select(library, self.multipliers, "multipliers")
+
+    def resolve_layers(self, library, layer_names: list[str]) -> dict[str, list]:
+        """Allowed multipliers per layer: the space, or the layer's own restriction where given."""
+        unknown = sorted(set(self.layers) - set(layer_names))
+        if unknown:
+            raise UserError(
+                f"search space {self.name}: layers.{unknown[0]}: no such layer (layers: {', '.join(layer_names)})"
+            )
+        space = self.resolve(library)
+        return {
+            name: self._select(library, self.layers[name].multipliers, f"layers.{name}.multipliers")
+            if name in self.layers
+            else space
+            for name in layer_names
+        }
+
+
+# ------------------------------------------------------------------------------------------ loading TOML
+
+
+def _looks_like_path(s: str) -> bool:
+    return s.endswith(".toml") or "/" in s or "\\" in s
+
+
+def _builtin_names(package: str) -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files(package).iterdir() if p.name.endswith(".toml"))
+
+
+def builtin_studies() -> list[str]:
+    return _builtin_names("dse.studies")
+
+
+def builtin_search_spaces() -> list[str]:
+    return _builtin_names("dse.search_spaces")
+
+
+def _read_toml(name_or_path: str | Path, package: str, what: str, base_dir: Path | None):
+    """-> (dict, display name, source path or None)."""
+    s = str(name_or_path)
+    if not _looks_like_path(s):
+        res = resources.files(package) / f"{s}.toml"
+        if not res.is_file():
+            raise UserError(
+                f"{what} {s!r}: no such built-in {what} (built in: {', '.join(_builtin_names(package))}) "
+                "and not a path to a .toml file"
+            )
+        text, display, source = res.read_text(encoding="utf-8"), f"{what} {s}", None
+        try:
+            source = Path(str(res))
+        except TypeError:  # pragma: no cover - zip imports
+            source = None
+    else:
+        path = Path(s).expanduser()
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        if not path.is_file():
+            raise UserError(f"{path}: {what} file not found")
+        text, display, source = path.read_text(encoding="utf-8"), str(path), path.resolve()
+    try:
+        return tomllib.loads(text), display, source
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{display}: not valid TOML ({e})") from None
+
+
+def _field_model(cls: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model that owns the key at loc[-1] (walking nested sections / dict entries)."""
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = cls.model_fields.get(part)
+        if field is None:
+            return None
+        ann = field.annotation
+        args = getattr(ann, "__args__", ())
+        nested = next((a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if nested is None:
+            continue  # e.g. dict[str, LayerRestriction]: next part is the dict key
+        cls = nested
+    return cls
+
+
+def _validation_message(display: str, cls: type[BaseModel], err: ValidationError) -> str:
+    e = err.errors()[0]
+    loc = tuple(e["loc"])
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    if e["type"] == "extra_forbidden":
+        owner = _field_model(cls, loc)
+        allowed = ", ".join(owner.model_fields) if owner is not None else "?"
+        return f"{display}: {key}: unknown key (allowed: {allowed})"
+    if e["type"] == "missing":
+        return f"{display}: {key}: required key missing"
+    got = e.get("input")
+    got_txt = (
+        f", got {json.dumps(got) if isinstance(got, (str, int, float, bool, list)) else type(got).__name__}"
+    )
+    msg = e["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+        got_txt = ""
+    extra = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"{display}: {key}: {msg[0].lower() + msg[1:]}{got_txt}{extra}"
+
+
+def load_study(name_or_path: str | Path | None = None) -> Study:
+    """A built-in study by name (`digits`, `mnist_lenet5`, `cifar10_resnet20`, …) or a study TOML file."""
+    raw, display, source = _read_toml(name_or_path or DEFAULT_STUDY, "dse.studies", "study", None)
+    try:
+        study = Study.model_validate(raw)
+    except ValidationError as e:
+        raise UserError(_validation_message(display, Study, e)) from None
+    study._source = source
+    return study
+
+
+def load_search_space(name_or_path: str | Path, base_dir: Path | None = None) -> SearchSpace:
+    """A built-in search space by name (`unsigned_sm`, `unsigned_affine`, `signed`) or a TOML file."""
+    raw, display, _ = _read_toml(name_or_path, "dse.search_spaces", "search space", base_dir)
+    try:
+        return SearchSpace.model_validate(raw)
+    except ValidationError as e:
+        raise UserError(_validation_message(display, SearchSpace, e)) from None
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)  # JSON string escapes are valid TOML basic-string escapes
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def to_toml(d: dict, prefix: str = "") -> str:
+    """A small TOML writer for config dicts (scalars, lists of scalars, nested tables)."""
+    lines = [f"{k} = {_toml_value(v)}" for k, v in d.items() if not isinstance(v, dict) and v is not None]
+    if prefix and (lines or not d):
+        lines.insert(0, f"\n[{prefix[:-1]}]")
+    for k, v in d.items():
+        if isinstance(v, dict):
+            lines.append(to_toml(v, f"{prefix}{k}.").rstrip("\n"))
+    return "\n".join(lines).lstrip("\n") + "\n" if not prefix else "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------- shared click options
+
+
+def data_option(f):
+    return click.option(
+        "--data",
+        "data",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Dataset location (file or directory); overrides the study's data.path.",
+    )(f)
+
+
+def device_option(f):
+    return click.option(
+        "--device",
+        default="auto",
+        show_default=True,
+        help="cpu | cuda | cuda:N | auto (cuda when available).",
+    )(f)
+
+
+def out_option(f):
+    return click.option(
+        "--out",
+        "out",
+        type=click.Path(path_type=Path, file_okay=False),
+        default=None,
+        help="Run directory (default runs/<study name>).",
+    )(f)
+
+
+def json_option(f):
+    return click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")(f)
+
+
+# --------------------------------------------------- lazy re-exports of the run directory (torch-heavy)
+
+_RUNDIR_NAMES = (
+    "RunDir",
+    "Prepared",
+    "prepare",
+    "load_prepared",
+    "open_run",
+    "evaluate_accuracy",
+    "stage_key",
+)
+
+
+def __getattr__(name: str):
+    if name in _RUNDIR_NAMES:
+        from dse import rundir
+
+        return getattr(rundir, name)
+    raise AttributeError(f"module 'dse.study' has no attribute {name!r}")
