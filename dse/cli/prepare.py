@@ -1,12 +1,45 @@
-"""Placeholder: replaced by the issue that builds these commands."""
+"""`dse prepare`: train, quantize and measure the starting point of every later stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 import click
 
-from dse.util import UserError
+from dse.study import data_option, device_option, json_option, out_option
 
 
-@click.command('prepare', context_settings={'ignore_unknown_options': True})
-@click.argument('args', nargs=-1)
-def prepare(args):
-    """(not built yet)"""
-    raise UserError('dse prepare is not built yet')
+@click.command("prepare")
+@click.argument("study", required=False)
+@out_option
+@data_option
+@device_option
+@json_option
+def prepare(study: str | None, out: Path | None, data: Path | None, device: str, as_json: bool) -> None:
+    """Float training (or the study's checkpoint), BatchNorm folding, 8-bit conversion, calibration and
+    QAT; then float, quantized and exact-table accuracy on the validation split.
+
+    STUDY is a built-in study (digits, mnist_lenet5, cifar10_resnet20; default digits) or a study TOML.
+    Stages whose inputs did not change are loaded from the run directory, not recomputed.
+
+    \b
+    Examples:
+      dse prepare                                   # digits, runs/digits
+      dse prepare mnist_lenet5 --data mnist10k.npz --json
+      dse prepare cifar10_resnet20 --data cifar-10-batches-py --device cuda
+    """
+    from dse.rundir import prepare as run_prepare
+    from dse.util import emit_json, log
+
+    result = run_prepare(study, out=out, data=data, device=device)
+    if as_json:
+        emit_json(result)
+        return
+    log(f"run directory: {result['run_dir']}")
+    click.echo(
+        f"{result['study']}: float {result['float_accuracy']:.4f}, quantized {result['quant_accuracy']:.4f}, "
+        f"exact table {result['lut_exact_accuracy']:.4f} (validation, {result['splits']['val']} images)"
+    )
+    for layer in result["layers"]:
+        click.echo(f"  {layer['name']:<24} {layer['kind']:<6} fan-in {layer['fan_in']:>6}  MACs {layer['macs']:>12,}")
+    click.echo(f"  total MACs per sample: {result['total_macs']:,}; {result['seconds']['total']:.1f} s")
