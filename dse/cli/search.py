@@ -1,19 +1,92 @@
-"""Placeholder: replaced by the issue that builds these commands."""
+"""`dse search` and `dse worker`: thin wrappers around dse.search.run."""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 import click
 
-from dse.util import UserError
+from dse.study import data_option, device_option, json_option, out_option
 
 
-@click.command('search', context_settings={'ignore_unknown_options': True})
-@click.argument('args', nargs=-1)
-def search(args):
-    """(not built yet)"""
-    raise UserError('dse search is not built yet')
+@click.command("search")
+@click.argument("study", required=False)
+@out_option
+@click.option(
+    "--storage", default=None, help="Optuna storage URL (default: SQLite in <run>/search/optuna.db)."
+)
+@click.option(
+    "--budget", type=int, default=None, help="Behavioural simulations of the search (default: the study's)."
+)
+@click.option(
+    "--study-name", default=None, help="Optuna study name in the storage (default: the study's name)."
+)
+@click.option("--seed", type=int, default=None, help="Search seed (default: the study's search.seed).")
+@click.option("--no-report", is_flag=True, help="Do not write report.html at the end.")
+@data_option
+@device_option
+@json_option
+def search(study, out, storage, budget, study_name, seed, no_report, data, device, as_json):
+    """Run the study end to end: prepare, error models, AGN, the Pareto search, baselines, summary, report.
+
+    \b
+    Examples:
+      dse search                                  # the default study (digits), CPU, a few minutes
+      dse search mnist_lenet5 --data ../shared/data/mnist10k.npz
+      dse search digits --storage postgresql://user:pw@host/db   # then: dse worker --storage … --study digits
+    """
+    from dse.search.run import run_search
+    from dse.util import emit_json, log
+
+    summary = run_search(
+        study,
+        out=out,
+        storage=storage,
+        budget=budget,
+        device=device,
+        data=data,
+        study_name=study_name,
+        seed=seed,
+        report=not no_report,
+    )
+    if as_json:
+        emit_json(summary)
+        return
+    t = summary.get("targets", {})
+    log(
+        f"search {summary['study']}: {summary['evaluations']} simulations in {summary['seconds']:.1f} s, "
+        f"front {len(summary['front'])} points, hypervolume {summary['hypervolume']:.4f} "
+        f"(homogeneous {summary['baselines']['homogeneous']['hypervolume']:.4f})"
+    )
+    click.echo(
+        f"best saving within 1 pp: {t.get('best_saving_within_1pp', 0):.3f} "
+        f"(homogeneous {t.get('best_homogeneous_saving_within_1pp', 0):.3f}); summary: "
+        f"{Path(out) if out else Path('runs') / summary['study']}/summary.json"
+    )
 
 
-@click.command('worker', context_settings={'ignore_unknown_options': True})
-@click.argument('args', nargs=-1)
-def worker(args):
-    """(not built yet)"""
-    raise UserError('dse worker is not built yet')
+@click.command("worker")
+@click.option("--storage", required=True, help="Optuna storage URL of the running study.")
+@click.option("--study", "study_name", required=True, help="Name of the study in the storage.")
+@out_option
+@data_option
+@device_option
+@json_option
+def worker(storage, study_name, out, data, device, as_json):
+    """Join a running search from another process or machine (configuration read from the storage).
+
+    \b
+    Example:
+      dse worker --storage postgresql://user:pw@host/db --study digits
+    """
+    from dse.search.run import run_worker
+    from dse.util import emit_json
+
+    result = run_worker(storage, study_name, out=out, data=data, device=device)
+    if as_json:
+        emit_json(result)
+    else:
+        click.echo(
+            f"worker {study_name}: {result['simulated']} simulated, {result['cached']} from cache, "
+            f"{result['failed']} failed, {result['seconds']:.1f} s"
+        )

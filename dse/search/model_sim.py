@@ -1,0 +1,159 @@
+"""`ModelSimulator`: the accuracy of an assignment by behavioural simulation of the prepared model.
+
+Every approximate layer runs in `lut` mode through its assigned multiplier's table (layers assigned the
+exact multiplier run in `quant` mode, which is bit-identical and faster). The split is evaluated in large
+batches. Work shared between candidates is reused: each layer's output is cached under the assignment
+*prefix* (the multipliers of every layer executed up to and including it), so a candidate that shares its
+first k layers with one simulated just before recomputes only from layer k+1's kernels on; the search
+evaluates each batch in lexicographic order so that such candidates meet. The cache is an LRU bounded
+in bytes.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping
+
+import torch
+
+from dse.search.problem import Genome, SearchProblem
+
+
+class _LRU:
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.items: OrderedDict = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key):
+        t = self.items.get(key)
+        if t is None:
+            self.misses += 1
+            return None
+        self.items.move_to_end(key)
+        self.hits += 1
+        return t
+
+    def put(self, key, t: torch.Tensor) -> None:
+        size = t.numel() * t.element_size()
+        if size > self.max_bytes:
+            return
+        self.items[key] = t
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            _, old = self.items.popitem(last=False)
+            self.bytes -= old.numel() * old.element_size()
+
+
+class ModelSimulator:
+    """accuracy(genome, split) of the prepared model with genome's multipliers, on "val" or "test"."""
+
+    def __init__(
+        self,
+        prepared,
+        problem: SearchProblem,
+        multipliers: Mapping[str, object],
+        batch_size: int = 2048,
+        cache_bytes: int = 512 * 2**20,
+        prefix_cache: bool = True,
+    ) -> None:
+        from dse.nn import approx_layers
+        from dse.train import dataset_tensors
+
+        self.prepared = prepared
+        self.problem = problem
+        self.multipliers = dict(multipliers)
+        self.model = prepared.model.eval()
+        self.device = prepared.device
+        self.batch_size = batch_size
+        self.layers = approx_layers(self.model)
+        self.data = {}
+        for split in ("val", "test"):
+            ds = getattr(prepared.splits, split)
+            if ds is None or len(ds) == 0:
+                continue
+            x, y = dataset_tensors(ds)
+            self.data[split] = (x.to(self.device), y.to(self.device))
+        self.cache = _LRU(cache_bytes) if prefix_cache else None
+        self._position = {name: i for i, name in enumerate(problem.layers)}
+        self._genome: Genome | None = None
+        self._chunk = ("", 0)
+        self._key_positions = self._execution_prefixes()
+        if self._key_positions is None:
+            self.cache = None
+        self._install()
+
+    @torch.no_grad()
+    def _execution_prefixes(self) -> dict[int, tuple[int, ...]] | None:
+        """For each layer (problem position), the problem positions of every layer executed up to it:
+        its output depends on those multipliers only. None when a layer runs twice in one forward."""
+        order: list[str] = []
+        hooks = [
+            layer.register_forward_hook(lambda m, i, o, _n=name: order.append(_n))
+            for name, layer in self.layers.items()
+            if name in self._position
+        ]
+        try:
+            x = next(iter(self.data.values()))[0][:1]
+            self.model(x)
+        finally:
+            for h in hooks:
+                h.remove()
+        if len(order) != len(set(order)):
+            return None
+        out = {}
+        for i, name in enumerate(order):
+            out[self._position[name]] = tuple(sorted(self._position[n] for n in order[: i + 1]))
+        return out
+
+    def _install(self) -> None:
+        for name, layer in self.layers.items():
+            if name not in self._position:
+                continue
+            original = layer.forward
+            pos = self._position[name]
+
+            def forward(x, _orig=original, _layer=layer, _pos=pos):
+                return self._layer_forward(_orig, _layer, _pos, x)
+
+            layer.forward = forward
+
+    def _layer_forward(self, original, layer, pos: int, x: torch.Tensor) -> torch.Tensor:
+        genome = self._genome
+        name = genome[pos]
+        key = None
+        if self.cache is not None:
+            key = (self._chunk, tuple(genome[p] for p in self._key_positions[pos]))
+        if key is not None:
+            hit = self.cache.get(key)
+            if hit is not None:
+                return hit.clone()  # later in-place ops must not touch the cached tensor
+        mult = self.multipliers[name]
+        exact = getattr(mult, "is_exact", False)
+        target = None if exact else mult
+        if target is not layer.multiplier:
+            layer.multiplier = target
+            layer.invalidate()
+        layer.mode = "quant" if exact else "lut"
+        y = original(x)
+        if key is not None:
+            self.cache.put(key, y.clone())
+        return y
+
+    @torch.no_grad()
+    def accuracy(self, genome: Genome, split: str = "val") -> float:
+        if split not in self.data:
+            raise ValueError(f"no {split} split")
+        x, y = self.data[split]
+        self._genome = tuple(genome)
+        correct = 0
+        try:
+            for i in range(0, len(x), self.batch_size):
+                self._chunk = (split, i)
+                out = self.model(x[i : i + self.batch_size])
+                correct += int((out.argmax(dim=1) == y[i : i + self.batch_size]).sum())
+        finally:
+            self._genome = None
+        return correct / max(1, len(x))
