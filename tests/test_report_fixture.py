@@ -61,11 +61,11 @@ def _energy(assign: dict[str, str], lib: FakeLibrary) -> float:
 
 
 def _accuracy(assign: dict[str, str], rng: np.random.Generator) -> float:
-    sens = {"features.0": 0.004, "features.3": 0.002, "classifier.1": 0.001, "classifier.3": 0.006}
+    sens = {"features.0": 0.0012, "features.3": 0.0005, "classifier.1": 0.0002, "classifier.3": 0.002}
     loss = sum(
         sens[n] * (int(m.split("_")[1]) if m.startswith("trunc") else 0) ** 1.6 for n, m in assign.items()
     )
-    acc = QUANT_ACC - loss + rng.normal(0, 0.002)
+    acc = QUANT_ACC - loss + rng.normal(0, 0.001)
     return float(np.clip(np.round(acc * 2500) / 2500, 0.05, 1.0))  # k / 2500 validation images
 
 

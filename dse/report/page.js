@@ -17,7 +17,11 @@
     Plotly.newPlot(el, fig.data, fig.layout, cfg);
   }
 
-  const fmtPct = (x, d) => (x === null || x === undefined ? "–" : (100 * x).toFixed(d) + " %");
+  const fmtPct = (x, d) => {
+    if (x === null || x === undefined) return "–";
+    const s = (100 * x).toFixed(d);
+    return (/^-0\.?0*$/.test(s) ? s.slice(1) : s) + " %"; // no "-0.0 %"
+  };
   const fmtNum = (x) => {
     if (x === null || x === undefined) return "–";
     const a = Math.abs(x);
