@@ -1,0 +1,290 @@
+"""The multiplier model, its metrics and the built-in library: what a user relies on when picking one."""
+
+import fnmatch
+import re
+
+import numpy as np
+import pytest
+
+from dse.multipliers import Multiplier, exact_table, load_library, operand_values, table_metrics
+from dse.multipliers import builtin as B
+from dse.multipliers.builtin import builtin_multipliers
+from dse.util import UserError
+
+U = np.arange(256, dtype=np.int64)
+
+
+def lib_by_name():
+    return {m.name: m for m in builtin_multipliers()}
+
+
+def bits(x, i):
+    return (x >> i) & 1
+
+
+# ---------------------------------------------------------------- metrics ---------------------------------
+@pytest.mark.parametrize("signed", [False, True])
+def test_exact_table_has_all_metrics_zero(signed):
+    m = table_metrics(exact_table(signed), signed)
+    assert set(m) >= {"mae", "mae_percent", "wce", "wce_percent", "mre_percent", "ep_percent", "mse"}
+    assert all(v == 0 for v in m.values())
+
+
+def test_exact_table_orientation_and_twos_complement_indexing():
+    s = exact_table(True)
+    assert s[0xFF, 2] == -2  # byte 0xFF is -1
+    assert s[0x80, 0x80] == 16384  # -128 * -128
+    assert s[3, 0xFE] == -6
+    assert exact_table(False)[255, 254] == 255 * 254
+
+
+def test_constant_offset_metrics_against_hand_computation():
+    c = 3
+    lut = exact_table(False) + c
+    m = table_metrics(lut, False)
+    harmonic = sum(1.0 / k for k in range(1, 256))
+    assert m["mae"] == c and m["wce"] == c and m["mean_error"] == c and m["std_error"] == 0
+    assert m["mae_percent"] == pytest.approx(100 * c / 65536)
+    assert m["wce_percent"] == pytest.approx(100 * c / 65536)
+    assert m["ep_percent"] == 100 and m["mse"] == c * c
+    # MRE over the 255^2 pairs with a non-zero exact product: mean of c / (a b) = c H_255^2 / 255^2
+    assert m["mre_percent"] == pytest.approx(100 * c * harmonic**2 / 255**2)
+
+
+def test_signed_constant_offset_mre_uses_magnitudes():
+    lut = exact_table(True) - 2
+    m = table_metrics(lut, True)
+    h = sum(1.0 / k for k in range(1, 129)) + sum(1.0 / k for k in range(1, 128))
+    assert m["mean_error"] == -2 and m["mae"] == 2
+    assert m["mre_percent"] == pytest.approx(100 * 2 * h**2 / 255**2)
+
+
+def test_single_wrong_entry():
+    lut = exact_table(False).copy()
+    lut[3, 5] = 16  # exact 15
+    m = table_metrics(lut, False)
+    assert m["mae"] == pytest.approx(1 / 65536)
+    assert m["wce"] == 1 and m["ep_percent"] == pytest.approx(100 / 65536)
+    assert m["mre_percent"] == pytest.approx(100 * (1 / 15) / 255**2)
+    assert m["mean_error"] == pytest.approx(1 / 65536)
+
+
+def _independent_column_truncation(k):
+    """Products with the partial-product bits a_i b_j, i + j < k, dropped; written out bit by bit."""
+    out = np.zeros((256, 256), dtype=np.int64)
+    for a in range(256):
+        for i in range(8):
+            if not (a >> i) & 1:
+                continue
+            for j in range(8):
+                if i + j >= k:
+                    out[a, :] += ((U >> j) & 1) << (i + j)
+    return out
+
+
+@pytest.mark.parametrize("k", [6, 9])
+def test_truncated_multiplier_table_and_metrics_match_an_independent_computation(k):
+    m = lib_by_name()[f"trunc{k}_u8"]
+    ref = _independent_column_truncation(k)
+    assert np.array_equal(m.lut, ref)
+    err = ref - np.outer(U, U)
+    assert m.metrics["mae"] == pytest.approx(np.abs(err).mean())
+    assert m.metrics["wce"] == np.abs(err).max()
+    assert m.metrics["mean_error"] == pytest.approx(err.mean())
+    assert m.metrics["mse"] == pytest.approx((err.astype(float) ** 2).mean())
+    # the truncated columns contribute on average sum over cells i+j<k of 2^(i+j)/4 (bits independent, p=1/2)
+    mean_dropped = sum(2 ** (i + j) / 4 for i in range(8) for j in range(8) if i + j < k)
+    assert -m.metrics["mean_error"] == pytest.approx(mean_dropped)
+
+
+def test_multiplier_rejects_wrong_shape_and_freezes_its_table():
+    with pytest.raises(ValueError):
+        Multiplier("x_u8", False, np.zeros((255, 256)), 1.0, "test")
+    m = Multiplier("x_u8", False, exact_table(False), 1.0, "test")
+    assert m.is_exact and m.lut.dtype == np.int32
+    with pytest.raises(ValueError):
+        m.lut[0, 0] = 1
+
+
+# ---------------------------------------------------------------- library content -------------------------
+def test_library_size_spread_and_names():
+    ms = builtin_multipliers()
+    names = [m.name for m in ms]
+    assert len(names) == len(set(names))
+    for m in ms:
+        assert re.fullmatch(r"[a-z0-9_]+_(u8|s8)", m.name), m.name
+        assert m.name.endswith("_s8") == m.signed
+        assert m.lut.dtype == np.int32 and m.lut.shape == (256, 256)
+        assert np.isfinite(m.energy_rel) and m.energy_rel > 0 and m.energy_method
+        assert m.source == "builtin" and "family" in m.params
+    for signed, n_min in ((False, 20), (True, 10)):
+        approx = [m for m in ms if m.signed == signed and not m.is_exact]
+        assert len(approx) >= n_min
+        mae = [m.metrics["mae_percent"] for m in approx]
+        assert min(mae) < 0.05 and max(mae) > 2
+        assert len({m.params["family"] for m in approx}) >= 6
+        energies = [m.energy_rel for m in approx]
+        assert min(energies) < 0.35 and sum(e < 0.95 for e in energies) >= n_min
+    by = lib_by_name()
+    for name, signed in (("exact_u8", False), ("exact_s8", True)):
+        assert by[name].is_exact and by[name].energy_rel == 1.0 and by[name].signed == signed
+
+
+def test_gate_cost_table_applied_to_the_exact_array():
+    # ariths-gen's 8x8 unsigned array multiplier: 168 AND, 104 XOR, 48 OR
+    assert B.gate_cost(B._array(8, 8)) == pytest.approx(168 * 1.0 + 104 * 1.5 + 48 * 1.0)
+
+
+def test_truncation_trades_error_for_energy_monotonically():
+    by = lib_by_name()
+    ks = range(4, 11)
+    mae = [by[f"trunc{k}_u8"].metrics["mae"] for k in ks]
+    energy = [by[f"trunc{k}_u8"].energy_rel for k in ks]
+    assert mae == sorted(mae) and energy == sorted(energy, reverse=True)
+
+
+def test_broken_array_circuits_match_the_definition():
+    by = lib_by_name()
+    ai, bi = np.meshgrid(U, U, indexing="ij")
+    for m in by.values():
+        if m.params["family"] != "bam" or m.signed:
+            continue
+        h, v = m.params["h"], m.params["v"]
+        ref = np.zeros((256, 256), dtype=np.int64)
+        for i in range(8):
+            for j in range(h, 8):
+                if i + j >= v:
+                    ref += (bits(ai, i) & bits(bi, j)) << (i + j)
+        assert np.array_equal(m.lut, ref), m.name
+
+
+def test_operand_truncation_and_perforation_match_the_definition():
+    by = lib_by_name()
+    for t in (1, 2, 3):
+        mask = 0xFF & ~((1 << t) - 1)
+        assert np.array_equal(by[f"optrunc{t}_u8"].lut, np.outer(U & mask, U & mask))
+    for name in ("perf_r0_k2_u8", "perf_r1_k3_u8"):
+        s, k = by[name].params["start_row"], by[name].params["rows"]
+        assert np.array_equal(by[name].lut, np.outer(U, U & ~(((1 << k) - 1) << s)))
+
+
+BLOCKS = {  # ariths-gen's 2x2 blocks (a, b in 0..3): exact except at 3x3
+    1: 7,
+    3: 11,
+    4: 5,
+}
+
+
+@pytest.mark.parametrize("name", ["rec2x2_m1_w4_u8", "rec2x2_m4_w6_u8", "rec2x2_m3_w4_u8"])
+def test_recursive_multiplier_is_the_sum_of_its_blocks(name):
+    m = lib_by_name()[name]
+    variant, max_w = int(m.params["block"][1:]), m.params["max_weight"]
+    ref = np.zeros((256, 256), dtype=np.int64)
+    for i in (0, 2, 4, 6):
+        for j in (0, 2, 4, 6):
+            x, y = ((U >> i) & 3)[:, None], ((U >> j) & 3)[None, :]
+            block = x * y
+            if i + j <= max_w:
+                block = np.where((x == 3) & (y == 3), BLOCKS[variant], block)
+            ref = ref + (block << (i + j))
+    assert np.array_equal(m.lut, ref)
+
+
+def test_all_exact_recursive_circuit_is_exact():
+    assert np.array_equal(B.circuit_table(B._recursive(None, -1)), exact_table(False))
+
+
+@pytest.mark.parametrize("k", [3, 4, 6])
+def test_drum_is_rank_one_nearly_unbiased_and_exact_on_small_operands(k):
+    m = lib_by_name()[f"drum{k}_u8"]
+    assert np.linalg.matrix_rank(m.lut.astype(np.float64)) == 1
+    # unbiased up to half an LSB per operand: the mean operand error is at most 0.5, so the product's bias
+    # stays below 1 % of the mean exact product (127.5^2) although the MAE is much larger for small k
+    operand_err = B.drum_operand(U, k) - U
+    assert 0 <= operand_err.mean() <= 0.5
+    assert abs(m.metrics["mean_error"]) < 0.01 * 127.5**2
+    small = 1 << k
+    assert np.array_equal(m.lut[:small, :small], exact_table(False)[:small, :small])
+
+
+def test_mitchell_never_exceeds_exact_and_errs_at_most_one_ninth():
+    m = lib_by_name()["mitchell_u8"]
+    exact = exact_table(False).astype(np.int64)
+    assert (m.lut <= exact).all()
+    assert (m.lut[0, :] == 0).all() and (m.lut[:, 0] == 0).all()
+    nz = exact > 0
+    rel = (exact[nz] - m.lut[nz]) / exact[nz]
+    assert rel.max() == pytest.approx(1 / 9, abs=2e-3)
+    pow2 = [1, 2, 4, 8, 16, 32, 64, 128]
+    assert np.array_equal(m.lut[np.ix_(pow2, U)], exact[np.ix_(pow2, U)])
+
+
+def test_roba_error_is_the_product_of_the_rounding_errors():
+    m = lib_by_name()["roba_u8"]
+    r = np.array(
+        [0] + [min((1 << p for p in range(9)), key=lambda q: (abs(x - q), -q)) for x in range(1, 256)]
+    )
+    ref = np.outer(U, U) - np.outer(U - r, U - r)
+    assert np.array_equal(m.lut, ref)
+
+
+def test_etm_is_exact_when_both_operands_are_small():
+    for k in (2, 3, 4):
+        m = lib_by_name()[f"etm{k}_u8"]
+        s = 1 << k
+        assert np.array_equal(m.lut[:s, :s], exact_table(False)[:s, :s])
+        assert not m.is_exact
+
+
+def test_signed_variants_are_sign_magnitude_wrappers_with_their_own_metrics():
+    by = lib_by_name()
+    v = operand_values(True)
+    signed_approx = [m for m in by.values() if m.signed and not m.is_exact]
+    for m in signed_approx:
+        core = by[m.params["core"]]
+        expect = np.sign(v)[:, None] * np.sign(v)[None, :] * core.lut.astype(np.int64)[np.ix_(abs(v), abs(v))]
+        assert np.array_equal(m.lut, expect), m.name
+        # -128 goes through the core as magnitude 128
+        assert m.lut[0x80, 3] == -core.lut[128, 3]
+        assert m.metrics != core.metrics
+        assert m.metrics["mean_error"] == pytest.approx(0, abs=1.0)  # sign symmetry cancels the core's bias
+        assert 0 < m.energy_rel < 1.5
+    exact_core = by["trunc8_u8"]
+    assert by["trunc8_s8"].energy_rel == pytest.approx(B.signed_energy(exact_core.energy_rel))
+    assert B.signed_energy(1.0) == pytest.approx(1.0)
+    # a signed table must be signed indeed: the exact wrapper reproduces the exact signed product
+    assert np.array_equal(B.sign_magnitude_table(exact_table(False)), exact_table(True))
+
+
+def test_disk_cache_round_trip_and_corruption(tmp_path, monkeypatch):
+    monkeypatch.setenv("DSE_CACHE_DIR", str(tmp_path))
+    fresh = B.unsigned_entries(use_cache=True)  # computes and writes the cache
+    files = list(tmp_path.glob("*.npz"))
+    assert len(files) == 1
+    cached = B.unsigned_entries(use_cache=True)
+    assert [e[0] for e in cached] == [e[0] for e in fresh]
+    for (_, p1, t1, e1, m1), (_, p2, t2, e2, m2) in zip(fresh, cached):
+        assert np.array_equal(t1, t2) and e1 == e2 and m1 == m2 and p1 == p2
+    files[0].write_bytes(b"garbage")
+    again = B.unsigned_entries(use_cache=True)
+    assert all(np.array_equal(a[2], b[2]) for a, b in zip(fresh, again))
+
+
+# ---------------------------------------------------------------- Library API ------------------------------
+def test_library_get_names_select(tmp_path):
+    lib = load_library(tmp_path / "none")
+    assert len(lib) == len(builtin_multipliers()) == len(list(lib))
+    assert lib.names()[0] == "exact_u8" and "exact_s8" in lib
+    assert lib.get("drum4_u8").name == "drum4_u8"
+    with pytest.raises(UserError, match="drum4_u8"):
+        lib.get("drum4_u9")
+    sel = lib.select(["trunc*", "exact_u8"], signed=False)
+    assert [m.name for m in sel] == [
+        n for n in lib.names() if n == "exact_u8" or fnmatch.fnmatch(n, "trunc*_u8")
+    ]
+    assert all(m.signed for m in lib.select(["*"], signed=True))
+    with pytest.raises(UserError, match="bam_x"):
+        lib.select(["bam_x*"], signed=False)
+    with pytest.raises(UserError):
+        lib.select(["exact_u8"], signed=True)  # exists, but not in that format
+    assert all(not m.signed for m in lib.multipliers(False)) and len(lib.multipliers(True)) >= 11
