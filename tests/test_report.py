@@ -111,3 +111,46 @@ def test_report_bad_run_dirs(tmp_path):
     (tmp_path / "bad" / "summary.json").write_text('{"points": []}')
     result = CliRunner().invoke(cli, ["report", str(tmp_path / "bad")])
     assert result.exit_code == 2 and "layers" in result.output
+
+
+def test_report_while_search_runs_reads_optuna_storage(tmp_path):
+    """No summary.json yet: the page shows the trials completed so far in search/optuna.db."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+    from test_report_fixture import LAYERS, MULTS
+
+    run_dir = tmp_path / "run"
+    summary = make_run_dir(run_dir)
+    (run_dir / "summary.json").unlink()
+    (run_dir / "prepare" / "result.json").write_text(
+        json.dumps(
+            {"quant_accuracy": summary["quant_accuracy"], "quant_test_accuracy": 0.968, "layers": LAYERS}
+        )
+    )
+    (run_dir / "search").mkdir()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = f"sqlite:///{run_dir / 'search' / 'optuna.db'}"
+    study = optuna.create_study(
+        study_name="synthetic_digits", storage=storage, directions=["minimize", "maximize"]
+    )
+    dists = {layer["name"]: CategoricalDistribution(MULTS) for layer in LAYERS}
+    done = summary["points"][:25]
+    for p in done:
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=p["assignment"],
+                distributions=dists,
+                values=[p["energy_rel"], p["accuracy"]],
+                user_attrs={"origin": p["origin"]},
+            )
+        )
+    study.ask(dists)  # one trial still running: not shown
+    path, stats = write_report(run_dir, library=fake_library())
+    assert stats["points"] == 25
+    html = path.read_text()
+    assert "still running" in html
+    data = embedded(html, "dse-data")
+    assert sorted(p["trial"] for p in data["points"]) == list(range(25))
+    front_acc = {p["accuracy"] for p in data["points"] if p["on_front"]}
+    best = max(p["accuracy"] for p in done)
+    assert best in front_acc

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,10 +110,15 @@ class RunData:
         is an AGN point, else the largest λ whose AGN network stayed within 1 pp, else the smallest λ."""
         if not self.agn:
             return None
-        origin = str(point.get("origin") or "")
-        for a in self.agn:
-            if origin.startswith("agn") and _fmt_lam(a.lam) in origin:
-                return a
+        m = re.match(r"agn\D*?([0-9][0-9.eE+-]*)", str(point.get("origin") or ""))
+        if m:
+            try:
+                lam = float(m.group(1))
+            except ValueError:
+                lam = None
+            for a in self.agn:
+                if lam is not None and math.isclose(a.lam, lam, rel_tol=1e-9):
+                    return a
         q = self.quant_accuracy
         ok = [
             a for a in self.agn if a.accuracy is not None and q is not None and q - a.accuracy <= 0.01 + 1e-12
@@ -119,10 +126,6 @@ class RunData:
         if ok:
             return max(ok, key=lambda a: a.lam)
         return min(self.agn, key=lambda a: a.lam)
-
-
-def _fmt_lam(lam: float) -> str:
-    return f"{lam:g}"
 
 
 def _read_study(run_dir: Path) -> dict[str, Any]:
@@ -220,6 +223,73 @@ def checkpoint_info(run_dir: Path) -> tuple[str | None, str | None]:
     return None, None
 
 
+def summary_from_storage(run_dir: Path) -> dict[str, Any] | None:
+    """A partial summary of a search still running (no summary.json yet): the completed trials of the
+    run's optuna storage (`search/optuna.db`), their front and hypervolume. None when there is none."""
+    db = run_dir / "search" / "optuna.db"
+    prep_path = run_dir / "prepare" / "result.json"
+    if not db.is_file() or not prep_path.is_file():
+        return None
+    prep = read_json(prep_path, "prepare result")
+    layers = [dict(layer) for layer in prep.get("layers") or []]
+    names = [layer["name"] for layer in layers]
+    import optuna
+    from optuna.trial import TrialState
+
+    from dse.search.pareto import hypervolume, pareto_mask
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
+        studies = optuna.get_all_study_names(storage)
+    except Exception as e:  # a locked or foreign file: say so rather than crash
+        raise UserError(f"{db}: cannot read the search's optuna storage ({type(e).__name__})") from None
+    wanted = _read_study(run_dir).get("name")
+    name = wanted if wanted in studies else (studies[0] if len(studies) == 1 else None)
+    if name is None or not names:
+        return None
+    study = optuna.load_study(study_name=name, storage=storage)
+    points, seen = [], set()
+    for t in sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.number):
+        if not t.values or len(t.values) < 2 or any(n not in t.params for n in names):
+            continue
+        assignment = {n: str(t.params[n]) for n in names}
+        key = tuple(assignment.values())
+        if key in seen:
+            continue
+        seen.add(key)
+        points.append(
+            {
+                "trial": t.number,
+                "energy_rel": float(t.values[0]),
+                "accuracy": float(t.values[1]),
+                "test_accuracy": None,
+                "assignment": assignment,
+                "predicted_accuracy": t.user_attrs.get("predicted_accuracy"),
+                "origin": t.user_attrs.get("origin", "nsga2"),
+            }
+        )
+    energy = [p["energy_rel"] for p in points]
+    acc = [p["accuracy"] for p in points]
+    mask = pareto_mask(energy, acc) if points else []
+    step = max(1, len(points) // 20)
+    marks = list(range(step, len(points), step)) + ([len(points)] if points else [])
+    return {
+        "schema_version": 1,
+        "study": name,
+        "in_progress": True,
+        "quant_accuracy": prep.get("quant_accuracy"),
+        "quant_test_accuracy": prep.get("quant_test_accuracy"),
+        "evaluations": len(points),
+        "hypervolume": hypervolume(energy, acc) if points else None,
+        "hypervolume_history": [{"evaluations": n, "hypervolume": hypervolume(energy[:n], acc[:n])} for n in marks],
+        "layers": layers,
+        "front": sorted((p for p, m in zip(points, mask) if m), key=lambda p: p["energy_rel"]),
+        "points": points,
+        "baselines": {},
+    }
+
+
 def load_run(run_dir: Path) -> RunData:
     """Read a run directory; UserError when no search has written its summary yet."""
     run_dir = Path(run_dir).resolve()
@@ -228,11 +298,15 @@ def load_run(run_dir: Path) -> RunData:
             f"{run_dir}: run directory not found (run `dse search` first; it writes runs/<study>)"
         )
     path = run_dir / "summary.json"
-    if not path.exists():
-        raise UserError(
-            f"{run_dir}: no search results (summary.json) yet; run `dse search` with --out {run_dir} first"
-        )
-    summary = read_json(path, "search summary")
+    if path.exists():
+        summary = read_json(path, "search summary")
+    else:
+        summary = summary_from_storage(run_dir)
+        if summary is None:
+            raise UserError(
+                f"{run_dir}: no search results (summary.json) yet; run `dse search` with --out {run_dir} first"
+            )
+        path = run_dir / "search" / "optuna.db"
     if not isinstance(summary, dict) or not isinstance(summary.get("layers"), list) or not summary["layers"]:
         raise UserError(f"{path}: layers: expected the search summary's non-empty list of layers")
     for key in ("points", "front"):
@@ -250,6 +324,11 @@ def load_run(run_dir: Path) -> RunData:
     run.checkpoint = checkpoint_info(run_dir)
     if (run_dir / "splits.json").exists():
         run.splits_sha256 = sha256_file(run_dir / "splits.json")
+    if summary.get("in_progress"):
+        run.missing.append(
+            f"the search is still running: {len(summary['points'])} completed trials read from search/optuna.db; "
+            "baselines and test accuracies come with summary.json at its end"
+        )
     if run.predictions is None:
         run.missing.append(
             "predicted σ / mean per layer (profiles/predictions.json): run `dse analyze RUN_DIR`"
