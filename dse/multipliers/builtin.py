@@ -69,7 +69,7 @@ import numpy as np
 from dse.multipliers.core import Multiplier, exact_table, operand_values
 
 # Bump when any family definition, parameter list or cost table changes: it keys the on-disk cache.
-BUILTIN_VERSION = "2"
+BUILTIN_VERSION = "3"
 
 GATE_COST = {
     "NotGate": 0.5,
@@ -293,7 +293,7 @@ def _unsigned_specs() -> list[tuple[str, dict[str, Any], Callable[[], tuple[np.n
 
     gates_array = f"gates:ariths-gen circuit / {_EXACT_ARRAY} (NanGate45 X1 area weights)"
     specs.append(("exact_u8", {"family": "exact"}, circ(_array, exact_ref, gates_array)))
-    for k in (4, 5, 6, 7, 8, 9, 10):
+    for k in (2, 3, 4, 5, 6, 7, 8, 9, 10):
         specs.append(
             (
                 f"trunc{k}_u8",
@@ -301,7 +301,24 @@ def _unsigned_specs() -> list[tuple[str, dict[str, Any], Callable[[], tuple[np.n
                 circ(lambda k=k: _bam(0, k), exact_ref, gates_array),
             )
         )
-    for h, v in ((1, 6), (2, 6), (2, 8), (3, 7), (3, 9), (4, 8), (4, 10), (5, 9), (5, 11), (6, 11), (6, 12)):
+    for h, v in (
+        (1, 4),
+        (2, 4),
+        (3, 5),
+        (1, 6),
+        (2, 6),
+        (4, 6),
+        (2, 8),
+        (3, 7),
+        (3, 9),
+        (4, 8),
+        (4, 10),
+        (5, 9),
+        (3, 11),
+        (5, 11),
+        (6, 11),
+        (6, 12),
+    ):
         specs.append(
             (
                 f"bam_h{h}_v{v}_u8",
@@ -376,12 +393,16 @@ SIGNED_CORES = (
     "trunc7_u8",
     "trunc8_u8",
     "trunc9_u8",
+    "trunc10_u8",
+    "bam_h2_v4_u8",
     "bam_h2_v6_u8",
     "bam_h3_v7_u8",
     "bam_h3_v9_u8",
     "bam_h4_v8_u8",
     "bam_h5_v9_u8",
+    "bam_h5_v11_u8",
     "bam_h6_v11_u8",
+    "bam_h6_v12_u8",
     "optrunc2_u8",
     "rec2x2_m1_w4_u8",
     "rec2x2_m4_w6_u8",
@@ -486,9 +507,15 @@ def unsigned_entries(use_cache: bool = True) -> list[tuple[str, dict, np.ndarray
     return entries
 
 
-@lru_cache(maxsize=1)
 def builtin_multipliers() -> list[Multiplier]:
-    """Every built-in multiplier: unsigned first (exact_u8 first), then signed (exact_s8 first)."""
+    """Every built-in multiplier: unsigned first (exact_u8 first), then signed (exact_s8 first).
+
+    Built once per process (tables from the disk cache when valid); each call returns a new list."""
+    return list(_builtin_tuple())
+
+
+@lru_cache(maxsize=1)
+def _builtin_tuple() -> tuple[Multiplier, ...]:
     unsigned = []
     for name, params, table, energy, method in unsigned_entries():
         energy = 1.0 if name == "exact_u8" else energy
@@ -518,4 +545,4 @@ def builtin_multipliers() -> list[Multiplier]:
                 {**core.params, "core": core_name, "wrapper": "sign-magnitude"},
             )
         )
-    return unsigned + signed
+    return tuple(unsigned + signed)
