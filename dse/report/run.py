@@ -223,6 +223,54 @@ def checkpoint_info(run_dir: Path) -> tuple[str | None, str | None]:
     return None, None
 
 
+def quant_params(run_dir: Path, layer_names: list[str], space: dict[str, Any], per_channel: bool | None):
+    """Per layer: the activation (scale, zero point, observed range) and weight (scale, zero point per output
+    channel) quantization parameters of the QAT checkpoint, computed by `dse.quant` from its state_dict.
+    None when the checkpoint or the quantization module is not there."""
+    ckpt = run_dir / "prepare" / "qat.pt"
+    if not ckpt.is_file() or not space.get("format"):
+        return None
+    try:
+        import torch
+
+        from dse.quant import ActivationQuantizer, QuantFormat, weight_qparams
+
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        state = state.get("state_dict", state) if isinstance(state, dict) else None
+        fmt = QuantFormat.from_names(
+            space["format"], space.get("weight_scheme"), True if per_channel is None else per_channel
+        )
+    except Exception:  # a checkpoint we cannot read here: the configuration says so with null
+        return None
+    if not isinstance(state, dict):
+        return None
+    out = {}
+    for name in layer_names:
+        lo, hi = state.get(f"{name}.act_quant.running_min"), state.get(f"{name}.act_quant.running_max")
+        w = state.get(f"{name}.weight")
+        if lo is None or hi is None or w is None:
+            continue
+        aq = ActivationQuantizer(fmt)
+        aq.running_min.copy_(lo)
+        aq.running_max.copy_(hi)
+        a_scale, a_zp = aq.qparams()
+        w_scale, w_zp = weight_qparams(w.float(), fmt)
+        out[name] = {
+            "activation": {
+                "scale": float(a_scale),
+                "zero_point": int(round(float(a_zp))),
+                "rule": aq.rule,
+                "observed_min": float(lo),
+                "observed_max": float(hi),
+            },
+            "weight": {
+                "scale": [float(v) for v in w_scale.reshape(-1)],
+                "zero_point": [int(round(float(v))) for v in w_zp.reshape(-1)],
+            },
+        }
+    return out or None
+
+
 def summary_from_storage(run_dir: Path) -> dict[str, Any] | None:
     """A partial summary of a search still running (no summary.json yet): the completed trials of the
     run's optuna storage (`search/optuna.db`), their front and hypervolume. None when there is none."""
@@ -282,7 +330,9 @@ def summary_from_storage(run_dir: Path) -> dict[str, Any] | None:
         "quant_test_accuracy": prep.get("quant_test_accuracy"),
         "evaluations": len(points),
         "hypervolume": hypervolume(energy, acc) if points else None,
-        "hypervolume_history": [{"evaluations": n, "hypervolume": hypervolume(energy[:n], acc[:n])} for n in marks],
+        "hypervolume_history": [
+            {"evaluations": n, "hypervolume": hypervolume(energy[:n], acc[:n])} for n in marks
+        ],
         "layers": layers,
         "front": sorted((p for p, m in zip(points, mask) if m), key=lambda p: p["energy_rel"]),
         "points": points,
@@ -322,6 +372,12 @@ def load_run(run_dir: Path) -> RunData:
     )
     run.search_space = _read_search_space(run_dir, run.study)
     run.checkpoint = checkpoint_info(run_dir)
+    run.quant_params = quant_params(
+        run_dir,
+        [layer["name"] for layer in run.layers],
+        run.search_space,
+        (run.study.get("train") or {}).get("per_channel"),
+    )
     if (run_dir / "splits.json").exists():
         run.splits_sha256 = sha256_file(run_dir / "splits.json")
     if summary.get("in_progress"):

@@ -1,0 +1,182 @@
+"""`dse evaluate`: a configuration exported from a run re-measures to exactly the accuracy the search's
+simulator recorded; tampered tables, foreign layers and schema errors are refused in one line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from dse.cli import cli
+
+TINY_STUDY = """
+name = "tiny_digits"
+search_space = "unsigned_sm"
+[model]
+name = "digits_cnn"
+[data]
+name = "digits"
+val_size = 300
+test_size = 100
+seed = 0
+[train]
+epochs = 2
+qat_epochs = 1
+batch_size = 64
+lr = 0.003
+seed = 0
+"""
+
+
+@pytest.fixture(scope="module")
+def recorded_run(tmp_path_factory):
+    """A prepared tiny digits run whose summary records accuracies measured by the search's own simulator
+    (`dse.search.model_sim.ModelSimulator`, as `dse search` does)."""
+    from dse.search.model_sim import ModelSimulator
+    from dse.search.run import build_problem
+    from dse.study import load_prepared, load_study, prepare
+    from dse.util import atomic_write_json
+
+    root = tmp_path_factory.mktemp("evaluate")
+    (root / "tiny.toml").write_text(TINY_STUDY)
+    run_dir = root / "run"
+    prepare(load_study(root / "tiny.toml"), out=run_dir, device="cpu")
+    prepared = load_prepared(run_dir, device="cpu")
+    problem, mults = build_problem(prepared)
+    sim = ModelSimulator(prepared, problem, mults)
+    approx = [m for m in problem.choices[0] if m != problem.exact]
+    approx = sorted(approx, key=lambda m: -problem.energies[m])
+    genomes = [
+        tuple(problem.exact for _ in problem.layers),
+        tuple(approx[len(approx) // 3] for _ in problem.layers),
+        tuple(approx[(i * 5) % len(approx)] for i in range(len(problem.layers))),
+    ]
+    points = []
+    for trial, g in enumerate(genomes):
+        points.append(
+            {
+                "trial": trial,
+                "energy_rel": problem.energy_rel(g),
+                "accuracy": sim.accuracy(g, "val"),
+                "test_accuracy": sim.accuracy(g, "test"),
+                "assignment": problem.assignment(g),
+                "predicted_accuracy": None,
+                "origin": "test",
+            }
+        )
+    layers = [
+        {
+            "name": i.name,
+            "kind": i.kind,
+            "macs": int(i.macs),
+            "fan_in": int(i.fan_in),
+            "weight_shape": list(i.weight_shape),
+        }
+        for i in prepared.layers
+    ]
+    summary = {
+        "schema_version": 1,
+        "study": "tiny_digits",
+        "quant_accuracy": prepared.quant_accuracy,
+        "quant_test_accuracy": None,
+        "evaluations": len(points),
+        "layers": layers,
+        "points": points,
+        "front": points,
+        "baselines": {},
+    }
+    atomic_write_json(run_dir / "summary.json", summary)
+    return run_dir, summary
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def export(run_dir, trial, out):
+    result = invoke("export", run_dir, "--trial", trial, "-o", out)
+    assert result.exit_code == 0, result.output
+    return json.loads(out.read_text())
+
+
+def one_line_error(result) -> str:
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    return lines[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trial", [0, 1, 2])
+def test_evaluate_reproduces_recorded_accuracy_exactly(recorded_run, tmp_path, trial):
+    run_dir, summary = recorded_run
+    cfg_path = tmp_path / "cfg.json"
+    cfg = export(run_dir, trial, cfg_path)
+    assert cfg["quantization"]["format"] == "unsigned"
+    assert all(layer["quant"] is not None and layer["quant"]["weight"]["scale"] for layer in cfg["layers"])
+    result = invoke("evaluate", cfg_path, "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    point = summary["points"][trial]
+    assert out["accuracy"] == point["accuracy"]  # bit-exact simulation: equal, not approximately equal
+    assert out["matches_recorded"] is True
+    assert out["energy_rel"] == pytest.approx(point["energy_rel"], abs=1e-12)
+
+
+@pytest.mark.slow
+def test_evaluate_plain_assignment_and_test_split(recorded_run, tmp_path):
+    run_dir, summary = recorded_run
+    point = summary["points"][2]
+    plain = tmp_path / "plain.json"
+    plain.write_text(json.dumps(point["assignment"]))
+    line = one_line_error(invoke("evaluate", plain))
+    assert "--run" in line
+    result = invoke("evaluate", plain, "--run", run_dir, "--split", "test", "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["accuracy"] == point["test_accuracy"] and out["matches_recorded"] is True
+
+
+@pytest.mark.slow
+def test_evaluate_refuses_bad_configs(recorded_run, tmp_path):
+    run_dir, _ = recorded_run
+    cfg = export(run_dir, 1, tmp_path / "cfg.json")
+
+    tampered = json.loads(json.dumps(cfg))
+    tampered["layers"][1]["lut_sha256"] = "0" * 64
+    path = tmp_path / "tampered.json"
+    path.write_text(json.dumps(tampered))
+    line = one_line_error(invoke("evaluate", path))
+    assert "layers[1].lut_sha256" in line and "does not match" in line
+
+    foreign = json.loads(json.dumps(cfg))
+    foreign["layers"][0]["name"] = "not_a_layer"
+    path = tmp_path / "foreign.json"
+    path.write_text(json.dumps(foreign))
+    line = one_line_error(invoke("evaluate", path))
+    assert "not_a_layer" in line and "do not match the model" in line
+
+    fewer = json.loads(json.dumps(cfg))
+    fewer["layers"] = fewer["layers"][:-1]
+    path = tmp_path / "fewer.json"
+    path.write_text(json.dumps(fewer))
+    line = one_line_error(invoke("evaluate", path))
+    assert "missing" in line and cfg["layers"][-1]["name"] in line
+
+    broken = json.loads(json.dumps(cfg))
+    broken["totals"]["accuracy"] = "high"
+    path = tmp_path / "broken.json"
+    path.write_text(json.dumps(broken))
+    line = one_line_error(invoke("evaluate", path))
+    assert "totals.accuracy" in line
+
+    unknown = json.loads(json.dumps(cfg))
+    unknown["layers"][0]["multiplier"] = "no_such_multiplier"
+    path = tmp_path / "unknown.json"
+    path.write_text(json.dumps(unknown))
+    line = one_line_error(invoke("evaluate", path))
+    assert "layers[0].multiplier" in line and "no_such_multiplier" in line
+
+    (tmp_path / "notjson.json").write_text("{")
+    one_line_error(invoke("evaluate", tmp_path / "notjson.json"))
