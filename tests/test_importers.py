@@ -101,6 +101,22 @@ def test_signed_c_model_with_unsigned_result_is_read_as_int16(tmp_path):
     assert m.metrics["mean_error"] == pytest.approx(-1 - 1 / 65536)
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        # 8-bit circuit model on uint64_t: a sign-extended operand would reach the `A > 255` branch
+        "#include <stdint.h>\nuint64_t mul8s_w(const uint64_t B, const uint64_t A) {\n"
+        "  if (A > 255 || B > 255) return 12345;\n"
+        "  return (uint16_t)((int16_t)(int8_t)B * (int16_t)(int8_t)A); }\n",
+        # signed parameter type: gets the values -128..127
+        "int mul8s_i(int a, int b) { return a * b; }\n",
+    ],
+)
+def test_signed_c_operands_follow_the_parameter_type(tmp_path, text):
+    m = import_multiplier(write(tmp_path, "m.c", text), energy_rel=1.0)
+    assert m.signed and np.array_equal(m.lut, exact_table(True))
+
+
 def test_c_function_chosen_by_name_when_several(tmp_path):
     text = "int f1(int a, int b) { return a * b; }\nint f2(int a, int b) { return a * b + 1; }\n"
     src = write(tmp_path, "two.c", text)

@@ -7,9 +7,10 @@ to swap is the user's choice (a multiplier used as f(weight, activation) is a di
 
 Operand format: `signed` given explicitly wins; otherwise a C model's name `mul8s_*` / `mul8u_*`, then its
 argument types (`int8_t`/`signed char` -> signed, `uint8_t`/`unsigned …` -> unsigned); a table with any
-negative entry is signed, else unsigned. Signed operands are fed to C as the values -128..127 (the C
-conversion to the declared parameter type does the rest); a signed model whose result type is unsigned has
-its result read as int16 (the low 16 bits in two's complement), as EvoApprox's signed models need.
+negative entry is signed, else unsigned. Signed operands are fed to a signed C parameter as the values
+-128..127; a signed model whose result type is unsigned has
+its result read as int16 (the low 16 bits in two's complement), as EvoApprox's signed models need. A signed
+operand goes to an unsigned parameter type as its byte (0..255, no sign extension into higher bits).
 
 Energy (`energy_rel`, relative to the exact multiplier of the same format): `energy_rel` given, else
 `power_mw` given, else the C header's `// PDK45_PWR = … mW`, else an `energy_rel` scalar inside a `.npz`,
@@ -192,8 +193,8 @@ int main(int argc, char **argv) {
     static long long out[65536];
     for (int a = 0; a < 256; a++)
         for (int b = 0; b < 256; b++) {
-            int x = SIGNED ? (a >= 128 ? a - 256 : a) : a;
-            int y = SIGNED ? (b >= 128 ? b - 256 : b) : b;
+            int x = SIGNED_X ? (a >= 128 ? a - 256 : a) : a;
+            int y = SIGNED_Y ? (b >= 128 ? b - 256 : b) : b;
             out[a * 256 + b] = (long long)(FUNC(x, y));
         }
     if (fwrite(out, sizeof(long long), 65536, f) != 65536) return 4;
@@ -208,16 +209,11 @@ def _run_c_model(source: bytes, fn: dict[str, Any], signed: bool, path: Path, ti
         (tmpdir / "model.c").write_bytes(source)
         (tmpdir / "driver.c").write_text(_DRIVER)
         exe = tmpdir / "driver"
-        cmd = [
-            "cc",
-            "-O1",
-            "-w",
-            f"-DFUNC={fn['name']}",
-            f"-DSIGNED={int(signed)}",
-            "-o",
-            str(exe),
-            "driver.c",
-        ]
+        # signed operands: the value -128..127 for a signed parameter type, the two's-complement byte for an
+        # unsigned one (an 8-bit circuit model on uint64_t must not see sign-extended high bits)
+        sx, sy = (int(signed and not _type_is_unsigned(t)) for t in fn["arg_types"])
+        cmd = ["cc", "-O1", "-w", f"-DFUNC={fn['name']}", f"-DSIGNED_X={sx}", f"-DSIGNED_Y={sy}"]
+        cmd += ["-o", str(exe), "driver.c"]
         try:
             res = subprocess.run(cmd, cwd=tmpdir, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S)
         except FileNotFoundError:
