@@ -75,6 +75,7 @@
       `<button id="download" type="button">Download configuration JSON</button> <span class="muted">same file as ` +
       `<code>dse export RUN_DIR --trial ${p.trial === null ? "N" : p.trial}</code></span>`;
     panel.innerHTML = head + button + body;
+    highlight(p);
     panel.classList.remove("placeholder");
     if (text !== null) {
       document.getElementById("download").addEventListener("click", () => {
@@ -90,6 +91,18 @@
   }
 
   const pareto = document.getElementById("pareto");
+  const baseAnnotations = pareto && pareto.layout ? (pareto.layout.annotations || []).slice() : [];
+  function highlight(p) {
+    // an arrow to the selected point (an annotation, not a trace: the point count stays the same)
+    if (!pareto || !pareto.layout) return;
+    const label = p.trial === null ? "selected" : "trial " + p.trial;
+    Plotly.relayout(pareto, {
+      annotations: baseAnnotations.concat([{
+        x: 100 * (1 - p.energy_rel), y: 100 * p.accuracy, text: label, showarrow: true, arrowhead: 2,
+        ax: 30, ay: -35, bgcolor: "rgba(255,255,255,0.85)", bordercolor: "#d62728", font: { size: 12 },
+      }]),
+    });
+  }
   if (pareto && pareto.on) {
     pareto.on("plotly_click", (ev) => {
       if (ev && ev.points && ev.points.length && ev.points[0].customdata !== undefined) showPoint(ev.points[0].customdata);
