@@ -50,13 +50,21 @@ MODES = ("float", "quant", "lut", "agn", "errmodel")
 _F32_EXACT = 2**24  # integer sums below this are exact in float32
 
 
-def _kernels():
-    """(approx_matmul, approx_conv2d) from dse.kernels; the brute-force reference until the fast ones land."""
+def _prepare_matmul(b: torch.Tensor, table: torch.Tensor):
+    """A callable a -> Σ_k T[a, b] (int32) holding the kernel's per-(weights, table) precomputation."""
     import dse.kernels as K
 
-    mm = getattr(K, "approx_matmul", None) or K.approx_matmul_reference
-    conv = getattr(K, "approx_conv2d", None) or K.approx_conv2d_reference
-    return mm, conv
+    if hasattr(K, "prepare_matmul"):
+        return K.prepare_matmul(b, table)
+    return lambda a: K.approx_matmul_reference(a, b, table)
+
+
+def _prepare_conv2d(w: torch.Tensor, table: torch.Tensor, **geometry):
+    import dse.kernels as K
+
+    if hasattr(K, "prepare_conv2d"):
+        return K.prepare_conv2d(w, table, **geometry)
+    return lambda x: K.approx_conv2d_reference(x, w, table, **geometry)
 
 
 class _QState:
@@ -76,6 +84,7 @@ class _QState:
         "corr",
         "zw_int",
         "b_matrix",
+        "prepared",
     )
 
 
@@ -172,9 +181,12 @@ class ApproxLayer(nn.Module):
         """Σ_k xc·wc over centred integer-valued float codes, exactly (float32 chunks or float64)."""
         raise NotImplementedError
 
-    def _kernel_acc(self, codes: torch.Tensor, st: _QState) -> torch.Tensor:
-        """Σ_k T[q_a, q_w] through dse.kernels, int32."""
+    def _prepare(self, st: _QState):
+        """The kernel's prepared (weights, table) callable: codes -> Σ_k T[q_a, q_w], int32."""
         raise NotImplementedError
+
+    def _kernel_acc(self, codes: torch.Tensor, st: _QState) -> torch.Tensor:
+        return st.prepared(codes)
 
     def _code_sum(self, codes: torch.Tensor, z_a: int) -> torch.Tensor:
         """Σ_k q_a per output (padding counts as z_a), int32, broadcastable to the output."""
@@ -232,6 +244,7 @@ class ApproxLayer(nn.Module):
             st.table = None
             st.corr = None
             st.b_matrix = None
+            st.prepared = None
         self._state = st
         return st
 
@@ -245,6 +258,7 @@ class ApproxLayer(nn.Module):
             col = st.wq.reshape(st.wq.shape[0], -1).sum(dim=1).round().to(torch.int64)
             corr = -st.z_a_int * col + self.fan_in * st.z_a_int * st.z_w.to(torch.int64)
             st.corr = corr.to(torch.int32)
+            st.prepared = self._prepare(st)
         return st
 
     def invalidate(self) -> None:
@@ -329,6 +343,9 @@ class ApproxLayer(nn.Module):
         if not aq.is_observed:
             raise RuntimeError(f"layer {self.name or self.kind}: activation range not calibrated")
         s_a, z_a = aq.qparams()
+        if not self.fmt.signed:
+            with torch.no_grad():
+                self.negative_clipped += ((x < -0.5 * s_a) & (z_a == 0)).sum()
         xq = aq.float_codes(x, s_a, z_a)
         wq, s_w, z_w = quantize_weight(self.weight, self.fmt)
         wc = wq - z_w.view((-1,) + (1,) * (wq.dim() - 1))
@@ -340,7 +357,7 @@ class ApproxLayer(nn.Module):
                 st = self._lut_state(self._qstate(x.device), x.device)
                 y_lut = self._lut_acc(xq.detach().to(self.fmt.act_dtype), st).to(torch.float32)
                 y_lut = y_lut * self._chan_view(st.out_scale)
-            y = y + (y_lut - y).detach()
+            y = y_lut + (y - y.detach())  # value exactly y_lut, gradient of the exact product
         return self._add_noise(y)
 
     def _add_noise(self, y: torch.Tensor) -> torch.Tensor:
@@ -371,7 +388,7 @@ def _exact_sum(parts: list[torch.Tensor]) -> torch.Tensor:
 def _round_ste(t: torch.Tensor) -> torch.Tensor:
     # the float GEMM/conv of integer codes is exact below 2^24; rounding also removes any algorithmic error
     if t.requires_grad:
-        return t + (t.round() - t).detach()
+        return t.round().detach() + (t - t.detach())
     return t.round()
 
 
@@ -428,10 +445,8 @@ class ApproxConv2d(ApproxLayer):
             return _exact_sum(parts)
         return _round_ste(self._conv(xc.to(torch.float64), wc.to(torch.float64)))
 
-    def _kernel_acc(self, codes: torch.Tensor, st: _QState) -> torch.Tensor:
-        _, conv = _kernels()
-        return conv(
-            codes,
+    def _prepare(self, st: _QState):
+        return _prepare_conv2d(
             st.w_codes,
             st.table,
             stride=self.stride,
@@ -500,10 +515,11 @@ class ApproxLinear(ApproxLayer):
             st.b_matrix = st.w_codes.t().contiguous()
         return st.b_matrix
 
+    def _prepare(self, st: _QState):
+        return _prepare_matmul(self._b_matrix(st), st.table)
+
     def _kernel_acc(self, codes: torch.Tensor, st: _QState) -> torch.Tensor:
-        mm, _ = _kernels()
-        a = codes.reshape(-1, codes.shape[-1])
-        out = mm(a, self._b_matrix(st), st.table)
+        out = st.prepared(codes.reshape(-1, codes.shape[-1]))
         return out.reshape(*codes.shape[:-1], out.shape[-1])
 
     def _code_sum(self, codes: torch.Tensor, z_a: int) -> torch.Tensor:

@@ -169,7 +169,7 @@ def ste_round(x: torch.Tensor) -> torch.Tensor:
     """round(x) in the forward pass, identity gradient."""
     if not x.requires_grad:
         return torch.round(x)
-    return x + (torch.round(x) - x).detach()
+    return torch.round(x).detach() + (x - x.detach())  # value exactly round(x)
 
 
 def quantize_codes(
