@@ -387,3 +387,11 @@ def test_real_subprocess_list_json(tmp_path):
     assert out.returncode == 0, out.stderr
     objs = json.loads(out.stdout)
     assert len(objs) >= 32 and {o["name"] for o in objs} >= {"exact_u8", "exact_s8"}
+
+
+def test_unwritable_library_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    p = _npy(tmp_path, np.outer(U, U).astype(np.int32), "m.npy")
+    r = run(["multipliers", "import", str(p), "--energy-rel", "0.5", "--library", str(blocker / "lib")])
+    assert r.exit_code == 2 and "cannot write" in r.stderr and r.stderr.count("\n") == 1

@@ -488,6 +488,9 @@ def _save_cache(path: Path, entries) -> None:
     )
     try:
         atomic_write_bytes(path, buf.getvalue())
+        for stale in path.parent.glob("builtin-multipliers-v*.npz"):
+            if stale != path:
+                stale.unlink(missing_ok=True)
     except OSError:  # a read-only home must not break the library
         pass
 

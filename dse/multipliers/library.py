@@ -143,17 +143,18 @@ def save_user_multiplier(m: Multiplier, library_dir: Path, *, replace: bool = Fa
 
     buf = io.BytesIO()
     np.savez(buf, lut=m.lut.astype(np.int32))
-    atomic_write_bytes(library_dir / f"{m.name}.npz", buf.getvalue())
-    atomic_write_json(
-        meta_path,
-        {
-            "name": m.name,
-            "signed": m.signed,
-            "energy_rel": m.energy_rel,
-            "energy_method": m.energy_method,
-            "source": m.source,
-            "params": m.params,
-            "lut_sha256": m.sha256,
-        },
-    )
+    meta = {
+        "name": m.name,
+        "signed": m.signed,
+        "energy_rel": m.energy_rel,
+        "energy_method": m.energy_method,
+        "source": m.source,
+        "params": m.params,
+        "lut_sha256": m.sha256,
+    }
+    try:
+        atomic_write_bytes(library_dir / f"{m.name}.npz", buf.getvalue())
+        atomic_write_json(meta_path, meta)  # last: an entry without its JSON is invisible
+    except OSError as e:
+        raise UserError(f"--library {library_dir}: cannot write there ({e.strerror or e})") from None
     return meta_path
