@@ -154,3 +154,11 @@ def test_report_while_search_runs_reads_optuna_storage(tmp_path):
     front_acc = {p["accuracy"] for p in data["points"] if p["on_front"]}
     best = max(p["accuracy"] for p in done)
     assert best in front_acc
+
+
+def test_open_flag_opens_the_page_in_a_browser(run_dir, monkeypatch):
+    opened = []
+    monkeypatch.setattr("webbrowser.open", lambda url, *a, **k: opened.append(url) or True)
+    result = CliRunner().invoke(cli, ["report", str(run_dir), "--open"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert opened == [(run_dir / "report.html").resolve().as_uri()]

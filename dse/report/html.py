@@ -405,7 +405,7 @@ def render_report(run: RunData, library) -> tuple[str, dict[str, int]]:
     points = report_points(run)
     if not points:
         raise UserError(
-            f"{run.run_dir / 'summary.json'}: no simulated point yet; wait for the search's first trials"
+            f"{run.run_dir}: the search has not simulated a point yet; run the report again after its first trials"
         )
     configs: list[str | None] = []
     config_error = None
