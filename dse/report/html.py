@@ -366,6 +366,26 @@ def _facts(run: RunData, points: list[dict]) -> list[tuple[str, str]]:
                     f"(trial {best.get('trial')}: {_pct(best['accuracy'])} val{test})",
                 )
             )
+            homog = [p for p in points if p["group"] == "homogeneous" and p["accuracy"] >= q - 0.01 - 1e-12]
+            best_h = max((1 - p["energy_rel"] for p in homog), default=None)
+            if best_h is not None and best_h > 1e-9:
+                facts.append(
+                    (
+                        "vs best homogeneous within 1 pp",
+                        f"{(1 - best['energy_rel']) / best_h:.2f}× the saving",
+                    )
+                )
+        qt = s.get("quant_test_accuracy")
+        gaps = [
+            100 * ((qt - p["test_accuracy"]) - (q - p["accuracy"]))
+            for p in front
+            if qt is not None and p.get("test_accuracy") is not None
+        ]
+        if gaps:
+            gaps.sort()
+            mid = len(gaps) // 2
+            median = gaps[mid] if len(gaps) % 2 else (gaps[mid - 1] + gaps[mid]) / 2
+            facts.append(("front: test − validation loss", f"{median:+.2f} pp median"))
     hv = s.get("hypervolume")
     if hv is not None:
         bases = ", ".join(
