@@ -28,10 +28,12 @@ bias before or after makes no difference to ε = ỹ − y, and pre-bias keeps t
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -80,12 +82,32 @@ class _QState:
         "w_codes",
         "z_w",
         "out_scale",
-        "table",
-        "corr",
         "zw_int",
         "b_matrix",
-        "prepared",
     )
+
+
+class _LutState:
+    """One table's share of a lut-mode forward: the effective table, the constant zero-point correction
+    per output channel and the kernel's prepared (weights, table) object, valid for one _QState key."""
+
+    __slots__ = ("qkey", "table", "corr", "prepared", "nbytes")
+
+
+LUT_CACHE_ENTRIES = 8  # prepared tables a layer keeps (the search switches among a few multipliers)
+LUT_CACHE_BYTES = 96 * 2**20  # ... within this many bytes per layer (always at least the current one)
+
+
+def _table_key(multiplier: Any) -> str:
+    if multiplier is None:
+        return "exact"
+    sha = getattr(multiplier, "sha256", None)
+    if sha is None:
+        import hashlib
+
+        t = multiplier.detach().cpu().numpy() if isinstance(multiplier, torch.Tensor) else multiplier
+        sha = hashlib.sha256(np.ascontiguousarray(t, dtype=np.int32).tobytes()).hexdigest()
+    return sha
 
 
 class ApproxLayer(nn.Module):
@@ -117,6 +139,7 @@ class ApproxLayer(nn.Module):
         self.register_buffer("out_positions", torch.tensor(-1, dtype=torch.int64))
         self.register_buffer("negative_clipped", torch.zeros((), dtype=torch.int64), persistent=False)
         self._state: _QState | None = None
+        self._luts: OrderedDict[str, _LutState] = OrderedDict()
         self.to(weight.device)
 
     # ----------------------------------------------------------------------------------- description
@@ -181,12 +204,12 @@ class ApproxLayer(nn.Module):
         """Σ_k xc·wc over centred integer-valued float codes, exactly (float32 chunks or float64)."""
         raise NotImplementedError
 
-    def _prepare(self, st: _QState):
+    def _prepare(self, st: _QState, table: torch.Tensor):
         """The kernel's prepared (weights, table) callable: codes -> Σ_k T[q_a, q_w], int32."""
         raise NotImplementedError
 
-    def _kernel_acc(self, codes: torch.Tensor, st: _QState) -> torch.Tensor:
-        return st.prepared(codes)
+    def _kernel_acc(self, codes: torch.Tensor, ls: _LutState) -> torch.Tensor:
+        return ls.prepared(codes)
 
     def _code_sum(self, codes: torch.Tensor, z_a: int) -> torch.Tensor:
         """Σ_k q_a per output (padding counts as z_a), int32, broadcastable to the output."""
@@ -218,7 +241,6 @@ class ApproxLayer(nn.Module):
             aq.running_max._version,
             aq.running_min.data_ptr(),
             str(device),
-            id(self.multiplier),
         )
         st = self._state
         if st is not None and st.key == key:
@@ -241,29 +263,46 @@ class ApproxLayer(nn.Module):
             st.w_codes = st.wq.to(self.fmt.weight_dtype)
             st.out_scale = (s_a * s_w).to(device=device, dtype=torch.float32)
             st.zw_int = st.z_w.to(torch.int32)
-            st.table = None
-            st.corr = None
             st.b_matrix = None
-            st.prepared = None
+        for stale in [k for k, v in self._luts.items() if v.qkey != key]:
+            del self._luts[stale]
         self._state = st
         return st
 
-    def _lut_state(self, st: _QState, device: torch.device) -> _QState:
-        if st.table is None:
-            table = (
-                exact_lut(self.fmt) if self.multiplier is None else effective_lut(self.multiplier, self.fmt)
-            )
-            st.table = table.to(device)
-            # constant zero-point correction per output channel: −z_a·Σ_k q_w + K·z_a·z_w
-            col = st.wq.reshape(st.wq.shape[0], -1).sum(dim=1).round().to(torch.int64)
-            corr = -st.z_a_int * col + self.fan_in * st.z_a_int * st.z_w.to(torch.int64)
-            st.corr = corr.to(torch.int32)
-            st.prepared = self._prepare(st)
-        return st
+    def _lut_state(self, st: _QState, multiplier: Any, device: torch.device) -> _LutState:
+        """The cached table state of `multiplier` (None = exact) for the current quantization state."""
+        tkey = _table_key(multiplier)
+        ls = self._luts.get(tkey)
+        if ls is not None and ls.qkey == st.key:
+            self._luts.move_to_end(tkey)
+            return ls
+        ls = _LutState()
+        ls.qkey = st.key
+        table = exact_lut(self.fmt) if multiplier is None else effective_lut(multiplier, self.fmt)
+        ls.table = table.to(device)
+        # constant zero-point correction per output channel: −z_a·Σ_k q_w + K·z_a·z_w
+        col = st.wq.reshape(st.wq.shape[0], -1).sum(dim=1).round().to(torch.int64)
+        corr = -st.z_a_int * col + self.fan_in * st.z_a_int * st.z_w.to(torch.int64)
+        ls.corr = corr.to(torch.int32)
+        ls.prepared = self._prepare(st, ls.table)
+        ls.nbytes = int(getattr(ls.prepared, "nbytes", 0) or 0)
+        self._luts[tkey] = ls
+        while len(self._luts) > 1 and (
+            len(self._luts) > LUT_CACHE_ENTRIES
+            or sum(v.nbytes for v in self._luts.values()) > LUT_CACHE_BYTES
+        ):
+            self._luts.popitem(last=False)
+        return ls
 
     def invalidate(self) -> None:
-        """Drop cached codes and tables (done automatically when weights, ranges or assignment change)."""
+        """Re-check cached codes (they are also re-checked automatically when weights or ranges change);
+        prepared tables stay cached per multiplier while the quantization state is unchanged."""
         self._state = None
+
+    def clear_cache(self) -> None:
+        """Free the cached codes and prepared tables."""
+        self._state = None
+        self._luts.clear()
 
     # ----------------------------------------------------------------------------------- public API
     def input_codes(self, x: torch.Tensor) -> torch.Tensor:
@@ -285,18 +324,10 @@ class ApproxLayer(nn.Module):
                 xc = in_codes.to(torch.float32) - st.z_a
                 return self._exact_acc(xc, st.wc).round().to(torch.int32)
             check_multiplier_format(lut, self.fmt, where=f"layer {self.name}")
-            saved = self.multiplier
-            try:
-                self.multiplier = lut
-                self._state = None
-                st = self._lut_state(self._qstate(in_codes.device), in_codes.device)
-                return self._lut_acc(in_codes, st)
-            finally:
-                self.multiplier = saved
-                self._state = None
+            return self._lut_acc(in_codes, st, self._lut_state(st, lut, in_codes.device))
 
-    def _lut_acc(self, codes: torch.Tensor, st: _QState) -> torch.Tensor:
-        acc = self._kernel_acc(codes, st) + self._chan_view(st.corr)
+    def _lut_acc(self, codes: torch.Tensor, st: _QState, ls: _LutState) -> torch.Tensor:
+        acc = self._kernel_acc(codes, ls) + self._chan_view(ls.corr)
         if self.fmt.weight_scheme == "affine":
             acc = acc - self._chan_view(st.zw_int) * self._code_sum(codes, st.z_a_int)
         return acc
@@ -331,8 +362,8 @@ class ApproxLayer(nn.Module):
         self._count_negative(x, st)
         xq = self.act_quant.float_codes(x, st.s_a, st.z_a)
         if self._mode == "lut":
-            st = self._lut_state(st, x.device)
-            acc = self._lut_acc(xq.to(self.fmt.act_dtype), st)
+            ls = self._lut_state(st, self.multiplier, x.device)
+            acc = self._lut_acc(xq.to(self.fmt.act_dtype), st, ls)
         else:
             acc = self._exact_acc(xq - st.z_a, st.wc)
         y = acc.to(torch.float32) * self._chan_view(st.out_scale)
@@ -354,8 +385,9 @@ class ApproxLayer(nn.Module):
         y = acc.to(torch.float32) * self._chan_view(out_scale)
         if self._mode == "lut":
             with torch.no_grad():
-                st = self._lut_state(self._qstate(x.device), x.device)
-                y_lut = self._lut_acc(xq.detach().to(self.fmt.act_dtype), st).to(torch.float32)
+                st = self._qstate(x.device)
+                ls = self._lut_state(st, self.multiplier, x.device)
+                y_lut = self._lut_acc(xq.detach().to(self.fmt.act_dtype), st, ls).to(torch.float32)
                 y_lut = y_lut * self._chan_view(st.out_scale)
             y = y_lut + (y - y.detach())  # value exactly y_lut, gradient of the exact product
         return self._add_noise(y)
@@ -368,11 +400,11 @@ class ApproxLayer(nn.Module):
         return y
 
     def _apply(self, fn, *args, **kwargs):  # device/dtype moves invalidate the cache
-        self._state = None
+        self.clear_cache()
         return super()._apply(fn, *args, **kwargs)
 
     def _load_from_state_dict(self, *args, **kwargs):
-        self._state = None
+        self.clear_cache()
         return super()._load_from_state_dict(*args, **kwargs)
 
 
@@ -445,10 +477,10 @@ class ApproxConv2d(ApproxLayer):
             return _exact_sum(parts)
         return _round_ste(self._conv(xc.to(torch.float64), wc.to(torch.float64)))
 
-    def _prepare(self, st: _QState):
+    def _prepare(self, st: _QState, table: torch.Tensor):
         return _prepare_conv2d(
             st.w_codes,
-            st.table,
+            table,
             stride=self.stride,
             padding=self.padding,
             dilation=self.dilation,
@@ -515,11 +547,11 @@ class ApproxLinear(ApproxLayer):
             st.b_matrix = st.w_codes.t().contiguous()
         return st.b_matrix
 
-    def _prepare(self, st: _QState):
-        return _prepare_matmul(self._b_matrix(st), st.table)
+    def _prepare(self, st: _QState, table: torch.Tensor):
+        return _prepare_matmul(self._b_matrix(st), table)
 
-    def _kernel_acc(self, codes: torch.Tensor, st: _QState) -> torch.Tensor:
-        out = st.prepared(codes.reshape(-1, codes.shape[-1]))
+    def _kernel_acc(self, codes: torch.Tensor, ls: _LutState) -> torch.Tensor:
+        out = ls.prepared(codes.reshape(-1, codes.shape[-1]))
         return out.reshape(*codes.shape[:-1], out.shape[-1])
 
     def _code_sum(self, codes: torch.Tensor, z_a: int) -> torch.Tensor:

@@ -366,3 +366,30 @@ def test_uncalibrated_quant_mode_says_what_to_do():
     set_mode(layer, "quant")
     with torch.no_grad(), pytest.raises(RuntimeError, match="calibrate"):
         layer(torch.randn(1, 4))
+
+
+def test_cached_codes_and_tables_follow_assignment_weights_and_ranges():
+    torch.manual_seed(0)
+    fmt = FORMATS["sign-magnitude"]
+    layer = convert(nn.Conv2d(2, 3, 3, padding=1), fmt).eval()
+    x = torch.relu(torch.randn(2, 2, 5, 5))
+    calibrate(layer, [x])
+    set_mode(layer, "lut")
+    approx, exact = _mult(False), _mult(False, exact=True)
+    with torch.no_grad():
+        y_exact = layer(x)
+        assign(layer, {"": approx})
+        y_approx = layer(x)
+        assign(layer, {"": exact})  # an exact Multiplier is the same as no assignment
+        assert torch.equal(layer(x), y_exact)
+        layer.multiplier = approx  # set directly, as a simulator may do
+        assert torch.equal(layer(x), y_approx)
+        layer.weight.mul_(0.5)  # in-place weight update (optimizer step)
+        y_half = layer(x)
+        assert not torch.equal(y_half, y_approx)
+        codes = layer.input_codes(x)
+        assert torch.equal(
+            y_half, layer.dequantize_acc(layer.int_forward(codes, approx)) + layer.bias.view(1, -1, 1, 1)
+        )
+        layer.act_quant.running_max.mul_(2)  # a new activation range
+        assert not torch.equal(layer(x), y_half)
