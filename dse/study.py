@@ -15,6 +15,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import sys
+import typing
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -270,23 +271,33 @@ def _read_toml(name_or_path: str | Path, package: str, what: str, base_dir: Path
 
 def _field_model(cls: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
     """The pydantic model that owns the key at loc[-1] (walking nested sections / dict entries)."""
+    skip_dict_key = False
     for part in loc[:-1]:
-        if isinstance(part, int):
+        if skip_dict_key or isinstance(part, int):
+            skip_dict_key = False
             continue
         field = cls.model_fields.get(part)
         if field is None:
             return None
         ann = field.annotation
-        args = getattr(ann, "__args__", ())
-        nested = next((a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None)
-        if nested is None:
-            continue  # e.g. dict[str, LayerRestriction]: next part is the dict key
-        cls = nested
+        skip_dict_key = typing.get_origin(ann) is dict
+        candidates = (ann, *typing.get_args(ann))
+        nested = next(
+            (
+                a
+                for a in candidates
+                if isinstance(a, type) and not typing.get_args(a) and issubclass(a, BaseModel)
+            ),
+            None,
+        )
+        if nested is not None:
+            cls = nested
     return cls
 
 
 def _validation_message(display: str, cls: type[BaseModel], err: ValidationError) -> str:
-    e = err.errors()[0]
+    # a misspelt key shows as "unknown" and as "missing": the unknown one says more
+    e = sorted(err.errors(), key=lambda x: x["type"] != "extra_forbidden")[0]
     loc = tuple(e["loc"])
     key = ".".join(str(p) for p in loc) or "(top level)"
     if e["type"] == "extra_forbidden":

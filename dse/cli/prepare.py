@@ -41,5 +41,7 @@ def prepare(study: str | None, out: Path | None, data: Path | None, device: str,
         f"exact table {result['lut_exact_accuracy']:.4f} (validation, {result['splits']['val']} images)"
     )
     for layer in result["layers"]:
-        click.echo(f"  {layer['name']:<24} {layer['kind']:<6} fan-in {layer['fan_in']:>6}  MACs {layer['macs']:>12,}")
+        click.echo(
+            f"  {layer['name']:<24} {layer['kind']:<6} fan-in {layer['fan_in']:>6}  MACs {layer['macs']:>12,}"
+        )
     click.echo(f"  total MACs per sample: {result['total_macs']:,}; {result['seconds']['total']:.1f} s")

@@ -50,11 +50,20 @@ class Splits:
 
 
 def load_digits_pool() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
+    """scikit-learn's bundled digits, read from its CSV directly (importing sklearn.datasets costs seconds)."""
+    import importlib.util
 
-    d = load_digits()
-    x = (d.images.astype(np.float32) / 16.0)[:, None]
-    return x, d.target.astype(np.int64)
+    spec = importlib.util.find_spec("sklearn")
+    csv = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz" if spec else None
+    if csv is not None and csv.is_file():
+        d = np.loadtxt(csv, delimiter=",", dtype=np.float32)
+        images, target = d[:, :-1].reshape(-1, 8, 8), d[:, -1]
+    else:  # pragma: no cover - a future sklearn layout
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        images, target = bunch.images, bunch.target
+    return (images.astype(np.float32) / 16.0)[:, None], target.astype(np.int64)
 
 
 def load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
