@@ -387,10 +387,10 @@ def load_run(run_dir: Path) -> RunData:
         )
     if run.predictions is None:
         run.missing.append(
-            "predicted σ / mean per layer (profiles/predictions.json): run `dse analyze RUN_DIR`"
+            "predicted σ / mean per layer (profiles/predictions.json): written by `dse search` / `dse analyze RUN_DIR`"
         )
     if not run.agn:
-        run.missing.append("learned tolerances (agn/result.json): run `dse agn`")
+        run.missing.append("learned tolerances (agn/result.json): written by `dse search` / `dse agn`")
     if not run.summary.get("baselines"):
         run.missing.append("baselines (the search has not written them yet)")
     if not run.summary.get("hypervolume_history"):
