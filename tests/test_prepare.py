@@ -1,0 +1,166 @@
+"""`dse prepare` end to end on a tiny digits study: the JSON it prints, the run directory it leaves,
+stages that are not recomputed when their inputs did not change, and load_prepared."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from dse.cli import cli
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny networks gain nothing from a second thread, and lose much when the CPU is shared."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+TINY = """
+name = "tiny"
+search_space = "{space}"
+[model]
+name = "digits_cnn"
+[data]
+name = "digits"
+train_size = 300
+val_size = 200
+test_size = 97
+[train]
+epochs = {epochs}
+qat_epochs = {qat_epochs}
+batch_size = 64
+lr = 0.01
+calibration_batches = 2
+"""
+
+
+def tiny_study(tmp_path: Path, space="unsigned_sm", epochs=4, qat_epochs=1, name="tiny.toml") -> Path:
+    p = tmp_path / name
+    p.write_text(TINY.format(space=space, epochs=epochs, qat_epochs=qat_epochs))
+    return p
+
+
+def run_json(args: list[str]) -> dict:
+    result = CliRunner().invoke(cli, args, env={"DSE_NO_PROGRESS": "1"})
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)  # exactly one JSON document on stdout
+
+
+def test_prepare_json_run_directory_and_resume(tmp_path):
+    study = tiny_study(tmp_path)
+    out = tmp_path / "run"
+    first = run_json(["prepare", str(study), "--out", str(out), "--device", "cpu", "--json"])
+    for key in ("float_accuracy", "quant_accuracy", "lut_exact_accuracy"):
+        assert 0.5 < first[key] <= 1.0, (key, first[key])  # four epochs already learn digits
+    assert first["lut_exact_accuracy"] == first["quant_accuracy"]
+    assert [layer["name"] for layer in first["layers"]] == ["conv1", "conv2", "fc1", "fc2"]
+    conv2 = first["layers"][1]
+    assert conv2 == {
+        "name": "conv2",
+        "kind": "conv",
+        "macs": 8 * 8 * 32 * 16 * 9,
+        "fan_in": 144,
+        "weight_shape": [32, 16, 3, 3],
+    }
+    assert first["stages"] == {"float": "trained", "qat": "trained", "evaluate": "computed"}
+    assert first["splits"] == {"train": 300, "val": 200, "test": 97}
+    for f in ("study.toml", "splits.json", "prepare/float.pt", "prepare/qat.pt", "prepare/result.json"):
+        assert (out / f).is_file(), f
+    assert not list(out.glob("prepare/*.partial.pt"))
+
+    # rerun: nothing recomputed, same numbers
+    again = run_json(["prepare", str(study), "--out", str(out), "--device", "cpu", "--json"])
+    assert again["stages"] == {"float": "cached", "qat": "cached", "evaluate": "cached"}
+    for key in ("float_accuracy", "quant_accuracy", "lut_exact_accuracy", "layers"):
+        assert again[key] == first[key]
+
+    # the run directory remembers its study: a run dir alone is enough for later commands
+    from dse.study import evaluate_accuracy, load_prepared, open_run
+
+    prepared = load_prepared(out, device="cpu")
+    assert prepared.study.name == "tiny" and prepared.study.data.train_size == 300
+    assert [info.name for info in prepared.layers] == ["conv1", "conv2", "fc1", "fc2"]
+    assert prepared.layers[1].macs == conv2["macs"]
+    assert evaluate_accuracy(prepared.model, prepared.splits.val, device="cpu") == first["quant_accuracy"]
+    assert prepared.quant_accuracy == first["quant_accuracy"]
+    assert prepared.fmt.weight_scheme == "sign-magnitude"
+    assert "exact_u8" in [m.name for m in prepared.space]
+    assert open_run(str(out), device="cpu").quant_accuracy == first["quant_accuracy"]
+
+    # only the QAT budget changed: float training is reused, QAT recomputed
+    tiny_study(tmp_path, qat_epochs=2)
+    changed = run_json(["prepare", str(study), "--out", str(out), "--device", "cpu", "--json"])
+    assert changed["stages"] == {"float": "cached", "qat": "trained", "evaluate": "computed"}
+    assert changed["float_accuracy"] == first["float_accuracy"]
+
+
+def test_interrupted_prepare_resumes_from_the_last_epoch(tmp_path, monkeypatch):
+    """A kill during float training leaves prepare/float.partial.pt; the rerun continues from it and
+    ends with the weights of an uninterrupted run."""
+    import dse.rundir
+    import dse.train
+    from dse.study import load_study, prepare
+
+    study = load_study(tiny_study(tmp_path, epochs=3, qat_epochs=0))
+    prepare(study, out=tmp_path / "ref", device="cpu")
+    ref = torch.load(tmp_path / "ref" / "prepare" / "float.pt", weights_only=False)["state_dict"]
+
+    real_fit, calls = dse.train.fit, {"n": 0}
+
+    class Killed(Exception):
+        pass
+
+    def killing_fit(*args, **kwargs):
+        def extra(model):
+            calls["n"] += 1
+            if calls["n"] > 2 * 5:  # 5 steps per epoch (300 / 64): die in epoch 3
+                raise Killed
+            return torch.zeros(())
+
+        return real_fit(*args, **kwargs, extra_loss=extra)
+
+    monkeypatch.setattr(dse.rundir, "fit", killing_fit)
+    with pytest.raises(Killed):
+        prepare(study, out=tmp_path / "run", device="cpu")
+    assert (tmp_path / "run" / "prepare" / "float.partial.pt").is_file()
+    monkeypatch.setattr(dse.rundir, "fit", real_fit)
+    prepare(study, out=tmp_path / "run", device="cpu")
+    got = torch.load(tmp_path / "run" / "prepare" / "float.pt", weights_only=False)["state_dict"]
+    assert all(torch.equal(got[k], ref[k]) for k in ref)
+
+
+@pytest.mark.parametrize("space", ["signed", "unsigned_affine"])
+def test_exact_table_equals_quant_in_every_format(tmp_path, space):
+    from dse.study import prepare
+
+    result = prepare(tiny_study(tmp_path, space=space, qat_epochs=0), out=tmp_path / "run", device="cpu")
+    assert result["lut_exact_accuracy"] == result["quant_accuracy"]
+    assert result["quant_accuracy"] > 0.5  # a trained network, not a constant one
+
+
+def test_bad_input_exits_2_with_one_line(tmp_path):
+    runner = CliRunner()
+    r = runner.invoke(cli, ["prepare", "mnist_lenet5", "--out", str(tmp_path / "r")])
+    assert r.exit_code == 2 and "--data" in r.stderr
+    np_file = tmp_path / "bad.npz"
+    import numpy as np
+
+    np.savez(np_file, images=np.zeros((3, 28, 28), np.uint8), y=np.zeros(3))
+    r = runner.invoke(cli, ["prepare", "mnist_lenet5", "--data", str(np_file), "--out", str(tmp_path / "r")])
+    assert r.exit_code == 2 and "no array 'x'" in r.stderr
+    (tmp_path / "s.toml").write_text('name = "s"\n[model]\nname = "digits_cnn"\ncheckpoint = "w.pt"\n')
+    torch.save({"fc9.weight": torch.zeros(1)}, tmp_path / "w.pt")
+    r = runner.invoke(cli, ["prepare", str(tmp_path / "s.toml"), "--out", str(tmp_path / "r2")])
+    assert r.exit_code == 2 and "w.pt does not fit the model" in r.stderr
+    assert not (tmp_path / "r2" / "prepare" / "float.pt").exists()
+    r = runner.invoke(cli, ["prepare", str(tmp_path / "r2"), "--device", "tpu"])
+    assert r.exit_code == 2
