@@ -132,6 +132,11 @@ class Prepared:
         return self.search_space.resolve_layers(self.library, [info.name for info in self.layers])
 
     @property
+    def inputs_sha256(self) -> str:
+        """Key of the prepared state (QAT weights + evaluation): an upstream key for later stages' caches."""
+        return str(self.result.get("inputs_sha256", ""))
+
+    @property
     def layer_names(self) -> list[str]:
         return [info.name for info in self.layers]
 

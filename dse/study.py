@@ -49,7 +49,9 @@ class DataConfig(_Section):
     val_size: int = Field(500, ge=1)
     test_size: int = Field(297, ge=0)
     seed: int = 0
-    augment: bool | None = Field(None, description="crop+flip on train batches; None: only for cifar10")
+    augment: Literal["none", "shift", "crop_flip"] | None = Field(
+        None, description="train-batch augmentation; None: crop_flip for cifar10, none otherwise"
+    )
 
 
 class TrainConfig(_Section):

@@ -253,9 +253,9 @@ def load_splits(data_cfg, path_override: str | Path | None = None, base_dir: Pat
     )
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     num_classes = int(y.max()) + 1
-    want_augment = getattr(data_cfg, "augment", None)
-    if want_augment is None:  # default: the standard augmentation where it is standard
-        want_augment = data_cfg.name == "cifar10"
+    augment = getattr(data_cfg, "augment", None)
+    if augment is None:  # default: the standard augmentation where it is standard
+        augment = "crop_flip" if data_cfg.name == "cifar10" else "none"
     info = {
         "seed": data_cfg.seed,
         "pool_size": len(x),
@@ -271,24 +271,36 @@ def load_splits(data_cfg, path_override: str | Path | None = None, base_dir: Pat
         test=TensorDataset(xt[test], yt[test]),
         num_classes=num_classes,
         input_shape=tuple(x.shape[1:]),
-        augment=crop_flip if want_augment else None,
+        augment=AUGMENTATIONS[augment],
         info=info,
     )
 
 
-def crop_flip(x, generator=None, padding: int = 4):
-    """Standard CIFAR augmentation on a batch [N,C,H,W]: random crop with zero padding + horizontal flip."""
+def crop_flip(x, generator=None, padding: int | None = None, flip: bool = True):
+    """Standard CIFAR augmentation on a batch [N,C,H,W]: random crop with zero padding (default H/8:
+    4 pixels for 32x32) + horizontal flip (when `flip`)."""
     import torch
     from torch.nn import functional as F
 
     n, _, h, w = x.shape
+    padding = max(1, h // 8) if padding is None else padding
     padded = F.pad(x, (padding,) * 4)
     dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
     dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
-    flip = torch.rand(n, generator=generator) < 0.5
+    mirror = (torch.rand(n, generator=generator) < 0.5) & flip
     rows = (dy[:, None] + torch.arange(h)[None]).to(x.device)  # [N, H]
     cols = dx[:, None] + torch.arange(w)[None]  # [N, W]
-    cols = torch.where(flip[:, None], cols.flip(1), cols).to(x.device)
+    cols = torch.where(mirror[:, None], cols.flip(1), cols).to(x.device)
     idx_n = torch.arange(n, device=x.device)[:, None, None]
     out = padded.permute(0, 2, 3, 1)[idx_n, rows[:, :, None], cols[:, None, :]]  # [N, H, W, C]
     return out.permute(0, 3, 1, 2).contiguous()
+
+
+def random_shift(x, generator=None):
+    """Random translation by up to H/8 pixels (zero fill), no flip: for digits, where a mirror image is
+    another symbol."""
+    return crop_flip(x, generator, flip=False)
+
+
+# [data] augment -> the function training applies to train batches
+AUGMENTATIONS = {"none": None, "shift": random_shift, "crop_flip": crop_flip}
