@@ -131,39 +131,89 @@ def predict_weight_aware(
     return sig, mean
 
 
-def sampled_errors(rows: np.ndarray, weights: np.ndarray, err: np.ndarray, chunk_bytes: int = 64 << 20):
-    """Accumulator error of every multiplier on every sampled row and output column:
-    out[m, s, n] = Σ_k err[m, rows[s, k], weights[k, n]] (bytes), float32 [M, S, N].
+LOWRANK_MIN_TABLE = 1 << 21  # bag table entries per multiplier above which low-rank GEMMs pay
 
-    Weight-stationary embedding bag: table T[k·256 + a, (m, n)] = err[m, a, w_kn], one bag per row.
+
+def factorize(err: np.ndarray, max_rank: int = 16) -> list:
+    """Per table, low-rank factors (U [256, r], V [256, r]) with ε = U·Vᵀ (to float precision) when its
+    rank r ≤ max_rank, else None. Most built-in tables have rank ≤ 12 (truncation, broken arrays, DRUM…).
+    Randomised range finder (one [256, 256]×[256, max_rank+4] product and a small SVD per table): cheap."""
+    rng = np.random.default_rng(0)
+    omega = rng.standard_normal((256, max_rank + 4))
+    out = []
+    for e in np.asarray(err, np.float64):
+        norm = np.linalg.norm(e)
+        if norm == 0:
+            out.append((np.zeros((256, 0)), np.zeros((256, 0))))
+            continue
+        q, _ = np.linalg.qr(e @ omega)
+        b = q.T @ e
+        if np.linalg.norm(e - q @ b) > 1e-9 * norm:
+            out.append(None)
+            continue
+        ub, sv, vt = np.linalg.svd(b, full_matrices=False)
+        r = int((sv > sv[0] * 1e-10).sum())
+        if r > max_rank:
+            out.append(None)
+            continue
+        out.append(((q @ ub[:, :r]) * sv[:r], vt[:r].T.copy()))
+    return out
+
+
+def sampled_errors(
+    rows: np.ndarray,
+    weights: np.ndarray,
+    err: np.ndarray,
+    factors: list | None = None,
+    chunk_bytes: int = 64 << 20,
+):
+    """Accumulator error of every multiplier on every sampled row and output column:
+    out[m, s, n] = Σ_k err[m, rows[s, k], weights[k, n]] (bytes), float64 [M, S, N].
+
+    Low-rank tables (see `factorize`): Σ_r U_r[rows] @ V_r[weights], dense GEMMs, exact to ~1e-9.
+    The rest: a weight-stationary embedding bag over T[a·K + k, (n, m)] = err[m, a, w_kn] (float32 sums
+    of integers, exact below 2^24).
     """
     import torch
     import torch.nn.functional as F
 
     rows_t = torch.as_tensor(np.asarray(rows).astype(np.int64) & 0xFF)
     w_t = torch.as_tensor(np.asarray(weights).astype(np.int64) & 0xFF)
-    e_t = torch.as_tensor(np.asarray(err), dtype=torch.float32)
-    n_mult = e_t.shape[0]
+    n_mult = len(err)
     s, k = rows_t.shape
     n = w_t.shape[1]
-    idx = rows_t + 256 * torch.arange(k)[None, :]  # [S, K] rows of T
-    per_mult = k * 256 * n * 4
-    step = max(1, min(n_mult, chunk_bytes // max(per_mult, 1)))
-    out = torch.empty(n_mult, s, n, dtype=torch.float32)
-    for m0 in range(0, n_mult, step):
-        m1 = min(n_mult, m0 + step)
-        # [m, 256, K, N] -> [K, 256, m, N] -> [K*256, m*N]
-        t = e_t[m0:m1][:, :, w_t]  # [m, 256, K, N]
-        t = t.permute(2, 1, 0, 3).reshape(k * 256, (m1 - m0) * n)
-        bag = F.embedding_bag(idx, t, mode="sum")  # [S, m*N]
-        out[m0:m1] = bag.reshape(s, m1 - m0, n).permute(1, 0, 2)
+    out = torch.empty(n_mult, s, n, dtype=torch.float64)
+    if factors is None or k * n * 256 <= LOWRANK_MIN_TABLE:
+        factors = [None] * n_mult  # small layers: the bag's table stays in cache and is faster
+    dense = [m for m in range(n_mult) if factors[m] is None]
+    for m in range(n_mult):
+        if factors[m] is None:
+            continue
+        u, v = factors[m]
+        if u.shape[1] == 0:
+            out[m] = 0.0
+            continue
+        r = u.shape[1]
+        ua = torch.as_tensor(u)[rows_t].reshape(s, k * r)  # [S, (K, r)]
+        vw = torch.as_tensor(v.T.copy())[:, w_t].permute(1, 0, 2).reshape(k * r, n)  # [(K, r), N]
+        out[m] = ua @ vw
+    if dense:
+        e_t = torch.as_tensor(np.asarray(err)[dense], dtype=torch.float32)
+        idx = rows_t * k + torch.arange(k)[None, :]  # [S, K] rows of T, ordered (a, k)
+        step = max(1, min(len(dense), chunk_bytes // max(k * 256 * n * 4, 1)))
+        for c0 in range(0, len(dense), step):
+            c1 = min(len(dense), c0 + step)
+            e2 = e_t[c0:c1].permute(1, 2, 0).contiguous()  # [256 a, 256 w, m]
+            t = e2[:, w_t].reshape(256 * k, n * (c1 - c0))  # T[(a, k), (n, m)] = err[m, a, w_kn]
+            bag = F.embedding_bag(idx, t, mode="sum")  # [S, N*m]
+            out[dense[c0:c1]] = bag.reshape(s, n, c1 - c0).permute(2, 0, 1).double()
     return out.numpy()
 
 
-def predict_sampled(rows: np.ndarray, weights: np.ndarray, err: np.ndarray, col_scale=None):
+def predict_sampled(rows: np.ndarray, weights: np.ndarray, err: np.ndarray, col_scale=None, factors=None):
     """The table applied to sampled calibration rows with the real weights: std and mean of the output
     error over (rows × columns), each column scaled by its float scale. Returns (σ [M], mean [M])."""
-    e = sampled_errors(rows, weights, err).astype(np.float64)  # [M, S, N]
+    e = sampled_errors(rows, weights, err, factors)  # [M, S, N]
     s = _scale_stats(col_scale, e.shape[2])
     e = e * s[None, None, :]
     flat = e.reshape(e.shape[0], -1)

@@ -1,0 +1,241 @@
+"""Layer profiles: what the σ predictors need to know about each approximable layer, from a calibration
+sample of the training split (never the validation split, which `dse analyze` measures on).
+
+Per layer: global activation / weight code histograms (by byte, value & 0xFF: correct for signed and
+unsigned codes alike), per-output-column weight histograms, `rows_per_layer` sampled GEMM rows (im2col
+receptive fields for convs, input vectors for linear layers) with their local histograms, the weight
+codes, the per-column float output scale, and mean / std of the exact layer output (float, before
+bias). Stored in `profiles/profiles.npz` of the run directory, keyed by the QAT checkpoint's sha256.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dse.errors.estimators import byte_histogram, row_histograms
+from dse.util import UserError, atomic_write_bytes, log
+
+PROFILE_IMAGES = 512
+ROWS_PER_LAYER = 512
+
+
+@dataclass
+class LayerProfile:
+    name: str
+    kind: str
+    fan_in: int
+    macs: int
+    hist_x: np.ndarray  # [256] activation code counts (all GEMM operand entries incl. padding codes)
+    hist_w: np.ndarray  # [256] weight code counts
+    col_hists: np.ndarray  # [N, 256] weight code counts per output column
+    rows: np.ndarray  # [G, S, K] sampled GEMM rows (codes), one block per group
+    weights: np.ndarray  # [G, K, N/G] weight codes per group
+    col_scale: np.ndarray  # [N] float output units per accumulator unit, per output column
+    output_mean: float  # mean of the exact layer output (float, before bias)
+    output_std: float  # std of the same (the AGN tolerance's reference)
+
+    @property
+    def local_hists(self) -> np.ndarray:
+        """[G·S, 256] normalised histograms of the sampled rows (P3's receptive-field histograms)."""
+        return row_histograms(self.rows.reshape(-1, self.rows.shape[-1]))
+
+    @property
+    def output_rms(self) -> float:
+        return float(np.sqrt(self.output_std**2 + self.output_mean**2))
+
+
+@dataclass
+class LayerProfiles:
+    layers: list[LayerProfile]
+    images: int
+    key: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def names(self) -> list[str]:
+        return [p.name for p in self.layers]
+
+    def __getitem__(self, name: str) -> LayerProfile:
+        for p in self.layers:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    def save(self, path: Path) -> None:
+        import io
+        import json
+
+        arrays: dict[str, np.ndarray] = {}
+        meta = {"images": self.images, "key": self.key, "layers": []}
+        for i, p in enumerate(self.layers):
+            meta["layers"].append(
+                {
+                    "name": p.name,
+                    "kind": p.kind,
+                    "fan_in": int(p.fan_in),
+                    "macs": int(p.macs),
+                    "output_mean": float(p.output_mean),
+                    "output_std": float(p.output_std),
+                }
+            )
+            for f in ("hist_x", "hist_w", "col_hists", "rows", "weights", "col_scale"):
+                arrays[f"{i}_{f}"] = getattr(p, f)
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **arrays)
+        atomic_write_bytes(path, buf.getvalue())
+
+    @staticmethod
+    def load(path: Path) -> LayerProfiles:
+        import json
+
+        with np.load(path) as z:
+            meta = json.loads(bytes(z["meta"]).decode())
+            layers = []
+            for i, m in enumerate(meta["layers"]):
+                arr = {
+                    f: z[f"{i}_{f}"]
+                    for f in ("hist_x", "hist_w", "col_hists", "rows", "weights", "col_scale")
+                }
+                layers.append(LayerProfile(**m, **arr))
+        return LayerProfiles(layers=layers, images=meta["images"], key=meta["key"])
+
+
+def _channel_scale(scale, n_cols: int) -> np.ndarray:
+    import torch
+
+    s = scale.detach().cpu().double().numpy() if isinstance(scale, torch.Tensor) else np.asarray(scale, float)
+    s = s.reshape(-1)
+    return np.broadcast_to(s, (n_cols,)).copy() if s.size == 1 else s.astype(np.float64)
+
+
+def float_output(acc, scale):
+    """Accumulator (int32 [B, C, ...]) -> float output before bias, the scale broadcast on channel axis 1."""
+    import torch
+
+    acc = acc.to(torch.float64)
+    s = torch.as_tensor(scale, dtype=torch.float64).reshape(-1)
+    if s.numel() > 1:
+        s = s.reshape(1, -1, *([1] * (acc.dim() - 2)))
+    return acc * s
+
+
+def capture_layer_inputs(model, x, layer_names=None) -> dict:
+    """Run `model` on x and return {layer_name: float input tensor} of every approximable layer."""
+    import torch
+
+    from dse.nn import approx_layers
+
+    layers = approx_layers(model)
+    seen: dict = {}
+    hooks = []
+    for name, layer in layers.items():
+        if layer_names is not None and name not in layer_names:
+            continue
+
+        def hook(mod, inputs, _name=name):
+            seen[_name] = inputs[0].detach()
+
+        hooks.append(layer.register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def calibration_images(dataset, n: int, seed: int = 0):
+    """A seeded sample of `n` inputs (float tensor) of a TensorDataset-like split."""
+    import torch
+
+    total = len(dataset)
+    if total == 0:
+        raise UserError("calibration data: the split is empty (layers with no sample data)")
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(total, generator=g)[: min(n, total)]
+    xs = [dataset[int(i)][0] for i in idx]
+    return torch.stack(xs)
+
+
+def layer_operands(layer, x_float):
+    """(codes, [(A [M,K], B [K,N]) per group], exact float output before bias) of one layer on its input."""
+    import torch
+
+    with torch.no_grad():
+        codes = layer.input_codes(x_float)
+        ops = layer.gemm_operands(codes)
+        acc = layer.int_forward(codes)
+    return codes, ops, float_output(acc, layer.output_scale)
+
+
+def compute_profiles(model, images, rows_per_layer: int = ROWS_PER_LAYER, seed: int = 0) -> LayerProfiles:
+    """Profile every approximable layer of a prepared (quant-mode, eval) model on `images`."""
+    from dse.nn import approx_layers
+
+    model.eval()
+    rng = np.random.default_rng(seed)
+    inputs = capture_layer_inputs(model, images)
+    profiles = []
+    for name, layer in approx_layers(model).items():
+        if name not in inputs:
+            raise UserError(f"layer {name}: no sample data reached it on the calibration images")
+        _, ops, y = layer_operands(layer, inputs[name])
+        a0 = ops[0][0]
+        m_rows = a0.shape[0]
+        if m_rows == 0:
+            raise UserError(f"layer {name}: no sample data (0 GEMM rows)")
+        sel = np.sort(rng.choice(m_rows, size=min(rows_per_layer, m_rows), replace=False))
+        rows = np.stack([a.cpu().numpy()[sel] for a, _ in ops]).astype(np.int16)
+        weights = np.stack([b.cpu().numpy() for _, b in ops]).astype(np.int16)
+        hist_x = sum(byte_histogram(a.cpu().numpy()) for a, _ in ops)
+        w_all = np.concatenate([b.cpu().numpy() for _, b in ops], axis=1)  # [K, N]
+        col_hists = np.stack([byte_histogram(w_all[:, j]) for j in range(w_all.shape[1])])
+        yn = y.cpu().numpy()
+        profiles.append(
+            LayerProfile(
+                name=name,
+                kind=layer.kind,
+                fan_in=int(layer.fan_in),
+                macs=int(layer.macs),
+                hist_x=hist_x,
+                hist_w=byte_histogram(w_all),
+                col_hists=col_hists,
+                rows=rows,
+                weights=weights,
+                col_scale=_channel_scale(layer.output_scale, w_all.shape[1]),
+                output_mean=float(yn.mean()),
+                output_std=float(yn.std()),
+            )
+        )
+    return LayerProfiles(layers=profiles, images=int(images.shape[0]))
+
+
+def _prepared_key(prepared) -> str:
+    from dse.util import sha256_file
+
+    qat = Path(prepared.run_dir) / "prepare" / "qat.pt"
+    return sha256_file(qat) if qat.exists() else ""
+
+
+def get_profiles(prepared, images: int = PROFILE_IMAGES, recompute: bool = False) -> LayerProfiles:
+    """Layer profiles of a prepared run (cached in `profiles/profiles.npz`, recomputed when the QAT
+    checkpoint changed). Calibration images: a seeded sample of the *training* split."""
+    path = Path(prepared.run_dir) / "profiles" / "profiles.npz"
+    key = _prepared_key(prepared)
+    if path.exists() and not recompute:
+        try:
+            cached = LayerProfiles.load(path)
+            if cached.key == key and cached.names() == [li.name for li in prepared.layers]:
+                return cached
+        except Exception:  # a stale or foreign file: recompute
+            pass
+    log(f"profiling {len(prepared.layers)} layers on {images} training images")
+    x = calibration_images(prepared.splits.train, images, seed=0)
+    prof = compute_profiles(prepared.model, x)
+    prof.key = key
+    prof.save(path)
+    return prof
