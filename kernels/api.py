@@ -28,8 +28,7 @@ from dse.kernels.reference import approx_matmul_reference
 # Dispatcher thresholds (measured with `dse bench kernels`, see docs/ARCHITECTURE.md "dse.kernels").
 CPU_LOWRANK_MAX_COST = 4.0  # lowrank on CPU when rank·(2 if float64 else 1) <= this
 CUDA_LOWRANK_MAX_COST = 2.0  # not measured yet (no GPU in the building session)
-CPU_GATHER_MAX_M = 48  # fewer activation rows than this: direct gather beats building weight tables
-CPU_GATHER_MAX_N = 2  # depthwise-like (N <= 2 per group): direct gather beats embedding_bag
+CPU_GATHER_MAX_M = 48  # one-off call with fewer activation rows: direct gather beats building weight tables
 
 
 def triton_usable(device: torch.device) -> bool:
@@ -76,7 +75,8 @@ class _ReferencePlan(_Plan):
 
 
 class _CpuPlan(_Plan):
-    """Weight-stationary embedding_bag; direct gather for tiny M or N (tables built on first need, kept)."""
+    """Weight-stationary embedding_bag; a first call with tiny M uses a direct gather instead (building the
+    tables would cost more than the whole product); later calls build the tables once and keep them."""
 
     backend = "cpu"
 
@@ -84,13 +84,15 @@ class _CpuPlan(_Plan):
         self.pairs = pairs
         self.widths = tuple(b.shape[2] for b, _ in pairs)
         self.tables: cpu.WeightTables | None = None
+        self.calls = 0
 
     @property
     def nbytes(self) -> int:
         return self.tables.nbytes if self.tables is not None else 0
 
     def apply(self, a):
-        if self.tables is None and (a.shape[1] < CPU_GATHER_MAX_M or max(self.widths) <= CPU_GATHER_MAX_N):
+        self.calls += 1
+        if self.tables is None and self.calls == 1 and a.shape[1] < CPU_GATHER_MAX_M:
             return torch.cat([cpu.gather_matmul(a, b, lut) for b, lut in self.pairs], dim=2)
         if self.tables is None:
             self.tables = cpu.build_weight_tables(self.pairs)

@@ -2,9 +2,9 @@
 
 For weights B [G, K, N] (G groups, codes 0..255) and a table L, the *weight-stationary table* is
 
-    T[k, g, a, n] = L[a, B[g, k, n]]          (float, laid out [K, G, 256, N])
+    T[a, k, g, n] = L[a, B[g, k, n]]          (float; rows (a, k, g), columns n; built by one gather)
 
-so out[g, m, :] = Σ_k T[k, g, A[g, m, k], :] is one `F.embedding_bag(mode="sum")` over rows of T: one
+so out[g, m, :] = Σ_k T[A[g, m, k], k, g, :] is one `F.embedding_bag(mode="sum")` over rows of T: one
 contiguous row read of N values per (m, k) instead of N scattered table reads. Float sums of integers are
 exact while every partial sum stays below 2^24 (float32) or 2^53 (float64), so K is cut into chunks of
 `chunk` steps with chunk·max|T| below that bound, and the chunks are added in int64.
@@ -31,7 +31,7 @@ GATHER_CHUNK_ELEMENTS = 1 << 22  # direct-gather path: index tensor elements per
 class WeightTables:
     """Weight-stationary tables of one or several (weights, table) pairs sharing G and K.
 
-    `chunks[i]` is the float table for K steps [i·chunk, (i+1)·chunk), shape [steps·G·256, n_total];
+    `chunks[i]` is the float table for K steps [i·chunk, (i+1)·chunk), shape [256·steps·G, n_total];
     `widths` the N of each pair in the order they were concatenated.
     """
 
@@ -63,16 +63,16 @@ def build_weight_tables(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> Weigh
         used = torch.unique(b.reshape(-1).long())  # only the table columns these weights select matter
         max_abs = max(max_abs, int(lut.index_select(1, used).abs().max()) if used.numel() else 0)
     dtype, chunk = exact_chunk(max_abs, k)
-    parts = []
-    for b, lut in pairs:
-        lut_t = lut.t().to(dtype)  # [weight code, activation code]
-        t = F.embedding(b.long(), lut_t)  # [G, K, N, 256]
-        parts.append(t.permute(1, 0, 3, 2))  # [K, G, 256, N]
-    full = torch.cat(parts, dim=3) if len(parts) > 1 else parts[0]
-    chunks = tuple(
-        full[k0 : k0 + chunk].contiguous().reshape(-1, full.shape[3]) for k0 in range(0, max(k, 1), chunk)
-    )
-    return WeightTables(chunks, chunk, g, k, tuple(b.shape[2] for b, _ in pairs))
+    luts = [lut.to(dtype) for _, lut in pairs]
+    chunks = []
+    for k0 in range(0, max(k, 1), chunk):
+        parts = []
+        for (b, _), lut_f in zip(pairs, luts):
+            cols = b[:, k0 : k0 + chunk].permute(1, 0, 2).reshape(-1).long()  # (k, g, n) order
+            # one gather straight into the final layout: row (a, k, g), columns n
+            parts.append(lut_f.index_select(1, cols).view(-1, b.shape[2]))
+        chunks.append(torch.cat(parts, dim=1) if len(parts) > 1 else parts[0])
+    return WeightTables(tuple(chunks), chunk, g, k, tuple(b.shape[2] for b, _ in pairs))
 
 
 def apply_weight_tables(a: torch.Tensor, tables: WeightTables) -> torch.Tensor:
@@ -85,11 +85,11 @@ def apply_weight_tables(a: torch.Tensor, tables: WeightTables) -> torch.Tensor:
     for i, table in enumerate(tables.chunks):
         k0 = i * tables.chunk
         steps = min(tables.chunk, k - k0)
-        # row of (k, g, a) in the chunk's table: ((k - k0)·G + g)·256 + a
+        # row of (a, k, g) in the chunk's table: a·steps·G + (k - k0)·G + g
         base = (torch.arange(steps, device=a.device, dtype=torch.int32) * g)[None, None, :] + torch.arange(
             g, device=a.device, dtype=torch.int32
         )[:, None, None]
-        idx = (base * 256 + a[:, :, k0 : k0 + steps].to(torch.int32)).reshape(g * m, steps)
+        idx = (a[:, :, k0 : k0 + steps].to(torch.int32) * (steps * g) + base).reshape(g * m, steps)
         part = F.embedding_bag(idx, table, mode="sum")
         if len(tables.chunks) == 1 and table.dtype == torch.float32:
             return part.to(torch.int32).reshape(g, m, n_total)

@@ -10,7 +10,8 @@ below 2^24 (float32) or 2^53 (float64): K is cut into chunks small enough for th
 rounded to int64 (it already is an integer) and the chunks are added in int64, then divided by `denom`.
 
 Factorisation (once per table, a few ms, kept in a small bounded cache keyed by the table's bytes):
-floating-point SVD gives the candidate rank r, column-pivoted QR picks r pivot rows P and columns Q; with
+floating-point SVD gives the candidate rank r; r independent rows P are picked smallest-magnitude first and
+column-pivoted QR of those rows picks r columns Q; with
 M = L[P, Q], D = det M and adj(M) = D·M⁻¹ computed in Python integers, U = L[:, Q]·adj(M), V = L[P, :],
 and D·L == U·V is *verified in exact integer arithmetic* (a table whose true rank is higher fails the check
 and is reported as not low-rank). Row contents of V and the common factor of U and D are divided out to keep
@@ -26,12 +27,15 @@ from functools import lru_cache
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from dse.kernels.cpu import FLOAT32_EXACT, FLOAT64_EXACT
 
 MAX_RANK = 16  # tables of higher rank are never worth it (>= 16 GEMMs)
 MIN_FLOAT32_CHUNK = 64  # below this many K steps per exact float32 chunk, float64 GEMMs are faster
-APPLY_BLOCK_ELEMENTS = 1 << 22  # rows of U[A] materialised per GEMM block (bounded memory)
+APPLY_BLOCK_ELEMENTS = 1 << 22
+_PROBE_ROWS = np.random.default_rng(0).permutation(256)[: MAX_RANK + 8]
+_PROBE_COLS = np.random.default_rng(1).permutation(256)[
+    : MAX_RANK + 8
+]  # rows of U[A] materialised per GEMM block (bounded memory)
 
 
 @dataclass(frozen=True)
@@ -90,19 +94,45 @@ def _det_adj(m: list[list[int]]) -> tuple[int, list[list[int]]]:
     return d, [[int(x * d) for x in row[n:]] for row in aug]
 
 
+def _small_independent_rows(lf: np.ndarray, r: int) -> list[int] | None:
+    """r linearly independent rows, smallest magnitude first: small basis rows give small factors (for a
+    column-truncated multiplier they are the rows a = 2^i, whose coefficients are a's bits)."""
+    order = np.argsort(np.abs(lf).max(axis=1), kind="stable")
+    basis: list[np.ndarray] = []
+    rows: list[int] = []
+    for i in order:
+        v = lf[i].copy()
+        norm = np.linalg.norm(v)
+        if norm == 0:
+            continue
+        for q in basis:
+            v -= (q @ v) * q
+        if np.linalg.norm(v) > norm * 1e-9:
+            basis.append(v / np.linalg.norm(v))
+            rows.append(int(i))
+            if len(rows) == r:
+                return sorted(rows)
+    return None
+
+
 def _factorize(lut: np.ndarray) -> LowRankFactors | None:
     import scipy.linalg
 
     lf = lut.astype(np.float64)
     if not lf.any():
         return LowRankFactors(np.zeros((256, 1), np.int64), np.zeros((1, 256), np.int64), 1)
+    probe = lf[_PROBE_ROWS][:, _PROBE_COLS]  # cheap rejection of the common full-rank tables
+    if np.linalg.matrix_rank(probe) > MAX_RANK:
+        return None
     s = np.linalg.svd(lf, compute_uv=False)
     r = int((s > s[0] * 256 * np.finfo(np.float64).eps).sum())
     if r > MAX_RANK:
         return None
-    _, _, col_piv = scipy.linalg.qr(lf, pivoting=True, mode="economic")
-    _, _, row_piv = scipy.linalg.qr(lf.T, pivoting=True, mode="economic")
-    rows, cols = sorted(row_piv[:r].tolist()), sorted(col_piv[:r].tolist())
+    rows = _small_independent_rows(lf, r)
+    if rows is None:
+        return None
+    _, _, col_piv = scipy.linalg.qr(lf[rows], pivoting=True, mode="economic")
+    cols = sorted(col_piv[:r].tolist())
     obj = lut.astype(object)
     d, adj = _det_adj([[int(obj[i, j]) for j in cols] for i in rows])
     if d == 0:
@@ -140,14 +170,13 @@ def lowrank_factors(lut: torch.Tensor) -> LowRankFactors | None:
 
 @dataclass(frozen=True)
 class LowRankWeights:
-    """V[:, B] for weights B [G, K, N], as the right-hand GEMM operand [G, K·r, N], plus the plan."""
+    """V[j, B] for weights B [G, K, N]: the right-hand GEMM operands [r, G, K, N], plus the float plan."""
 
     factors: LowRankFactors
-    u: torch.Tensor  # [256, r] float
-    vb: torch.Tensor  # [G, K·r, N] float
+    u_t: torch.Tensor  # [r, 256] float: U transposed, one lookup vector per rank-one term
+    vb: torch.Tensor  # [r, G, K, N] float
     dtype: torch.dtype
     chunk: int
-    k: int
 
     @property
     def nbytes(self) -> int:
@@ -156,32 +185,34 @@ class LowRankWeights:
 
 def build_lowrank_weights(b: torch.Tensor, factors: LowRankFactors) -> LowRankWeights:
     """b: [G, K, N] codes 0..255."""
-    g, k, n = b.shape
+    k = b.shape[1]
     dtype, chunk = factors.float_plan(k)
-    r = factors.rank
-    v_t = torch.from_numpy(factors.v.T.copy()).to(device=b.device, dtype=dtype)  # [256, r]
-    vb = F.embedding(b.long(), v_t).permute(0, 1, 3, 2).reshape(g, k * r, n).contiguous()
-    u = torch.from_numpy(factors.u).to(device=b.device, dtype=dtype)
-    return LowRankWeights(factors, u, vb, dtype, chunk, k)
+    v = torch.from_numpy(factors.v).to(device=b.device, dtype=dtype)  # [r, 256]
+    vb = v[:, b.long()].contiguous()  # [r, G, K, N]
+    u_t = torch.from_numpy(factors.u.T.copy()).to(device=b.device, dtype=dtype)
+    return LowRankWeights(factors, u_t, vb, dtype, chunk)
 
 
 def apply_lowrank(a: torch.Tensor, w: LowRankWeights) -> torch.Tensor:
-    """a: [G, M, K] codes 0..255 -> int32 [G, M, N]."""
+    """a: [G, M, K] codes 0..255 -> int32 [G, M, N]: Σ_j U_j[A] @ V_j[B], in exact float chunks of K."""
     g, m, k = a.shape
-    n = w.vb.shape[2]
-    r = w.factors.rank
+    n = w.vb.shape[3]
     out = torch.zeros(g, m, n, dtype=torch.int64, device=a.device)
     if m == 0 or k == 0 or n == 0:
         return out.to(torch.int32)
-    a = a.long()
-    block = max(1, APPLY_BLOCK_ELEMENTS // max(1, g * min(k, w.chunk) * r))
+    a = a.to(torch.int32)
+    block = max(1, APPLY_BLOCK_ELEMENTS // max(1, g * min(k, w.chunk)))
     for k0 in range(0, k, w.chunk):
         k1 = min(k, k0 + w.chunk)
-        vb = w.vb[:, k0 * r : k1 * r]
         for m0 in range(0, m, block):
-            ua = F.embedding(a[:, m0 : m0 + block, k0:k1], w.u)  # [G, mb, steps, r]
-            prod = torch.bmm(ua.reshape(g, ua.shape[1], -1), vb)
-            out[:, m0 : m0 + block] += prod.to(torch.int64)
+            idx = a[:, m0 : m0 + block, k0:k1].contiguous()
+            acc = None
+            for j in range(w.factors.rank):
+                # a flat index_select is the fastest CPU gather (several times faster than F.embedding)
+                uj = w.u_t[j].index_select(0, idx.view(-1)).view(idx.shape)
+                vj = w.vb[j, :, k0:k1]
+                acc = torch.bmm(uj, vj) if acc is None else torch.baddbmm(acc, uj, vj)
+            out[:, m0 : m0 + block] += acc.to(torch.int64)
     if w.factors.denom != 1:
         out = torch.div(out, w.factors.denom, rounding_mode="floor")
     return out.to(torch.int32)

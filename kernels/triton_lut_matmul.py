@@ -43,7 +43,8 @@ def _lut_matmul_kernel(
     mask = mask_m[:, None] & (offs_n[None, :] < N)
     a_rows = a_ptr + g * stride_ag + offs_m * stride_am
     t_group = t_ptr + g * K * 256 * N
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    acc = tl.full((BLOCK_M, BLOCK_N), 0, dtype=tl.int32)  # tl.full, not tl.zeros: a builtin, so the
+    # interpreter can run this kernel even when triton was imported without TRITON_INTERPRET=1
     for k in range(0, K):
         codes = tl.load(a_rows + k * stride_ak, mask=mask_m, other=0).to(tl.int64)
         rows = (k * 256 + codes) * N

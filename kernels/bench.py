@@ -1,0 +1,226 @@
+"""`dse bench kernels`: throughput of every backend next to a float32 GEMM / conv of the same shape.
+
+Prints, never asserts. Each backend is timed alternately with its float32 counterpart (best of `reps`
+each), so the ratio is measured under the same machine load even on a shared machine.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from dse.kernels import api, lowrank
+from dse.kernels.reference import approx_conv2d_reference, approx_matmul_reference
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    kind: str  # "gemm" | "conv"
+    shape: dict  # gemm: m, k, n; conv: x [N,C,H,W], w [Co,Ci/g,kh,kw], padding, groups
+
+    @property
+    def macs(self) -> int:
+        if self.kind == "gemm":
+            return self.shape["m"] * self.shape["k"] * self.shape["n"]
+        n, _, h, w = self.shape["x"]
+        co, ci, kh, kw = self.shape["w"]
+        ho = h + 2 * self.shape["padding"] - kh + 1
+        wo = w + 2 * self.shape["padding"] - kw + 1
+        return n * ho * wo * co * ci * kh * kw
+
+
+def cases(quick: bool) -> list[Case]:
+    b = 16 if quick else 128
+    out = [
+        Case("gemm 8192x576x64", "gemm", {"m": 2048 if quick else 8192, "k": 576, "n": 64}),
+        Case(
+            "conv3x3 16->16 32x32",
+            "conv",
+            {"x": [b, 16, 32, 32], "w": [16, 16, 3, 3], "padding": 1, "groups": 1},
+        ),
+        Case(
+            "conv3x3 64->64 8x8", "conv", {"x": [b, 64, 8, 8], "w": [64, 64, 3, 3], "padding": 1, "groups": 1}
+        ),
+        Case(
+            "depthwise3x3 64 32x32",
+            "conv",
+            {"x": [b // 4, 64, 32, 32], "w": [64, 1, 3, 3], "padding": 1, "groups": 64},
+        ),
+    ]
+    if not quick:
+        out.append(Case("gemm 256x4608x512", "gemm", {"m": 256, "k": 4608, "n": 512}))
+    if quick:
+        out[0] = Case("gemm 2048x576x64", "gemm", out[0].shape)
+    return out
+
+
+def tables() -> dict[str, torch.Tensor]:
+    """A full-rank table (exact unsigned product plus random error, like an evolved multiplier) and a
+    rank-<=8 one (the unsigned multiplier with partial-product columns below 2^8 truncated)."""
+    v = torch.arange(256, dtype=torch.int64)
+    exact = v[:, None] * v[None, :]
+    g = torch.Generator().manual_seed(0)
+    evolved = exact + torch.randint(-300, 301, (256, 256), generator=g)
+    bits_a = (v[:, None] >> torch.arange(8)) & 1  # [256, 8]
+    bits_b = (v[:, None] >> torch.arange(8)) & 1
+    weight = 2 ** (torch.arange(8)[:, None] + torch.arange(8)[None, :])
+    weight = weight * ((torch.arange(8)[:, None] + torch.arange(8)[None, :]) >= 8)
+    truncated = bits_a @ weight @ bits_b.t()
+    return {"full-rank": evolved.to(torch.int32), "rank<=8 (col-trunc 8)": truncated.to(torch.int32)}
+
+
+def hardware(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
+    model = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{model}, {torch.get_num_threads()} torch threads, {os.cpu_count()} logical CPUs"
+
+
+def _timed(fn: Callable[[], object], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t
+
+
+def _race(fn, base, device, reps: int) -> tuple[float, float]:
+    """Best times of fn and base, measured alternately (same load for both)."""
+    fn()
+    base()
+    t_fn, t_base = float("inf"), float("inf")
+    for _ in range(reps):
+        t_fn = min(t_fn, _timed(fn, device))
+        t_base = min(t_base, _timed(base, device))
+    return t_fn, t_base
+
+
+def _operands(case: Case, device: torch.device, g: torch.Generator):
+    def codes(shape):
+        return torch.randint(0, 256, shape, generator=g, dtype=torch.int64).to(torch.uint8).to(device)
+
+    if case.kind == "gemm":
+        s = case.shape
+        return codes((s["m"], s["k"])), codes((s["k"], s["n"]))
+    return codes(tuple(case.shape["x"])), codes(tuple(case.shape["w"]))
+
+
+def bench_kernels(device: str | torch.device = "cpu", quick: bool = False, reps: int | None = None) -> dict:
+    """Run the benchmark; returns {"hardware", "device", "rows": [...]} (what `--json` prints)."""
+    device = torch.device(device)
+    reps = reps or (2 if quick else 3)
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for case in cases(quick):
+        a, b = _operands(case, device, g)
+        af, bf = a.float(), b.float()
+        if case.kind == "gemm":
+
+            def base(af=af, bf=bf):
+                return af @ bf
+
+            def prepare(lut, backend, b=b):
+                return api.prepare_matmul(b, lut, backend=backend)
+
+            def cold(lut, backend, a=a, b=b):
+                return api.approx_matmul(a, b, lut, backend=backend)
+
+            sub = a[:64]
+
+            def reference(lut, sub=sub, b=b):
+                return approx_matmul_reference(sub, b, lut)
+
+            ref_share = sub.shape[0] / a.shape[0]
+        else:
+            pad, groups = case.shape["padding"], case.shape["groups"]
+
+            def base(af=af, bf=bf, pad=pad, groups=groups):
+                return F.conv2d(af, bf, padding=pad, groups=groups)
+
+            def prepare(lut, backend, b=b, pad=pad, groups=groups):
+                return api.prepare_conv2d(b, lut, 1, pad, 1, groups, backend=backend)
+
+            def cold(lut, backend, a=a, b=b, pad=pad, groups=groups):
+                return api.approx_conv2d(a, b, lut, 1, pad, 1, groups, backend=backend)
+
+            sub = a[:1]
+
+            def reference(lut, sub=sub, b=b, pad=pad, groups=groups):
+                return approx_conv2d_reference(sub, b, lut, 1, pad, 1, groups)
+
+            ref_share = 1 / a.shape[0]
+        for table_name, lut in tables().items():
+            lut = lut.to(device)
+            factors = lowrank.lowrank_factors(lut)
+            backends = ["reference", "cpu", "lowrank", "triton", "auto"]
+            for backend in backends:
+                if backend == "lowrank" and (factors is None or factors.rank > lowrank.MAX_RANK):
+                    continue
+                if backend == "triton" and not (device.type == "cuda" and api.triton_usable(device)):
+                    continue
+                if backend == "reference":
+                    if device.type == "cuda":
+                        continue
+                    t_fn, t_base = _race(lambda lut=lut: reference(lut), base, device, 1)
+                    t_fn /= ref_share
+                    note = f"timed on {ref_share:.3g} of the rows"
+                else:
+                    p = prepare(lut, backend)
+                    t_fn, t_base = _race(lambda p=p, a=a: p(a), base, device, reps)
+                    note = f"prepared weights ({p.nbytes / 2**20:.0f} MiB), backend {p.backend}"
+                    if backend in ("cpu", "auto"):
+                        t_cold, _ = _race(lambda lut=lut, be=backend: cold(lut, be), base, device, 1)
+                        note += f"; {case.macs / t_cold / 1e9:.2f} G/s including preparation"
+                rows.append(
+                    {
+                        "case": case.name,
+                        "kind": case.kind,
+                        "macs": case.macs,
+                        "table": table_name,
+                        "rank": factors.rank if factors is not None else None,
+                        "backend": backend,
+                        "g_lut_mac_per_s": case.macs / t_fn / 1e9,
+                        "float32_g_mac_per_s": case.macs / t_base / 1e9,
+                        "ratio_to_float32": t_base / t_fn,
+                        "note": note,
+                    }
+                )
+    return {
+        "hardware": hardware(device),
+        "device": str(device),
+        "torch": torch.__version__,
+        "quick": quick,
+        "cases": [asdict(c) | {"macs": c.macs} for c in cases(quick)],
+        "rows": rows,
+    }
+
+
+def format_table(result: dict) -> str:
+    lines = [
+        f"hardware: {result['hardware']}  (torch {result['torch']}, device {result['device']})",
+        f"{'case':24} {'table':22} {'rank':>4} {'backend':9} {'G LUT-MAC/s':>11} {'fp32 G/s':>9} "
+        f"{'ratio':>6}  note",
+    ]
+    for r in result["rows"]:
+        rank = "-" if r["rank"] is None else str(r["rank"])
+        lines.append(
+            f"{r['case']:24} {r['table']:22} {rank:>4} {r['backend']:9} {r['g_lut_mac_per_s']:11.2f} "
+            f"{r['float32_g_mac_per_s']:9.2f} {r['ratio_to_float32']:6.3f}  {r['note']}"
+        )
+    return "\n".join(lines)

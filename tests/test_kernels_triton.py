@@ -1,0 +1,67 @@
+"""The Triton kernel, bit-exact against the reference: on CUDA when present, else under TRITON_INTERPRET=1."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from dse.kernels import (  # noqa: E402
+    approx_conv2d,
+    approx_conv2d_multi,
+    approx_conv2d_reference,
+    approx_matmul,
+    approx_matmul_multi,
+    approx_matmul_reference,
+)
+
+pytestmark = pytest.mark.triton
+
+
+@pytest.fixture
+def device(monkeypatch):
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    return torch.device("cpu")
+
+
+def codes(shape, dtype, g):
+    lo, hi = (-128, 128) if dtype == torch.int8 else (0, 256)
+    return torch.randint(lo, hi, shape, generator=g).to(dtype)
+
+
+def test_triton_matmul_matches_reference(device):
+    g = torch.Generator().manual_seed(0)
+    big = torch.randint(-(2**30), 2**30, (256, 256), generator=g, dtype=torch.int32)  # int32 sums wrap
+    asym = torch.randint(-70000, 70001, (256, 256), generator=g, dtype=torch.int32)
+    for (m, k, n), lut in (((1, 1, 1), asym), ((70, 9, 65), asym), ((5, 33, 3), big)):  # tiles cut at 64
+        a = codes((m, k), torch.int8, g)
+        b = codes((k, n), torch.uint8, g)
+        ref = approx_matmul_reference(a, b, lut)
+        out = approx_matmul(a.to(device), b.to(device), lut, backend="triton")
+        assert out.dtype == torch.int32 and torch.equal(out.cpu(), ref)
+
+
+def test_triton_grouped_conv_and_multi_match_reference(device):
+    g = torch.Generator().manual_seed(1)
+    lut = torch.randint(-70000, 70001, (256, 256), generator=g, dtype=torch.int32)
+    lut2 = torch.randint(-500, 501, (256, 256), generator=g, dtype=torch.int32)
+    x = codes((2, 4, 5, 6), torch.uint8, g)
+    w = codes((4, 1, 3, 3), torch.int8, g)  # depthwise
+    ref = approx_conv2d_reference(x, w, lut, 2, 1, (1, 2), 4, pad_code=9)
+    out = approx_conv2d(x.to(device), w.to(device), lut, 2, 1, (1, 2), 4, pad_code=9, backend="triton")
+    assert torch.equal(out.cpu(), ref)
+    w2 = codes((8, 1, 3, 3), torch.int8, g)
+    outs = approx_conv2d_multi(
+        x.to(device), [(w.to(device), lut), (w2.to(device), lut2)], 1, 1, 1, 4, backend="triton"
+    )
+    assert torch.equal(outs[1].cpu(), approx_conv2d_reference(x, w2, lut2, 1, 1, 1, 4))
+    a = codes((7, 6), torch.uint8, g)
+    bs = [codes((6, n), torch.int8, g) for n in (2, 5)]
+    outs = approx_matmul_multi(
+        a.to(device), [(bs[0].to(device), lut), (bs[1].to(device), lut2)], backend="triton"
+    )
+    assert torch.equal(outs[0].cpu(), approx_matmul_reference(a, bs[0], lut))
+    assert torch.equal(outs[1].cpu(), approx_matmul_reference(a, bs[1], lut2))
