@@ -24,9 +24,26 @@ from dse.data import Splits, load_splits
 from dse.models import build_model, fold_batchnorm, load_checkpoint
 from dse.study import Study, load_study
 from dse.train import dataset_tensors, evaluate_accuracy, fit
-from dse.util import UserError, atomic_torch_save, atomic_write_json, atomic_write_text, log, resolve_device
+from dse.util import (
+    UserError,
+    atomic_torch_save,
+    atomic_write_json,
+    atomic_write_text,
+    log,
+    resolve_device,
+    sha256_file,
+)
 
-__all__ = ["RunDir", "Prepared", "prepare", "load_prepared", "open_run", "evaluate_accuracy", "stage_key"]
+__all__ = [
+    "RunDir",
+    "Prepared",
+    "prepare",
+    "load_prepared",
+    "is_prepared",
+    "open_run",
+    "evaluate_accuracy",
+    "stage_key",
+]
 
 
 def stage_key(*parts: Any) -> str:
@@ -241,17 +258,12 @@ def prepare(
 
     # ---- float stage
     t = study.train
+    ckpt_path = Path(study.model.checkpoint) if study.model.checkpoint else None
+    checkpoint_sha = sha256_file(ckpt_path) if ckpt_path is not None and ckpt_path.is_file() else None
     float_key = stage_key(
-        "float",
-        study.model.model_dump(),
-        data_id,
-        t.epochs,
-        t.batch_size,
-        t.lr,
-        t.optimizer,
-        t.weight_decay,
-        t.seed,
-    )
+        "float", study.model.model_dump(), checkpoint_sha, data_id, study.data.augment, t.epochs, t.batch_size, t.lr,
+        t.optimizer, t.weight_decay, t.seed,
+    )  # fmt: skip
     torch.manual_seed(t.seed)
     model = build_model(
         study.model.name,
@@ -377,6 +389,17 @@ def prepare(
     return result
 
 
+def is_prepared(run_dir: str | Path | RunDir) -> bool:
+    """True when the run directory holds a finished prepare stage (QAT checkpoint + its evaluation)."""
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    try:
+        result = json.loads(run.result_json.read_text())
+        key = torch.load(run.qat_ckpt, map_location="cpu", weights_only=False).get("inputs_sha256")
+    except Exception:
+        return False
+    return isinstance(result, dict) and result.get("inputs_sha256") == stage_key("result", key)
+
+
 def load_prepared(
     run_dir: str | Path | RunDir, data: str | Path | None = None, device: str = "cpu"
 ) -> Prepared:
@@ -388,9 +411,9 @@ def load_prepared(
     study = run.read_study()
     if data not in (None, ""):
         study = study.resolved(data)
-    result = json.loads(run.result_json.read_text()) if run.result_json.is_file() else None
-    if result is None or not run.qat_ckpt.is_file():
-        raise UserError(f"{run.path}: not prepared yet; run `dse prepare {run.study_toml}` (or on the study)")
+    if not is_prepared(run):
+        raise UserError(f"{run.path}: not prepared (or prepare did not finish); run `dse prepare {run.path}`")
+    result = json.loads(run.result_json.read_text())
     dev = resolve_device(device)
     splits = load_splits(study.data, base_dir=study.base_dir)
     stored = json.loads(run.splits_json.read_text()) if run.splits_json.is_file() else {}
@@ -433,7 +456,7 @@ def open_run(
     loads. A study's run directory is `out` or runs/<study name>."""
     if target is not None and RunDir(target).is_run_dir():
         run = RunDir(target)
-        if not run.result_json.is_file() or not run.qat_ckpt.is_file():
+        if not is_prepared(run):
             prepare(run.read_study(), out=run.path, data=data, device=device)
         return load_prepared(run, data=data, device=device)
     study = load_study(target)

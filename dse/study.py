@@ -406,6 +406,7 @@ _RUNDIR_NAMES = (
     "Prepared",
     "prepare",
     "load_prepared",
+    "is_prepared",
     "open_run",
     "evaluate_accuracy",
     "stage_key",
