@@ -197,20 +197,6 @@ def _layers(model: nn.Module) -> dict[str, Any]:
     return approx_layers(model)
 
 
-def _float_out(layer: Any, acc: torch.Tensor) -> torch.Tensor:
-    """Accumulator -> float output before bias (acc · output_scale, per-channel scale broadcast)."""
-    scale = torch.as_tensor(layer.output_scale, dtype=torch.float32, device=acc.device)
-    if scale.ndim == 1 and scale.numel() > 1:
-        scale = scale.view(1, -1, *([1] * (acc.ndim - 2)))
-    return acc.to(torch.float32) * scale
-
-
-def _effective_lut(m: Any, fmt: Any) -> torch.Tensor:
-    from dse.quant import effective_lut
-
-    return effective_lut(m, fmt)
-
-
 def evaluate_lut(
     prepared: Any, model: nn.Module, multipliers: Mapping[str, Any], device: str = "cpu"
 ) -> float:
@@ -241,29 +227,29 @@ def measure_error_stats(
     """
     layers = _layers(model)
     active = {n: m for n, m in multipliers.items() if not getattr(m, "is_exact", False)}
-    luts = {n: _effective_lut(m, prepared.fmt) for n, m in active.items()}
     accs = {n: NeuronStatsAccumulator() for n in active}
 
     def hook_for(name: str):
         def hook(layer, args):
             with torch.no_grad():
                 codes = layer.input_codes(args[0])
-                exact = _float_out(layer, layer.int_forward(codes, None))
-                approx = _float_out(layer, layer.int_forward(codes, luts[name]))
+                exact = layer.dequantize_acc(layer.int_forward(codes, None))
+                approx = layer.dequantize_acc(layer.int_forward(codes, active[name]))
                 accs[name].add(exact.cpu(), approx.cpu())
 
         return hook
 
     handles = [layers[n].register_forward_pre_hook(hook_for(n)) for n in active]
-    train = prepared.splits.train
-    n = min(samples, len(train))
+    from dse.train import dataset_tensors
+
+    x_train = dataset_tensors(prepared.splits.train)[0]
+    n = min(samples, len(x_train))
     try:
         _set_lut(model, multipliers)
         model.eval()
         with torch.no_grad():
             for start in range(0, n, batch_size):
-                xb = torch.stack([train[i][0] for i in range(start, min(n, start + batch_size))]).to(device)
-                model(xb)
+                model(x_train[start : min(n, start + batch_size)].to(device))
     finally:
         for h in handles:
             h.remove()
@@ -350,17 +336,15 @@ def build_surrogates(
 
 @contextlib.contextmanager
 def _surrogate_mode(model: nn.Module, method: str, surrogates: Mapping[str, nn.Module]) -> Iterator[None]:
-    """Put the model into the training mode of `method`; restores the layers' errmodel slots afterwards."""
+    """Put the model into the training mode of `method`; empties the layers' errmodel slots afterwards.
+
+    The multiplicative baseline perturbs weights (`_WeightNoiseForward`), so its slots stay empty."""
     from dse.nn import set_mode
 
     layers = _layers(model)
-    if method == "multiplicative":
-        set_mode(model, "quant")
-        yield
-        return
-    set_mode(model, "errmodel")
+    set_mode(model, "errmodel")  # quant arithmetic (ranges frozen) plus the layer's errmodel slot
     for name, layer in layers.items():
-        layer.errmodel = surrogates.get(name)
+        layer.errmodel = None if method == "multiplicative" else surrogates.get(name)
     try:
         yield
     finally:
@@ -490,6 +474,39 @@ def retrain(
     atomic_torch_save({"state_dict": state, "result": result.to_json()}, ckpt)
     atomic_write_json(out_dir / f"{method}.json", result.to_json())
     return result
+
+
+def compare_methods(
+    run_dir: Path,
+    assignment: Mapping[str, str],
+    methods: Sequence[str] = METHODS,
+    data: str | None = None,
+    device: str = "cpu",
+    where: str = "config",
+    raw_config: Mapping[str, Any] | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Every method on one assignment in one process (same start, same seed), side by side; with the
+    errmodel / behavioral epoch-time ratio when both ran (measured in this run, so comparable)."""
+    prepared = load_run(Path(run_dir), data=data, device=device)
+    results = [
+        retrain(
+            run_dir,
+            assignment,
+            m,
+            device=device,
+            where=where,
+            raw_config=raw_config,
+            prepared=prepared,
+            **kwargs,
+        )
+        for m in methods
+    ]
+    by = {r.method: r for r in results}
+    speedup = None
+    if "behavioral" in by and "errmodel" in by and by["errmodel"].seconds_per_epoch > 0:
+        speedup = by["behavioral"].seconds_per_epoch / by["errmodel"].seconds_per_epoch
+    return {"results": [r.to_json() for r in results], "errmodel_speedup_vs_behavioral": speedup}
 
 
 def load_retrained(prepared: Any, checkpoint: Path) -> nn.Module:

@@ -74,14 +74,17 @@ def retrain(
     Example:
       dse retrain runs/digits --config cfg.json --method errmodel --epochs 3
       dse retrain runs/digits --config cfg.json --method behavioral --json
+      dse retrain runs/digits --config cfg.json --method all     # the methods side by side
       dse retrain runs/digits --cross --multipliers bam_h2_v6_u8,bam_h4_v8_u8
     """
     from dse import retrain as rt
     from dse.util import emit_json, resolve_device
 
     dev = str(resolve_device(device))
-    if method not in METHOD_NAMES:
-        raise UserError(f"--method {method}: expected one of {', '.join(METHOD_NAMES)}")
+    methods = list(METHOD_NAMES) if method == "all" else [m.strip() for m in method.split(",") if m.strip()]
+    for m in methods or [method]:
+        if m not in METHOD_NAMES:
+            raise UserError(f"--method {m}: expected one of {', '.join(METHOD_NAMES)}, a comma list or all")
     if epochs <= 0:
         raise UserError(f"--epochs {epochs}: expected a positive number of epochs")
     if calibration_samples < 2:
@@ -101,6 +104,9 @@ def retrain(
         device=dev,
     )
     if cross:
+        if len(methods) != 1:
+            raise UserError("--cross: give one --method")
+        method = methods[0]
         names = (
             [s.strip() for s in multiplier_list.split(",") if s.strip()]
             if multiplier_list
@@ -112,7 +118,16 @@ def retrain(
         else:
             click.echo(format_matrix(out))
         return
-    result = rt.retrain(run_dir, assignment, method, where=str(config_path), raw_config=raw, **common)
+    if len(methods) > 1:
+        out = rt.compare_methods(
+            run_dir, assignment, methods, where=str(config_path), raw_config=raw, **common
+        )
+        if as_json:
+            emit_json(out)
+        else:
+            click.echo(format_comparison(out))
+        return
+    result = rt.retrain(run_dir, assignment, methods[0], where=str(config_path), raw_config=raw, **common)
     if as_json:
         emit_json(result.to_json())
         return
@@ -134,4 +149,15 @@ def format_matrix(out: dict) -> str:
     ]
     for row, accs in zip(out["rows"], out["accuracy"]):
         lines.append(row.ljust(24) + "".join(f"{a:.4f}".rjust(width) for a in accs))
+    return "\n".join(lines)
+
+
+def format_comparison(out: dict) -> str:
+    lines = [f"{'method':16}{'before':>9}{'after':>9}{'s/epoch':>10}   (validation accuracy by simulation)"]
+    for r in out["results"]:
+        lines.append(
+            f"{r['method']:16}{r['accuracy_before']:9.4f}{r['accuracy_after']:9.4f}{r['seconds_per_epoch']:10.3f}"
+        )
+    if out.get("errmodel_speedup_vs_behavioral"):
+        lines.append(f"errmodel epochs {out['errmodel_speedup_vs_behavioral']:.2f}x faster than behavioral")
     return "\n".join(lines)
