@@ -19,12 +19,13 @@ name = "digits_cnn"
 name = "digits"
 val_size = 300
 test_size = 100
+train_size = 600
 seed = 0
 [train]
 epochs = 2
 qat_epochs = 1
 batch_size = 64
-lr = 0.003
+lr = 0.01
 seed = 0
 """
 
