@@ -241,7 +241,11 @@ def prepare(
 
     t_start = time.perf_counter()
     if not isinstance(study, Study):
-        study = load_study(study)
+        if study is not None and RunDir(study).is_run_dir():  # `dse prepare runs/digits`
+            out = out if out is not None else study
+            study = RunDir(study).read_study()
+        else:
+            study = load_study(study)
     study = study.resolved(data)
     run = RunDir(out if out is not None else Path("runs") / study.name)
     dev = resolve_device(device)

@@ -19,7 +19,8 @@ def prepare(study: str | None, out: Path | None, data: Path | None, device: str,
     """Float training (or the study's checkpoint), BatchNorm folding, 8-bit conversion, calibration and
     QAT; then float, quantized and exact-table accuracy on the validation split.
 
-    STUDY is a built-in study (digits, mnist_lenet5, cifar10_resnet20; default digits) or a study TOML.
+    STUDY is a built-in study (digits, mnist_lenet5, cifar10_resnet20; default digits), a study TOML or
+    a run directory (prepared again with its own study.toml).
     Stages whose inputs did not change are loaded from the run directory, not recomputed.
 
     \b
