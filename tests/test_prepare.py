@@ -164,3 +164,29 @@ def test_bad_input_exits_2_with_one_line(tmp_path):
     assert not (tmp_path / "r2" / "prepare" / "float.pt").exists()
     r = runner.invoke(cli, ["prepare", str(tmp_path / "r2"), "--device", "tpu"])
     assert r.exit_code == 2
+
+
+def test_batchnorm_models_are_folded_before_quantization(tmp_path):
+    """ResNet / MobileNet carry BatchNorm: prepare folds it into the convs (checked equal in float) and
+    the exact table still reproduces the quantized network."""
+    from dse.study import load_prepared, prepare
+
+    (tmp_path / "blobs.py").write_text(
+        "import numpy as np\n"
+        "def load():\n"
+        "    rng = np.random.default_rng(0)\n"
+        "    y = np.arange(160) % 2\n"
+        "    x = rng.integers(0, 120, (160, 3, 16, 16)).astype(np.uint8)\n"
+        "    x[y == 1, 0] += 100  # class 1: a brighter red channel\n"
+        "    return x, y\n"
+    )
+    (tmp_path / "s.toml").write_text(
+        'name = "bn"\n[model]\nname = "resnet8"\n[data]\nname = "blobs.py:load"\nval_size = 40\ntest_size = 20\n'
+        "[train]\nepochs = 1\nqat_epochs = 1\nbatch_size = 32\nlr = 0.01\ncalibration_batches = 2\n"
+    )
+    result = prepare(tmp_path / "s.toml", out=tmp_path / "run", device="cpu")
+    assert len(result["folded_batchnorm"]) == 9  # stem + 6 in blocks + 2 shortcuts
+    assert result["lut_exact_accuracy"] == result["quant_accuracy"]
+    assert len(result["layers"]) == 10  # 9 convs + fc
+    prepared = load_prepared(tmp_path / "run")
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in prepared.model.modules())
