@@ -327,7 +327,10 @@ class ApproxLayer(nn.Module):
             return self._lut_acc(in_codes, st, self._lut_state(st, lut, in_codes.device))
 
     def _lut_acc(self, codes: torch.Tensor, st: _QState, ls: _LutState) -> torch.Tensor:
-        acc = self._kernel_acc(codes, ls) + self._chan_view(ls.corr)
+        acc = self._kernel_acc(codes, ls)
+        acc = (
+            acc.add_(self._chan_view(ls.corr)) if acc.dtype == torch.int32 else acc + self._chan_view(ls.corr)
+        )
         if self.fmt.weight_scheme == "affine":
             acc = acc - self._chan_view(st.zw_int) * self._code_sum(codes, st.z_a_int)
         return acc
@@ -350,12 +353,12 @@ class ApproxLayer(nn.Module):
             y = self._forward_grad(x)
         self._record_positions(x, y)
         if self.bias is not None:
-            y = y + self._chan_view(self.bias)
+            y = y + self._chan_view(self.bias) if y.requires_grad else y.add_(self._chan_view(self.bias))
         return y
 
     def _count_negative(self, x: torch.Tensor, st: _QState) -> None:
-        if not self.fmt.signed and st.z_a_int == 0:
-            self.negative_clipped += (x < -0.5 * st.s_a).sum()
+        if not self.fmt.signed and st.z_a_int == 0 and x.numel():
+            self.negative_clipped += x.amin() < -0.5 * st.s_a
 
     def _forward_nograd(self, x: torch.Tensor) -> torch.Tensor:
         st = self._qstate(x.device)
@@ -365,8 +368,9 @@ class ApproxLayer(nn.Module):
             ls = self._lut_state(st, self.multiplier, x.device)
             acc = self._lut_acc(xq.to(self.fmt.act_dtype), st, ls)
         else:
-            acc = self._exact_acc(xq - st.z_a, st.wc)
-        y = acc.to(torch.float32) * self._chan_view(st.out_scale)
+            acc = self._exact_acc(xq.sub_(st.z_a), st.wc)
+        y = acc.to(torch.float32)
+        y = y.mul_(self._chan_view(st.out_scale)) if y is not acc else y * self._chan_view(st.out_scale)
         return self._add_noise(y)
 
     def _forward_grad(self, x: torch.Tensor) -> torch.Tensor:
@@ -374,9 +378,9 @@ class ApproxLayer(nn.Module):
         if not aq.is_observed:
             raise RuntimeError(f"layer {self.name or self.kind}: activation range not calibrated")
         s_a, z_a = aq.qparams()
-        if not self.fmt.signed:
+        if not self.fmt.signed and x.numel():
             with torch.no_grad():
-                self.negative_clipped += ((x < -0.5 * s_a) & (z_a == 0)).sum()
+                self.negative_clipped += (x.amin() < -0.5 * s_a) & (z_a == 0)
         xq = aq.float_codes(x, s_a, z_a)
         wq, s_w, z_w = quantize_weight(self.weight, self.fmt)
         wc = wq - z_w.view((-1,) + (1,) * (wq.dim() - 1))
@@ -678,6 +682,7 @@ def calibrate(model: nn.Module, batches: Any, max_batches: int | None = None) ->
     for layer in layers.values():
         layer.act_quant.reset()
         layer.act_quant.calibrating = True
+        layer.negative_clipped.zero_()
         layer.mode = "float"
         layer.invalidate()
     model.eval()
@@ -716,8 +721,8 @@ def layer_infos(model: nn.Module) -> list[LayerInfo]:
 
 
 def negative_clipping(model: nn.Module) -> dict[str, int]:
-    """Per layer with a zero-point-0 unsigned encoding: how many negative inputs were clipped to 0 since the
-    last calibration (non-zero means a layer's calibration never saw the negatives it now gets)."""
+    """Per layer with a zero-point-0 unsigned encoding: in how many forward passes since the last calibration
+    negative inputs were clipped to 0 (non-zero: its calibration never saw the negatives it now gets)."""
     return {
         n: int(layer.negative_clipped)
         for n, layer in approx_layers(model).items()

@@ -273,7 +273,12 @@ class ActivationQuantizer(nn.Module):
 
     def float_codes(self, x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor) -> torch.Tensor:
         lo, hi = self.fmt.act_range
-        return quantize_codes(x, scale, zp, lo, hi)
+        if torch.is_grad_enabled() and x.requires_grad:
+            return quantize_codes(x, scale, zp, lo, hi)
+        q = torch.div(x, scale)  # the same operations as quantize_codes, in place (no autograd here)
+        q.round_()
+        q.add_(zp)
+        return q.clamp_(lo, hi)
 
     def extra_repr(self) -> str:
         return f"{self.fmt}, range=[{float(self.running_min):.4g}, {float(self.running_max):.4g}]"
