@@ -23,10 +23,11 @@ from dse.study import data_option, device_option, json_option, out_option
 )
 @click.option("--seed", type=int, default=None, help="Search seed (default: the study's search.seed).")
 @click.option("--no-report", is_flag=True, help="Do not write report.html at the end.")
+@click.option("--threads", type=int, default=None, help="CPU threads for torch (default: 1 on <= 2 cores).")
 @data_option
 @device_option
 @json_option
-def search(study, out, storage, budget, study_name, seed, no_report, data, device, as_json):
+def search(study, out, storage, budget, study_name, seed, no_report, threads, data, device, as_json):
     """Run the study end to end: prepare, error models, AGN, the Pareto search, baselines, summary, report.
 
     \b
@@ -68,11 +69,12 @@ def search(study, out, storage, budget, study_name, seed, no_report, data, devic
 @click.command("worker")
 @click.option("--storage", required=True, help="Optuna storage URL of the running study.")
 @click.option("--study", "study_name", required=True, help="Name of the study in the storage.")
+@click.option("--threads", type=int, default=None, help="CPU threads for torch (default: 1 on <= 2 cores).")
 @out_option
 @data_option
 @device_option
 @json_option
-def worker(storage, study_name, out, data, device, as_json):
+def worker(storage, study_name, threads, out, data, device, as_json):
     """Join a running search from another process or machine (configuration read from the storage).
 
     \b
@@ -82,7 +84,7 @@ def worker(storage, study_name, out, data, device, as_json):
     from dse.search.run import run_worker
     from dse.util import emit_json
 
-    result = run_worker(storage, study_name, out=out, data=data, device=device)
+    result = run_worker(storage, study_name, out=out, data=data, device=device, threads=threads)
     if as_json:
         emit_json(result)
     else:
