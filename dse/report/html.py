@@ -20,6 +20,8 @@ from dse.report.config import build_config, config_text
 from dse.report.run import BASELINE_NAMES, RunData, load_run
 from dse.util import UserError, atomic_write_text, to_jsonable
 
+FOCUS_PP = 10.0  # the Pareto chart opens showing accuracies down to this many pp below quantized
+
 GROUP_STYLE = {  # group -> (label, marker)
     "search": ("search (all simulated)", {"color": "rgba(70,110,170,0.45)", "size": 7, "symbol": "circle"}),
     "front": (
@@ -129,6 +131,23 @@ def _pareto_figure(run: RunData, points: list[dict]) -> dict:
     accs = [100 * p["accuracy"] for p in points]
     lo = min(accs + ([100 * q - 1.5] if q is not None else []))
     hi = max(accs + ([100 * q] if q is not None else []))
+    if q is not None and lo < 100 * q - FOCUS_PP:
+        # the decisions happen near the quantized accuracy: open zoomed there, the rest one click away
+        lo = 100 * q - FOCUS_PP
+        below = sum(a < lo for a in accs)
+        annotations.append(
+            {
+                "xref": "paper",
+                "yref": "paper",
+                "x": 1,
+                "y": 0,
+                "xanchor": "right",
+                "yanchor": "bottom",
+                "text": f"{below} points below {lo:.1f} % not in view: autoscale (modebar) or drag to zoom out",
+                "showarrow": False,
+                "font": {"color": "#888", "size": 10},
+            }
+        )
     pad = max(0.5, 0.05 * (hi - lo))
     return {
         "id": "pareto",
@@ -182,7 +201,7 @@ def _hypervolume_figure(run: RunData) -> dict:
         }
     ]
     for name, base in (run.summary.get("baselines") or {}).items():
-        if base and base.get("hypervolume") is not None:
+        if base and base.get("hypervolume") is not None and base.get("points"):
             label = GROUP_STYLE.get(name, (name, {"color": "#555"}))
             data.append(
                 {
@@ -256,7 +275,7 @@ def _tolerance_figure(run: RunData) -> dict:
         },
     }
     if not run.agn:
-        return {**fig, "empty": "Learned tolerances: agn/result.json not found (run `dse agn`)."}
+        return {**fig, "empty": "Learned tolerances: agn/result.json not found (written by `dse search` / `dse agn`)."}
     data = []
     for a in run.agn:
         acc = "" if a.accuracy is None else f", {100 * a.accuracy:.2f} %"
@@ -391,7 +410,7 @@ def _facts(run: RunData, points: list[dict]) -> list[tuple[str, str]]:
         bases = ", ".join(
             f"{GROUP_STYLE.get(n, (n,))[0]} {b['hypervolume']:.4f}"
             for n, b in (s.get("baselines") or {}).items()
-            if b and b.get("hypervolume") is not None
+            if b and b.get("hypervolume") is not None and b.get("points")
         )
         facts.append(("hypervolume", f"{hv:.4f}" + (f" (baselines: {bases})" if bases else "")))
     if s.get("surrogate_kendall_tau") is not None:
