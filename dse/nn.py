@@ -403,6 +403,12 @@ class ApproxLayer(nn.Module):
             return y + self.errmodel(y)
         return y
 
+    def __getstate__(self):  # deepcopy / pickle: caches (prepared kernel objects) are rebuilt on demand
+        state = dict(super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__)
+        state["_state"] = None
+        state["_luts"] = OrderedDict()
+        return state
+
     def _apply(self, fn, *args, **kwargs):  # device/dtype moves invalidate the cache
         self.clear_cache()
         return super()._apply(fn, *args, **kwargs)
@@ -463,9 +469,14 @@ class ApproxConv2d(ApproxLayer):
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self._groups)
 
     def _conv(self, x: torch.Tensor, w: torch.Tensor, groups: int | None = None) -> torch.Tensor:
-        return F.conv2d(
-            x, w, None, self.stride, self.padding, self.dilation, self._groups if groups is None else groups
-        )
+        g = self._groups if groups is None else groups
+        if x.is_cuda and not (x.requires_grad or w.requires_grad):
+            # cuDNN may pick Winograd/FFT algorithms, which are not exact on integers; without cuDNN the
+            # convolution is im2col + GEMM (or a direct depthwise kernel): exact below 2^24. Training keeps
+            # cuDNN (its value is rounded; bit-exactness matters where accuracies are measured, in no-grad).
+            with torch.backends.cudnn.flags(enabled=False):
+                return F.conv2d(x, w, None, self.stride, self.padding, self.dilation, g)
+        return F.conv2d(x, w, None, self.stride, self.padding, self.dilation, g)
 
     def _exact_acc(self, xc: torch.Tensor, wc: torch.Tensor) -> torch.Tensor:
         if self.fan_in * self._chunk_bound() < _F32_EXACT:

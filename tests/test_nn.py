@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 
 import numpy as np
@@ -393,4 +394,9 @@ def test_cached_codes_and_tables_follow_assignment_weights_and_ranges():
             y_half, layer.dequantize_acc(layer.int_forward(codes, approx)) + layer.bias.view(1, -1, 1, 1)
         )
         layer.act_quant.running_max.mul_(2)  # a new activation range
-        assert not torch.equal(layer(x), y_half)
+        y_range = layer(x)
+        assert not torch.equal(y_range, y_half)
+        twin = copy.deepcopy(layer)  # copies carry no stale caches
+        assert torch.equal(twin(x), y_range)
+        twin.weight.mul_(2)
+        assert torch.equal(layer(x), y_range) and not torch.equal(twin(x), y_range)
