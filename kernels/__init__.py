@@ -25,7 +25,8 @@ Reusing work:
 - Batched candidates: `approx_matmul_multi(a, [(b_i, lut_i), …])` / `approx_conv2d_multi(x, [(w_i, lut_i), …],
   …)` evaluate one activation tensor against several (weights, table) pairs -> list of outputs, bit-exact
   equal to separate calls. The im2col, the activation indices and one embedding_bag pass over the
-  concatenated weight tables are shared; low-rank candidates run as their own GEMMs. For a population of
+  concatenated weight tables are shared; low-rank candidates run as their own GEMMs.
+  `prepare_matmul_multi` / `prepare_conv2d_multi` keep that preparation for many batches (`.apply_all`). For a population of
   per-layer assignments, group the candidates by the multiplier they give a layer and call the layer once
   per distinct input (same input => one call for all distinct tables of that layer).
 """
@@ -40,7 +41,9 @@ from dse.kernels.api import (
     approx_matmul_multi,
     chosen_backends,
     prepare_conv2d,
+    prepare_conv2d_multi,
     prepare_matmul,
+    prepare_matmul_multi,
     triton_usable,
 )
 from dse.kernels.checks import BACKENDS, KernelInputError
@@ -66,6 +69,8 @@ __all__ = [
     "chosen_backends",
     "lowrank_factors",
     "prepare_conv2d",
+    "prepare_conv2d_multi",
     "prepare_matmul",
+    "prepare_matmul_multi",
     "triton_usable",
 ]

@@ -245,13 +245,22 @@ class PreparedMatmul:
     def nbytes(self) -> int:
         return self.plan.nbytes
 
+    @property
+    def backends(self) -> list[str]:
+        """Backend of each prepared candidate."""
+        return self.plan.backends
+
     def __call__(self, a: torch.Tensor) -> torch.Tensor:
+        return self.apply_all(a)[0]
+
+    def apply_all(self, a: torch.Tensor) -> list[torch.Tensor]:
+        """Outputs of every prepared candidate (one for `prepare_matmul`), int32 [M, N_i] each."""
         check_codes(a, "a", 2)
         if a.shape[1] != self.k:
             raise KernelInputError(
                 f"a: expected K = {self.k} columns (b has {self.k} rows), got {a.shape[1]}"
             )
-        return self.plan.apply(_codes(a).unsqueeze(0))[0][0]
+        return [y[0] for y in self.plan.apply(_codes(a).unsqueeze(0))]
 
 
 def prepare_matmul(b: torch.Tensor, lut, *, backend: str = "auto") -> PreparedMatmul:
@@ -260,6 +269,19 @@ def prepare_matmul(b: torch.Tensor, lut, *, backend: str = "auto") -> PreparedMa
     check_codes(b, "b", 2)
     pairs = _matmul_pairs([(b, lut)], b.device)
     return PreparedMatmul(_MultiPlan(pairs, backend, b.device), b.shape[0])
+
+
+def prepare_matmul_multi(
+    candidates: Sequence[tuple[torch.Tensor, object]], *, backend: str = "auto"
+) -> PreparedMatmul:
+    """Prepare several (b_i [K, N_i], lut_i) candidates once; `.apply_all(a)` -> [int32 [M, N_i]]."""
+    check_backend(backend)
+    if len(candidates) == 0:
+        raise KernelInputError("candidates: expected at least one (weights, table) pair")
+    check_codes(candidates[0][0], "candidates[0].b", 2)
+    device = candidates[0][0].device
+    pairs = _matmul_pairs(list(candidates), device)
+    return PreparedMatmul(_MultiPlan(pairs, backend, device), pairs[0][0].shape[1])
 
 
 def approx_matmul(a: torch.Tensor, b: torch.Tensor, lut, *, backend: str = "auto") -> torch.Tensor:
@@ -373,6 +395,11 @@ class PreparedConv2d:
         return self.plan.backends[0]
 
     @property
+    def backends(self) -> list[str]:
+        """Backend of each prepared candidate."""
+        return self.plan.backends
+
+    @property
     def nbytes(self) -> int:
         return self.plan.nbytes
 
@@ -420,6 +447,24 @@ def prepare_conv2d(
     """Prepare conv weights w [C_out, C_in/groups, kh, kw] and a table for repeated approx_conv2d calls."""
     check_codes(w, "w", 4)
     return _prepare_conv([(w, lut)], None, w.device, stride, padding, dilation, groups, pad_code, backend)
+
+
+def prepare_conv2d_multi(
+    candidates: Sequence[tuple[torch.Tensor, object]],
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups: int = 1,
+    *,
+    pad_code: int = 0,
+    backend: str = "auto",
+) -> PreparedConv2d:
+    """Prepare several (w_i, lut_i) conv candidates once; `.apply_all(x)` -> [int32 [N, C_out_i, Ho, Wo]]."""
+    if len(candidates) == 0:
+        raise KernelInputError("candidates: expected at least one (weights, table) pair")
+    check_codes(candidates[0][0], "candidates[0].w", 4)
+    device = candidates[0][0].device
+    return _prepare_conv(list(candidates), None, device, stride, padding, dilation, groups, pad_code, backend)
 
 
 def approx_conv2d(

@@ -22,7 +22,9 @@ from dse.kernels import (
     chosen_backends,
     lowrank_factors,
     prepare_conv2d,
+    prepare_conv2d_multi,
     prepare_matmul,
+    prepare_matmul_multi,
 )
 from dse.kernels.checks import check_lut
 from hypothesis import given, settings
@@ -232,6 +234,11 @@ def test_matmul_multi_bit_exact_vs_single_calls():
         for out, (b, lut) in zip(outs, cands):
             assert torch.equal(out, approx_matmul(a, b, lut, backend="reference"))
     assert approx_matmul_multi(a, []) == []
+    prepared = prepare_matmul_multi(cands)
+    for m in (30, 2):
+        a2 = codes((m, 25), torch.int8, g)
+        for out, (b, lut) in zip(prepared.apply_all(a2), cands):
+            assert torch.equal(out, approx_matmul_reference(a2, b, lut))
 
 
 def test_conv_multi_bit_exact_vs_single_calls():
@@ -242,6 +249,8 @@ def test_conv_multi_bit_exact_vs_single_calls():
     outs = approx_conv2d_multi(x, cands, (2, 1), 1, (1, 2), 2, pad_code=11)
     for out, (w, lut) in zip(outs, cands):
         assert torch.equal(out, approx_conv2d_reference(x, w, lut, (2, 1), 1, (1, 2), 2, pad_code=11))
+    prepared = prepare_conv2d_multi(cands, (2, 1), 1, (1, 2), 2, pad_code=11)
+    assert all(torch.equal(p, o) for p, o in zip(prepared.apply_all(x), outs))
     with pytest.raises(KernelInputError, match="kernel size"):
         approx_conv2d_multi(x, [cands[0], (codes((2, 2, 1, 1), torch.int8, g), luts[0])], groups=2)
 
