@@ -190,3 +190,35 @@ def test_batchnorm_models_are_folded_before_quantization(tmp_path):
     assert len(result["layers"]) == 10  # 9 convs + fc
     prepared = load_prepared(tmp_path / "run")
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in prepared.model.modules())
+
+
+def test_run_directory_remembers_the_data_given_with_data(tmp_path, monkeypatch):
+    """`--data` is written into the run's study.toml (absolute), so later commands need only RUN_DIR."""
+    import numpy as np
+    import tomllib
+
+    from dse.data import load_digits_pool
+
+    x, y = load_digits_pool()
+    np.savez(tmp_path / "digits.npz", x=(x[:, 0] * 255).astype(np.uint8), y=y.astype(np.uint8))
+    (tmp_path / "s.toml").write_text(
+        TINY.format(space="unsigned_sm", epochs=1, qat_epochs=0).replace(
+            'name = "digits"\n', 'name = "npz"\n'
+        )
+    )
+    monkeypatch.chdir(tmp_path)  # a relative --data path is stored absolute
+    first = run_json(
+        ["prepare", "s.toml", "--data", "digits.npz", "--out", "run", "--device", "cpu", "--json"]
+    )
+    stored = tomllib.loads((tmp_path / "run" / "study.toml").read_text())
+    assert stored["data"]["path"] == str((tmp_path / "digits.npz").resolve())
+    again = run_json(["prepare", str(tmp_path / "run"), "--device", "cpu", "--json"])  # the run dir alone
+    assert again["stages"]["float"] == "cached" and again["quant_accuracy"] == first["quant_accuracy"]
+    from dse.study import load_prepared
+
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert load_prepared(tmp_path / "run").splits.info["sizes"]["val"] == 200
+    np.savez(tmp_path / "other.npz", x=np.zeros((700, 8, 8), np.uint8), y=np.zeros(700, np.uint8))
+    with pytest.raises(Exception, match="not the data"):
+        load_prepared(tmp_path / "run", data=tmp_path / "other.npz")
