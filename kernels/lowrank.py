@@ -21,6 +21,7 @@ the magnitudes (and so the float dtype and chunk size) small.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
@@ -200,6 +201,35 @@ def apply_lowrank(a: torch.Tensor, w: LowRankWeights) -> torch.Tensor:
     out = torch.zeros(g, m, n, dtype=torch.int64, device=a.device)
     if m == 0 or k == 0 or n == 0:
         return out.to(torch.int32)
+    with exact_float_matmul():
+        return _apply(a, w, out)
+
+
+@contextmanager
+def exact_float_matmul():
+    """Full-precision float32 GEMMs (no TF32 on CUDA, no bf16 through oneDNN), whatever the user set
+    with torch.set_float32_matmul_precision: reduced precision would round the integer sums."""
+    backends = [torch.backends.cuda.matmul, torch.backends.mkldnn.matmul]
+    if not all(hasattr(b, "fp32_precision") for b in backends):  # torch < 2.9: the legacy switches
+        tf32 = torch.backends.cuda.matmul.allow_tf32
+        try:
+            torch.backends.cuda.matmul.allow_tf32 = False
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+        return
+    saved = [b.fp32_precision for b in backends]
+    try:
+        for b in backends:
+            b.fp32_precision = "ieee"
+        yield
+    finally:
+        for b, v in zip(backends, saved):
+            b.fp32_precision = v
+
+
+def _apply(a: torch.Tensor, w: LowRankWeights, out: torch.Tensor) -> torch.Tensor:
+    g, m, k = a.shape
     a = a.to(torch.int32)
     block = max(1, APPLY_BLOCK_ELEMENTS // max(1, g * min(k, w.chunk)))
     for k0 in range(0, k, w.chunk):

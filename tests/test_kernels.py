@@ -376,3 +376,19 @@ def test_bench_cli_rejects_missing_cuda():
 
     res = CliRunner().invoke(cli, ["bench", "kernels", "--device", "cuda"])
     assert res.exit_code == 2 and "CUDA is not available" in res.output
+
+
+def test_lowrank_exact_under_reduced_matmul_precision():
+    """A user's torch.set_float32_matmul_precision("medium") (bf16 / TF32 GEMMs) must not round the result."""
+    g = torch.Generator().manual_seed(14)
+    lut = drum_like(g)
+    a, b = codes((64, 300), torch.uint8, g), codes((300, 16), torch.int8, g)
+    ref = approx_matmul_reference(a, b, lut)
+    saved = [torch.backends.cuda.matmul.fp32_precision, torch.backends.mkldnn.matmul.fp32_precision]
+    try:
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+        torch.backends.mkldnn.matmul.fp32_precision = "bf16"
+        assert torch.equal(approx_matmul(a, b, lut, backend="lowrank"), ref)
+        assert torch.backends.mkldnn.matmul.fp32_precision == "bf16"  # the user's setting is restored
+    finally:
+        torch.backends.cuda.matmul.fp32_precision, torch.backends.mkldnn.matmul.fp32_precision = saved
