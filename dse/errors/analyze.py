@@ -1,0 +1,259 @@
+"""`dse analyze`: predicted vs measured error, per layer × multiplier and for the whole network.
+
+Layer level: each layer gets the *exact* network's inputs (quant mode), on validation images, which
+are disjoint from the training-split images the profiles (and so every predictor) were built from;
+the layer's accumulator through each multiplier's table (the layer's own `int_forward`, i.e. the
+kernels) minus the exact accumulator, times the output scale, is the measured error; its std and mean
+over every output entry are compared with the predicted σ and mean.
+Network level: every homogeneous assignment (one multiplier in every layer) simulated in `lut` mode;
+accuracy drop vs the exact quantized model on the same images and the relative distortion of the logits
+‖Z̃ − Z‖_F/‖Z‖_F, against the predicted network distortion (root sum of squares of the layers' predicted
+relative distortions, `Predictions.network_distortion`).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import time
+
+import numpy as np
+
+from dse.errors.predict import PREDICTORS, check_formats, get_predictions
+from dse.errors.profiles import calibration_images, capture_layer_inputs, float_output
+from dse.util import UserError, progress
+
+DEFAULT_PREDICTOR = "sampled"
+LAYER_IMAGES = 500
+
+
+def _select(space, patterns):
+    if not patterns:
+        return list(space)
+    out = [m for m in space if any(fnmatch.fnmatchcase(m.name, p) for p in patterns)]
+    if not out:
+        names = ", ".join(m.name for m in space)
+        raise UserError(f"--multipliers: {', '.join(patterns)} matches nothing in the search space ({names})")
+    return out
+
+
+def _median_rel_error(pred: np.ndarray, meas: np.ndarray) -> float | None:
+    ok = meas > 0
+    if not ok.any():
+        return None
+    return float(np.median(np.abs(pred[ok] - meas[ok]) / meas[ok]))
+
+
+def _spearman(x, y) -> float | None:
+    from scipy.stats import spearmanr
+
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if len(x) < 3 or np.all(x == x[0]) or np.all(y == y[0]):
+        return None
+    r = spearmanr(x, y).statistic
+    return None if not np.isfinite(r) else float(r)
+
+
+def measure_layers(prepared, multipliers, images) -> dict:
+    """Measured error std / mean / relative distortion per layer × multiplier, exact inputs. Arrays [L, M]."""
+    import torch
+
+    from dse.nn import approx_layers
+
+    model = prepared.model
+    layers = approx_layers(model)
+    inputs = capture_layer_inputs(model, images.to(prepared.device))
+    names = list(layers)
+    n_l, n_m = len(names), len(multipliers)
+    sigma, mean, dist = np.zeros((n_l, n_m)), np.zeros((n_l, n_m)), np.zeros((n_l, n_m))
+    out_std = np.zeros(n_l)
+    bar = progress(total=n_l * n_m, desc="analyze: layers")
+    for li, name in enumerate(names):
+        layer = layers[name]
+        if name not in inputs:
+            raise UserError(f"layer {name}: no sample data reached it on the validation images")
+        with torch.no_grad():
+            codes = layer.input_codes(inputs[name])
+            exact = layer.int_forward(codes).to(torch.int64)
+            y = float_output(exact, layer.output_scale)
+            out_std[li] = float(y.std())
+            y_norm = float(torch.linalg.vector_norm(y))
+            for mi, m in enumerate(multipliers):
+                acc = layer.int_forward(codes, m).to(torch.int64)
+                dy = float_output(acc - exact, layer.output_scale)
+                sigma[li, mi] = float(dy.std(unbiased=False))
+                mean[li, mi] = float(dy.mean())
+                dist[li, mi] = float(torch.linalg.vector_norm(dy)) / max(y_norm, 1e-30)
+                bar.update(1)
+    bar.close()
+    return {"layers": names, "sigma": sigma, "mean": mean, "distortion": dist, "output_std": out_std}
+
+
+def measure_network(prepared, multipliers, dataset) -> dict:
+    """Homogeneous assignments in `lut` mode: accuracy and logit distortion per multiplier."""
+    import torch
+
+    from dse.nn import approx_layers, assign, set_mode
+    from dse.train import dataset_tensors
+
+    model = prepared.model
+    x, y = dataset_tensors(dataset)
+    bs = prepared.study.train.eval_batch_size
+
+    def logits():
+        with torch.no_grad():
+            return torch.cat([model(x[i : i + bs].to(prepared.device)).cpu() for i in range(0, len(x), bs)])
+
+    model.eval()
+    z0 = logits()
+    acc0 = float((z0.argmax(1) == y).double().mean())
+    z0n = float(torch.linalg.vector_norm(z0))
+    names = list(approx_layers(model))
+    acc, ldist = [], []
+    try:
+        for m in progress(multipliers, desc="analyze: network"):
+            assign(model, {n: m for n in names})
+            set_mode(model, "lut")
+            z = logits()
+            acc.append(float((z.argmax(1) == y).double().mean()))
+            ldist.append(float(torch.linalg.vector_norm(z - z0)) / max(z0n, 1e-30))
+    finally:
+        assign(model, {})
+        set_mode(model, "quant")
+    return {
+        "quant_accuracy": acc0,
+        "accuracy": np.array(acc),
+        "logit_distortion": np.array(ldist),
+        "images": len(y),
+    }
+
+
+def analyze(
+    prepared,
+    multipliers: list[str] | None = None,
+    predictors: list[str] | None = None,
+    default_predictor: str = DEFAULT_PREDICTOR,
+    layer_images: int = LAYER_IMAGES,
+    network_images: int | None = None,
+) -> dict:
+    """Everything `dse analyze --json` prints (see the module docstring and docs/ARCHITECTURE.md)."""
+    if default_predictor not in PREDICTORS:
+        raise UserError(f"--predictor: expected one of {', '.join(PREDICTORS)}, got {default_predictor!r}")
+    predictors = list(predictors or PREDICTORS)
+    if default_predictor not in predictors:
+        predictors.insert(0, default_predictor)
+    mults = _select(prepared.space, multipliers)
+    check_formats(mults, prepared.fmt)
+    preds, pred_seconds = {}, {}
+    for p in predictors:
+        full = get_predictions(prepared, p)  # cached for the whole space
+        cols = [full.multipliers.index(m.name) for m in mults]
+        preds[p] = (full, cols)
+        pred_seconds[p] = full.seconds
+
+    val = prepared.splits.val
+    if len(val) == 0:
+        raise UserError(
+            "validation split: empty (layers with no sample data); give a dataset with validation images"
+        )
+    t0 = time.perf_counter()
+    images = calibration_images(val, layer_images, seed=1)
+    meas = measure_layers(prepared, mults, images)
+    layer_seconds = time.perf_counter() - t0
+
+    if network_images is not None and network_images < len(val):
+        import torch
+
+        from dse.train import dataset_tensors
+
+        xv, yv = dataset_tensors(val)
+        idx = torch.randperm(len(yv), generator=torch.Generator().manual_seed(2))[:network_images]
+        net_set = torch.utils.data.TensorDataset(xv[idx], yv[idx])
+    else:
+        net_set = val
+    t0 = time.perf_counter()
+    net = measure_network(prepared, mults, net_set)
+    network_seconds = time.perf_counter() - t0
+
+    default, dcols = preds[default_predictor]
+    row = {n: i for i, n in enumerate(default.layers)}
+    lrows = [row[n] for n in meas["layers"]]
+    by_pred = {}
+    for p, (pr, cols) in preds.items():
+        by_pred[p] = _median_rel_error(pr.sigma[np.ix_(lrows, cols)], meas["sigma"])
+    genomes = np.tile(np.array(dcols)[:, None], (1, len(default.layers)))  # [M, L] homogeneous
+    pred_net = default.network_distortion(genomes)
+    drop = net["quant_accuracy"] - net["accuracy"]
+    rel = default.relative_distortion[np.ix_(lrows, dcols)]
+    aggregates = {
+        "rss": pred_net,
+        "max": rel.max(axis=0),
+        "sum": rel.sum(axis=0),
+        "last": rel[-1],
+    }
+    layers_out = []
+    for li, name in enumerate(meas["layers"]):
+        entries = []
+        for mi, m in enumerate(mults):
+            predicted = {}
+            for p, (pr, cols) in preds.items():
+                r, c = pr.layers.index(name), cols[mi]
+                predicted[p] = {
+                    "sigma": pr.sigma[r, c],
+                    "mean": pr.mean[r, c],
+                    "distortion": pr.relative_distortion[r, c],
+                }
+            entries.append(
+                {
+                    "multiplier": m.name,
+                    "measured_sigma": meas["sigma"][li, mi],
+                    "measured_mean": meas["mean"][li, mi],
+                    "measured_distortion": meas["distortion"][li, mi],
+                    "predicted": predicted,
+                }
+            )
+        info = next(i for i in prepared.layers if i.name == name)
+        layers_out.append(
+            {
+                "name": name,
+                "kind": info.kind,
+                "fan_in": info.fan_in,
+                "macs": info.macs,
+                "output_std": meas["output_std"][li],
+                "multipliers": entries,
+            }
+        )
+    network = [
+        {
+            "multiplier": m.name,
+            "energy_rel": m.energy_rel,
+            "accuracy": net["accuracy"][i],
+            "accuracy_drop": drop[i],
+            "logit_distortion": net["logit_distortion"][i],
+            "predicted_distortion": pred_net[i],
+        }
+        for i, m in enumerate(mults)
+    ]
+    return {
+        "study": prepared.study.name,
+        "run_dir": str(prepared.run_dir.path),
+        "predictor": default_predictor,
+        "sigma_median_rel_error": by_pred[default_predictor],
+        "sigma_median_rel_error_by_predictor": by_pred,
+        "distortion_accuracy_spearman": _spearman(pred_net, drop),
+        "distortion_logit_spearman": _spearman(pred_net, net["logit_distortion"]),
+        "spearman_by_aggregate": {
+            k: {"accuracy": _spearman(v, drop), "logit": _spearman(v, net["logit_distortion"])}
+            for k, v in aggregates.items()
+        },
+        "prediction_seconds": pred_seconds,
+        "measure_seconds": {"layers": layer_seconds, "network": network_seconds},
+        "images": {
+            "profiles": "training split (seeded sample)",
+            "layers": int(images.shape[0]),
+            "network": int(net["images"]),
+            "split": "validation",
+        },
+        "quant_accuracy": net["quant_accuracy"],
+        "layers": layers_out,
+        "network": network,
+    }
