@@ -86,6 +86,12 @@ def test_report_in_chromium(tmp_path, monkeypatch):
             front_points = page.locator("#pareto .scatterlayer .trace").last.locator(".point")
             assert front_points.count() == n_front
             box = front_points.nth(index).bounding_box()
+            # hover: the per-layer assignment summary
+            page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+            page.wait_for_selector("#pareto .hoverlayer .hovertext")
+            hover = page.locator("#pareto .hoverlayer .hovertext").first.text_content()
+            for layer in summary["layers"]:
+                assert f"{layer['name']}: {target['assignment'][layer['name']]}" in hover, hover
             page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
             page.wait_for_selector("#panel table.layers")
             assert page.locator("#panel").get_attribute("data-trial") == str(target["trial"])
