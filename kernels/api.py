@@ -92,7 +92,8 @@ class _CpuPlan(_Plan):
 
     def apply(self, a):
         self.calls += 1
-        if self.tables is None and self.calls == 1 and a.shape[1] < CPU_GATHER_MAX_M:
+        streamed = self.tables is not None and not self.tables.slabs  # rebuilt per call: gather if tiny
+        if (self.tables is None and self.calls == 1 or streamed) and a.shape[1] < CPU_GATHER_MAX_M:
             return torch.cat([cpu.gather_matmul(a, b, lut) for b, lut in self.pairs], dim=2)
         if self.tables is None:
             self.tables = cpu.build_weight_tables(self.pairs)

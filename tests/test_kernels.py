@@ -168,6 +168,21 @@ def test_prepared_matmul_reuses_tables_and_stays_exact():
         p(codes((2, 41), torch.uint8, g))
 
 
+def test_huge_weight_tables_are_streamed_not_kept(monkeypatch):
+    from dse.kernels import cpu
+
+    monkeypatch.setattr(cpu, "KEEP_TABLE_BYTES", 1000)
+    monkeypatch.setattr(cpu, "SLAB_BYTES", 3 * 256 * 4 * 5)  # 3 K steps per slab at N = 5
+    g = torch.Generator().manual_seed(15)
+    lut = random_table(g)
+    b = codes((20, 5), torch.int8, g)
+    p = prepare_matmul(b, lut, backend="cpu")
+    for m in (60, 70, 2):
+        a = codes((m, 20), torch.uint8, g)
+        assert torch.equal(p(a), approx_matmul_reference(a, b, lut))
+    assert p.nbytes == 0
+
+
 def test_numpy_table_is_accepted():
     g = torch.Generator().manual_seed(4)
     lut = random_table(g)
