@@ -41,6 +41,8 @@ from torch import nn
 from dse.quant import (
     ActivationQuantizer,
     QuantFormat,
+    centred_codes_ste,
+    centred_weight_codes_ste,
     check_multiplier_format,
     effective_lut,
     exact_lut,
@@ -344,13 +346,14 @@ class ApproxLayer(nn.Module):
             y = self._float_forward(x)
             self._record_positions(x, y)
             return y
-        if self.training and self._mode == "quant" and not self.freeze_ranges and not aq.calibrating:
+        observing = self.training and self._mode == "quant" and not self.freeze_ranges and not aq.calibrating
+        if observing:
             aq.observe(x)
         need_grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
         if not need_grad:
             y = self._forward_nograd(x)
         else:
-            y = self._forward_grad(x)
+            y = self._forward_grad(x, observing)
         self._record_positions(x, y)
         if self.bias is not None:
             y = y + self._chan_view(self.bias) if y.requires_grad else y.add_(self._chan_view(self.bias))
@@ -373,25 +376,24 @@ class ApproxLayer(nn.Module):
         y = y.mul_(self._chan_view(st.out_scale)) if y is not acc else y * self._chan_view(st.out_scale)
         return self._add_noise(y)
 
-    def _forward_grad(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward_grad(self, x: torch.Tensor, observing: bool) -> torch.Tensor:
         aq = self.act_quant
         if not aq.is_observed:
             raise RuntimeError(f"layer {self.name or self.kind}: activation range not calibrated")
         s_a, z_a = aq.qparams()
-        if not self.fmt.signed and x.numel():
+        if not observing and not self.fmt.signed and x.numel():
             with torch.no_grad():
                 self.negative_clipped += (x.amin() < -0.5 * s_a) & (z_a == 0)
-        xq = aq.float_codes(x, s_a, z_a)
-        wq, s_w, z_w = quantize_weight(self.weight, self.fmt)
-        wc = wq - z_w.view((-1,) + (1,) * (wq.dim() - 1))
-        acc = self._exact_acc(xq - z_a, wc)
-        out_scale = (s_a * s_w).to(torch.float32)
-        y = acc.to(torch.float32) * self._chan_view(out_scale)
+        xc = centred_codes_ste(x, s_a, z_a, *self.fmt.act_range)
+        wc, s_w, _ = centred_weight_codes_ste(self.weight, self.fmt)
+        acc = self._exact_acc(xc, wc)
+        y = acc.to(torch.float32) * self._chan_view((s_a * s_w).to(torch.float32))
         if self._mode == "lut":
             with torch.no_grad():
                 st = self._qstate(x.device)
                 ls = self._lut_state(st, self.multiplier, x.device)
-                y_lut = self._lut_acc(xq.detach().to(self.fmt.act_dtype), st, ls).to(torch.float32)
+                codes = (xc.detach() + z_a).to(self.fmt.act_dtype)
+                y_lut = self._lut_acc(codes, st, ls).to(torch.float32)
                 y_lut = y_lut * self._chan_view(st.out_scale)
             y = y_lut + (y - y.detach())  # value exactly y_lut, gradient of the exact product
         return self._add_noise(y)
@@ -429,9 +431,8 @@ def _exact_sum(parts: list[torch.Tensor]) -> torch.Tensor:
 
 def _round_ste(t: torch.Tensor) -> torch.Tensor:
     # the float GEMM/conv of integer codes is exact below 2^24; rounding also removes any algorithmic error
-    if t.requires_grad:
-        return t.round().detach() + (t - t.detach())
-    return t.round()
+    # (cuDNN). Training values need no rounding: their exactness is not measured, the gradient is the same.
+    return t if t.requires_grad else t.round()
 
 
 class ApproxConv2d(ApproxLayer):

@@ -179,6 +179,27 @@ def quantize_codes(
     return torch.clamp(ste_round(x / scale) + zero_point, lo, hi)
 
 
+def centred_codes_ste(
+    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, lo: int, hi: int
+) -> torch.Tensor:
+    """clamp(round(x / scale) + zp, lo, hi) − zp (per tensor, 0-d scale/zp) in one fused op, for training:
+    the same values as quantize_codes − zp, gradient 1/scale inside the range and 0 outside."""
+    zp = zero_point.reshape(1).to(torch.int32)
+    return torch.fake_quantize_per_tensor_affine(x / scale, torch.ones_like(scale).reshape(1), zp, lo, hi)
+
+
+def centred_weight_codes_ste(
+    w: torch.Tensor, fmt: QuantFormat
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(q_w − z_w as a float tensor with STE gradient, scale [C_out], zero_point [C_out]) in one fused op."""
+    scale, zp = weight_qparams(w, fmt)
+    lo, hi = fmt.weight_range
+    view = (-1,) + (1,) * (w.dim() - 1)
+    ones = torch.ones_like(scale)
+    wc = torch.fake_quantize_per_channel_affine(w / scale.view(view), ones, zp.to(torch.int32), 0, lo, hi)
+    return wc, scale, zp
+
+
 def _safe_scale(s: torch.Tensor) -> torch.Tensor:
     return torch.where(s > 0, s, torch.ones_like(s))
 
