@@ -82,18 +82,9 @@ def build_setup(prepared, with_error_models: bool = True, device_batch: int = 20
 
 
 def _error_models(setup: Setup) -> None:
-    """σ predictions + AGN tolerances -> the surrogate's distortion table and the AGN seeds. Either
-    stage failing leaves the search running without it (logged)."""
+    """AGN tolerances (-> the AGN seeds and baseline) and σ predictions (-> the surrogate's distortion
+    table). Either stage failing leaves the search running without it (logged)."""
     prepared, problem = setup.prepared, setup.problem
-    t0 = time.perf_counter()
-    try:
-        from dse.errors.predict import get_predictions
-
-        pred = get_predictions(prepared)
-    except Exception as e:  # the search still works without the error models
-        log(f"search: no σ predictions ({type(e).__name__}: {e}); the surrogate stage is skipped")
-        return
-    setup.stage_seconds["predictions"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     tolerance = None
     try:
@@ -101,13 +92,22 @@ def _error_models(setup: Setup) -> None:
 
         results = get_agn_results(prepared, prepared.study.agn.lambdas)
         for r in results:
-            g = problem.genome(r.assignment)
-            setup.agn.append((g, f"agn:{r.lam:g}"))
+            setup.agn.append((problem.genome(r.assignment), f"agn:{r.lam:g}"))
         tols = np.array([[max(float(r.tolerance[n]), 1e-12) for n in problem.layers] for r in results])
-        tolerance = np.exp(np.log(tols).mean(axis=0))  # geometric mean over λ
-    except Exception as e:
+        if len(tols):
+            tolerance = np.exp(np.log(tols).mean(axis=0))  # geometric mean over λ
+    except Exception as e:  # the search still works without AGN
         log(f"search: no AGN tolerances ({type(e).__name__}: {e}); the surrogate uses output std instead")
     setup.stage_seconds["agn"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    try:
+        from dse.errors.predict import get_predictions
+
+        pred = get_predictions(prepared)
+    except Exception as e:
+        log(f"search: no σ predictions ({type(e).__name__}: {e}); the surrogate stage is skipped")
+        return
+    setup.stage_seconds["predictions"] = time.perf_counter() - t0
     row = {n: i for i, n in enumerate(pred.layers)}
     col = {m: j for j, m in enumerate(pred.multipliers)}
     std = np.asarray(pred.output_std, dtype=np.float64)
@@ -340,11 +340,13 @@ def run_worker(
     out: str | Path | None = None,
     data: str | Path | None = None,
     device: str = "auto",
+    threads: int | None = None,
 ) -> dict:
     """Join a study that `dse search` started: same configuration, read from the storage."""
     from dse.rundir import RunDir, load_prepared, prepare
     from dse.study import Study
 
+    set_threads(threads)
     storage_obj = open_storage(storage)
     probe = load_existing_study(storage_obj, study_name, None, storage)
     config = probe.user_attrs[ATTR_CONFIG]

@@ -1,0 +1,64 @@
+"""Shared fixtures. `postgres_url`: a real PostgreSQL server on loopback (Debian's cluster, started here
+if it is not running), with a fresh database and role for the test session, dropped afterwards."""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+
+def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120, **kw)
+
+
+def _psql(sql: str) -> None:
+    _run(["runuser", "-u", "postgres", "--", "psql", "-v", "ON_ERROR_STOP=1", "-q", "-c", sql])
+
+
+def _cluster() -> tuple[str, str, str] | None:
+    """(version, name, status) of the first installed cluster."""
+    if shutil.which("pg_lsclusters") is None:
+        return None
+    out = _run(["pg_lsclusters", "--no-header"]).stdout.split("\n")
+    for line in out:
+        parts = line.split()
+        if len(parts) >= 4:
+            return parts[0], parts[1], parts[3]
+    return None
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    cluster = _cluster()
+    if cluster is None:
+        versions = (
+            sorted(p.name for p in Path("/etc/postgresql").glob("*"))
+            if Path("/etc/postgresql").is_dir()
+            else []
+        )
+        pytest.fail(
+            f"PostgreSQL is not installed (no pg_lsclusters; /etc/postgresql: {versions}); .ci/run installs it"
+        )
+    version, name, status = cluster
+    started = False
+    if status != "online":
+        _run(["pg_ctlcluster", "--skip-systemctl-redirect", version, name, "start"])
+        started = True
+    port = _run(["runuser", "-u", "postgres", "--", "psql", "-tAc", "SHOW port"]).stdout.strip() or "5432"
+    tag = secrets.token_hex(4)
+    user, db, password = f"dse_test_{tag}", f"dse_test_{tag}", secrets.token_hex(12)
+    _psql(f"CREATE ROLE {user} LOGIN PASSWORD '{password}'")
+    _psql(f"CREATE DATABASE {db} OWNER {user}")
+    try:
+        yield f"postgresql://{user}:{password}@127.0.0.1:{port}/{db}"
+    finally:
+        _psql(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+        _psql(f"DROP ROLE IF EXISTS {user}")
+        if started:
+            subprocess.run(
+                ["pg_ctlcluster", "--skip-systemctl-redirect", version, name, "stop"], capture_output=True
+            )
