@@ -684,9 +684,14 @@ def _batches(batches: Any) -> Iterable:
     return batches
 
 
-def calibrate(model: nn.Module, batches: Any, max_batches: int | None = None) -> nn.Module:
+def calibrate(
+    model: nn.Module, batches: Any, max_batches: int | None = None, percentile: float | None = None
+) -> nn.Module:
     """Set every layer's activation range from float forwards over `batches` (tensors, (x, y) tuples, a
-    DataLoader or a Dataset): min of minima, max of maxima. Modes and train/eval state are restored."""
+    DataLoader or a Dataset): min of minima, max of maxima (of each batch's percentiles with `percentile`,
+    e.g. 99.99, which saturates outliers). Modes and train/eval state are restored."""
+    if percentile is not None and not 50 < percentile <= 100:
+        raise UserError(f"percentile: expected a value in (50, 100], got {percentile}")
     layers = approx_layers(model)
     modes = {n: layer.mode for n, layer in layers.items()}
     was_training = model.training
@@ -694,6 +699,7 @@ def calibrate(model: nn.Module, batches: Any, max_batches: int | None = None) ->
     for layer in layers.values():
         layer.act_quant.reset()
         layer.act_quant.calibrating = True
+        layer.act_quant.percentile = percentile
         layer.negative_clipped.zero_()
         layer.mode = "float"
         layer.invalidate()
@@ -708,6 +714,7 @@ def calibrate(model: nn.Module, batches: Any, max_batches: int | None = None) ->
     finally:
         for n, layer in layers.items():
             layer.act_quant.calibrating = False
+            layer.act_quant.percentile = None
             layer.mode = modes[n]
             layer.invalidate()
         model.train(was_training)

@@ -24,6 +24,7 @@ Quantized values are produced as *float tensors holding integer codes* with stra
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -248,21 +249,29 @@ class ActivationQuantizer(nn.Module):
     """Per-tensor activation quantizer with a min/max observer; its state lives in the state_dict.
 
     Buffers: `running_min`, `running_max` (the observed range), `observed` (batches seen).
-    `calibrating = True`: every batch widens the range (min of mins, max of maxes). Otherwise `observe`
-    moves it by an exponential moving average (QAT), after the first batch initialises it.
+    `calibrating = True`: every batch widens the range (min of mins, max of maxes; with `percentile` p set,
+    of each batch's (100−p)-th and p-th percentiles). Otherwise `observe` moves it by an exponential moving
+    average (QAT), after the first batch initialises it.
     """
 
     def __init__(self, fmt: QuantFormat) -> None:
         super().__init__()
         self.fmt = fmt
         self.calibrating = False
+        self.percentile: float | None = None  # e.g. 99.99: calibrate to that percentile instead of min/max
         self.register_buffer("running_min", torch.zeros(()))
         self.register_buffer("running_max", torch.zeros(()))
         self.register_buffer("observed", torch.zeros((), dtype=torch.int64))
 
     @torch.no_grad()
     def observe(self, x: torch.Tensor) -> None:
-        lo, hi = torch.aminmax(x.detach().float())
+        xf = x.detach().float()
+        lo, hi = torch.aminmax(xf)
+        if self.calibrating and self.percentile is not None and xf.numel() > 1:
+            flat, n = xf.flatten(), xf.numel()
+            k = min(n, max(1, math.ceil(self.percentile / 100 * n)))
+            hi = torch.minimum(hi, flat.kthvalue(k).values)
+            lo = torch.maximum(lo, flat.kthvalue(n + 1 - k).values)
         if self.calibrating or int(self.observed) == 0:
             first = int(self.observed) == 0
             self.running_min.copy_(lo if first else torch.minimum(self.running_min, lo))

@@ -92,3 +92,19 @@ def test_observer_calibration_min_max_then_ema_and_rules():
     assert float(aq.running_min) == pytest.approx(-0.01)
     assert aq.rule == "shifted"
     assert ActivationQuantizer(SIGNED).rule == "symmetric"
+
+
+def test_percentile_calibration_saturates_outliers_but_keeps_the_relu_rule():
+    import torch.nn as nn
+
+    from dse.nn import calibrate, convert
+
+    x = torch.relu(torch.randn(4000, 8))
+    x[0, 0] = 100.0  # one outlier
+    full = calibrate(convert(nn.Linear(8, 2), SM), [x])
+    pct = calibrate(convert(nn.Linear(8, 2), SM), [x], percentile=99.9)
+    assert float(full.act_quant.running_max) == 100.0
+    assert 2.0 < float(pct.act_quant.running_max) < 5.0
+    assert pct.act_rule == "relu" and float(pct.act_quant.running_min) == 0.0
+    with pytest.raises(UserError, match="percentile"):
+        calibrate(convert(nn.Linear(8, 2), SM), [x], percentile=10)
