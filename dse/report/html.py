@@ -275,7 +275,10 @@ def _tolerance_figure(run: RunData) -> dict:
         },
     }
     if not run.agn:
-        return {**fig, "empty": "Learned tolerances: agn/result.json not found (written by `dse search` / `dse agn`)."}
+        return {
+            **fig,
+            "empty": "Learned tolerances: agn/result.json not found (written by `dse search` / `dse agn`).",
+        }
     data = []
     for a in run.agn:
         acc = "" if a.accuracy is None else f", {100 * a.accuracy:.2f} %"
@@ -517,7 +520,7 @@ def render_report(run: RunData, library) -> tuple[str, dict[str, int]]:
         "{{MISSING}}": missing_html,
         "{{PLOTLYJS}}": plotly.offline.get_plotlyjs(),
         "{{DATA}}": _script_json(data),
-        "{{CONFIGS}}": _script_json(configs),
+        "{{CONFIGS}}": _script_json(pack_texts(configs)),
         "{{PAGEJS}}": files.joinpath("page.js").read_text(),
     }
     missing_keys = [k for k in replacements if k not in template]
@@ -530,6 +533,29 @@ def render_report(run: RunData, library) -> tuple[str, dict[str, int]]:
     }
     # one pass: substituted values (plotly.js, data) are never searched for placeholders again
     return re.sub(r"\{\{[A-Z]+\}\}", lambda m: replacements.get(m.group(0), m.group(0)), template), stats
+
+
+# cut points of a configuration's text: before each layer object, around each layer's `quant` value (the
+# big per-channel part, the same for every point) — pieces shared between points are stored once
+_PIECE_SPLIT = re.compile(r'(?=\n    \{\n)|(?<="quant": )|(?=\n    \})')
+
+
+def pack_texts(texts: list[str | None]) -> dict[str, list]:
+    """{"pieces": [str], "texts": [[piece index] | None]}: each text is the concatenation of its pieces
+    (checked here), so the page rebuilds every configuration byte for byte at a fraction of the size."""
+    pieces: list[str] = []
+    index: dict[str, int] = {}
+    packed: list[list[int] | None] = []
+    for text in texts:
+        if text is None:
+            packed.append(None)
+            continue
+        parts = _PIECE_SPLIT.split(text)
+        assert "".join(parts) == text
+        packed.append([index.setdefault(part, len(index)) for part in parts])
+        if len(index) > len(pieces):
+            pieces.extend(list(index)[len(pieces) :])
+    return {"pieces": pieces, "texts": packed}
 
 
 def _script_json(obj: Any) -> str:

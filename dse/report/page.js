@@ -3,7 +3,9 @@
 (function () {
   "use strict";
   const DATA = JSON.parse(document.getElementById("dse-data").textContent);
-  const CONFIGS = JSON.parse(document.getElementById("dse-configs").textContent);
+  // each configuration's text = its pieces concatenated (shared pieces stored once; see pack_texts)
+  const PACKED = JSON.parse(document.getElementById("dse-configs").textContent);
+  const CONFIGS = PACKED.texts.map((ids) => (ids === null ? null : ids.map((k) => PACKED.pieces[k]).join("")));
   const cfg = { responsive: true, displaylogo: false };
 
   for (const fig of DATA.figures) {
