@@ -148,7 +148,8 @@ class PerNeuronErrorModel(nn.Module):
     """P2's generator: returns ξ = σ_ε (ρ s₁ + √(1−ρ²) s₂) + μ_ε for a batch y [B, *shape].
 
     s₁ = (y − μ_y)/σ_y uses the calibration μ_y, σ_y (constants), so the gradient through ξ is exactly
-    σ_ε ρ / σ_y per neuron; s₂ is fresh standard normal noise on every call.
+    σ_ε ρ / σ_y per neuron; s₂ is fresh standard normal noise on every call. Computed in the expanded form
+    slope·y + offset + a₂·s₂ (fewer tensor ops per training step; the same numbers).
     """
 
     def __init__(
@@ -162,10 +163,11 @@ class PerNeuronErrorModel(nn.Module):
         super().__init__()
         live = std_y > _MIN_STD
         rho = torch.where(live, corr, torch.zeros_like(corr)).clamp(-1.0, 1.0)
-        self.register_buffer("mean_y", mean_y.detach().float().clone())
-        self.register_buffer("inv_std_y", torch.where(live, 1.0 / std_y.clamp_min(_MIN_STD), 0.0).float())
-        self.register_buffer("mean_err", mean_err.detach().float().clone())
-        self.register_buffer("a1", (std_err * rho).detach().float())  # σ_ε ρ
+        inv_std_y = torch.where(live, 1.0 / std_y.clamp_min(_MIN_STD), torch.zeros_like(std_y))
+        slope = std_err * rho * inv_std_y  # σ_ε ρ / σ_y = ∂ξ/∂y
+        # ξ = slope·y + offset + a2·s₂ is the same generator with s₁ expanded: two fused ops per call
+        self.register_buffer("slope", slope.detach().float().clone())
+        self.register_buffer("offset", (mean_err - slope * mean_y).detach().float().clone())
         self.register_buffer(
             "a2", (std_err * (1 - rho**2).clamp_min(0).sqrt()).detach().float()
         )  # σ_ε √(1−ρ²)
@@ -175,12 +177,11 @@ class PerNeuronErrorModel(nn.Module):
         return cls(stats.mean_y, stats.std_y, stats.mean_err, stats.std_err, stats.corr)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        s1 = (y - self.mean_y) * self.inv_std_y
-        s2 = torch.randn_like(y)
-        return self.a1 * s1 + self.a2 * s2 + self.mean_err
+        noise = torch.addcmul(self.offset, self.a2, torch.randn_like(y))  # μ_ε − slope·μ_y + σ_ε√(1−ρ²)·s₂
+        return torch.addcmul(noise, self.slope, y)  # + σ_ε ρ (y − μ_y)/σ_y, y in the graph
 
     def extra_repr(self) -> str:
-        return f"neurons={self.mean_y.numel()}, shape={list(self.mean_y.shape)}"
+        return f"neurons={self.slope.numel()}, shape={list(self.slope.shape)}"
 
 
 class AwgnNoise(nn.Module):

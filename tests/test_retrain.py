@@ -68,7 +68,8 @@ def test_reported_accuracies_are_behavioural_simulations_of_the_saved_network(ru
     assert (ckpt.parent / "errstats.pt").exists() and res.stats_seconds > 0
     assert res.accuracy_before == _lut_accuracy(run_dir, None, ASSIGNMENT)
     assert res.accuracy_after == _lut_accuracy(run_dir, ckpt, ASSIGNMENT)
-    assert res.seconds_per_epoch > 0 and 0 <= res.accuracy_after <= 1
+    assert res.seconds_per_epoch > 0 and res.cpu_seconds_per_epoch > 0 and 0 <= res.accuracy_after <= 1
+    assert res.refresh_stats
     saved = json.loads((ckpt.parent / "errmodel.json").read_text())
     assert saved["accuracy_after"] == res.accuracy_after
     # a second method on the same configuration reuses the stored statistics
