@@ -124,7 +124,7 @@ def _fit_agn(model, train_set, sigmas, regulariser, epochs, lr, sigma_lr, batch_
         bar.close()
         log(
             f"{desc} epoch {epoch + 1}/{epochs}: loss {total / seen:.4f}, σ "
-            + " ".join(f"{abs(float(s)):.3f}" for s in sigmas)
+            + " ".join(f"{abs(float(s.detach())):.3f}" for s in sigmas)
         )
 
 
