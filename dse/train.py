@@ -96,7 +96,8 @@ def fit(
     (momentum, nesterov). schedule: "cosine" (per step, to 0) | "constant". augment(x, generator) -> x
     is applied to train batches. With `resume_path`, the state after every epoch is saved there
     (atomically) and a later call with the same `resume_key` continues from it; the file is removed
-    when training finishes. NaN/inf loss raises UserError naming the epoch.
+    when training finishes. NaN/inf loss raises UserError naming the epoch. Seeds the global torch RNG
+    with `seed`; leaves the model in eval mode.
     """
     device = torch.device(device)
     model.to(device)
