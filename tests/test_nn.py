@@ -403,3 +403,48 @@ def test_cached_codes_and_tables_follow_assignment_weights_and_ranges():
         assert torch.equal(twin(x), y_range)
         twin.weight.mul_(2)
         assert torch.equal(layer(x), y_range) and not torch.equal(twin(x), y_range)
+
+
+class _ResidualNet(nn.Module):
+    """Residual add without a ReLU after it (negative inputs downstream), a depthwise conv, a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.pw = nn.Conv2d(8, 8, 1)
+        self.after_add = nn.Conv2d(8, 8, 3, stride=2, padding=1)
+        self.head = nn.Linear(8 * 4 * 4, 5)
+
+    def forward(self, x):
+        h = torch.relu(self.stem(x))
+        h = h + self.pw(torch.relu(self.dw(h)))  # no ReLU: after_add sees negatives
+        return self.head(torch.relu(self.after_add(h)).flatten(1))
+
+
+@pytest.mark.parametrize("fmt_name", list(FORMATS))
+def test_whole_network_exact_table_equals_quant_and_negative_layers_are_shifted(fmt_name):
+    torch.manual_seed(0)
+    model = convert(_ResidualNet(), FORMATS[fmt_name]).eval()
+    x = torch.randn(16, 3, 8, 8)
+    calibrate(model, [x])
+    rules = {i.name: i.act_rule for i in layer_infos(model)}
+    if FORMATS[fmt_name].signed:
+        assert set(rules.values()) == {"symmetric"}
+    else:
+        assert rules == {
+            "stem": "shifted",
+            "dw": "relu",
+            "pw": "relu",
+            "after_add": "shifted",
+            "head": "relu",
+        }
+    with torch.no_grad():
+        set_mode(model, "quant")
+        y_quant = model(x)
+        set_mode(model, "lut")
+        assert torch.equal(model(x), y_quant)
+        set_mode(model, "float")
+        y_float = model(x)
+    assert (y_quant - y_float).abs().max() < 0.1 * y_float.abs().max()
+    assert negative_clipping(model) == {}
