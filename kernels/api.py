@@ -26,7 +26,9 @@ from dse.kernels.checks import (
 from dse.kernels.reference import approx_matmul_reference
 
 # Dispatcher thresholds (measured with `dse bench kernels`, see docs/ARCHITECTURE.md "dse.kernels").
-CPU_LOWRANK_MAX_COST = 4.0  # lowrank on CPU when rank·(2 if float64 else 1) <= this
+CPU_LOWRANK_MAX_COST = 3.0  # lowrank on CPU when rank·(2 if float64 else 1) <= this (rank 3 ties with
+# cpu at M=4096 K=576 N=64, one core: 0.24x vs 0.24x float32; rank 2 0.3-0.38x; ties go to lowrank, whose
+# prepared weights are r·K·N floats instead of 256·K·N)
 CUDA_LOWRANK_MAX_COST = 2.0  # not measured yet (no GPU in the building session)
 CPU_GATHER_MAX_M = 48  # one-off call with fewer activation rows: direct gather beats building weight tables
 
