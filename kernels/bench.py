@@ -1,7 +1,8 @@
 """`dse bench kernels`: throughput of every backend next to a float32 GEMM / conv of the same shape.
 
 Prints, never asserts. Each backend is timed alternately with its float32 counterpart (best of `reps`
-each), so the ratio is measured under the same machine load even on a shared machine.
+each), so the ratio is measured under the same machine load; the ratio of process CPU times is also given,
+which stays meaningful when other processes compete for the cores (it ignores idle waiting).
 """
 
 from __future__ import annotations
@@ -90,25 +91,27 @@ def hardware(device: torch.device) -> str:
     return f"{model}, {torch.get_num_threads()} torch threads, {os.cpu_count()} logical CPUs"
 
 
-def _timed(fn: Callable[[], object], device: torch.device) -> float:
+def _timed(fn: Callable[[], object], device: torch.device) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process): CPU time is robust to other processes on the machine."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     fn()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return time.perf_counter() - t
+    return time.perf_counter() - t, time.process_time() - c
 
 
-def _race(fn, base, device, reps: int) -> tuple[float, float]:
-    """Best times of fn and base, measured alternately (same load for both)."""
+def _race(fn, base, device, reps: int) -> tuple[float, float, float, float]:
+    """Best (wall, cpu) times of fn and of base, measured alternately (same load for both)."""
     fn()
     base()
-    t_fn, t_base = float("inf"), float("inf")
+    best = [float("inf")] * 4
     for _ in range(reps):
-        t_fn = min(t_fn, _timed(fn, device))
-        t_base = min(t_base, _timed(base, device))
-    return t_fn, t_base
+        w, c = _timed(fn, device)
+        wb, cb = _timed(base, device)
+        best = [min(x, y) for x, y in zip(best, (w, c, wb, cb))]
+    return best[0], best[1], best[2], best[3]
 
 
 def _operands(case: Case, device: torch.device, g: torch.Generator):
@@ -124,7 +127,7 @@ def _operands(case: Case, device: torch.device, g: torch.Generator):
 def bench_kernels(device: str | torch.device = "cpu", quick: bool = False, reps: int | None = None) -> dict:
     """Run the benchmark; returns {"hardware", "device", "rows": [...]} (what `--json` prints)."""
     device = torch.device(device)
-    reps = reps or (2 if quick else 3)
+    reps = reps or (3 if quick else 5)
     g = torch.Generator().manual_seed(0)
     rows = []
     for case in cases(quick):
@@ -177,15 +180,15 @@ def bench_kernels(device: str | torch.device = "cpu", quick: bool = False, reps:
                 if backend == "reference":
                     if device.type == "cuda":
                         continue
-                    t_fn, t_base = _race(lambda lut=lut: reference(lut), base, device, 1)
-                    t_fn /= ref_share
+                    t_fn, c_fn, t_base, c_base = _race(lambda lut=lut: reference(lut), base, device, 1)
+                    t_fn, c_fn = t_fn / ref_share, c_fn / ref_share
                     note = f"timed on {ref_share:.3g} of the rows"
                 else:
                     p = prepare(lut, backend)
-                    t_fn, t_base = _race(lambda p=p, a=a: p(a), base, device, reps)
+                    t_fn, c_fn, t_base, c_base = _race(lambda p=p, a=a: p(a), base, device, reps)
                     note = f"prepared weights ({p.nbytes / 2**20:.0f} MiB), backend {p.backend}"
                     if backend in ("cpu", "auto"):
-                        t_cold, _ = _race(lambda lut=lut, be=backend: cold(lut, be), base, device, 1)
+                        t_cold, *_ = _race(lambda lut=lut, be=backend: cold(lut, be), base, device, 1)
                         note += f"; {case.macs / t_cold / 1e9:.2f} G/s including preparation"
                 rows.append(
                     {
@@ -198,6 +201,8 @@ def bench_kernels(device: str | torch.device = "cpu", quick: bool = False, reps:
                         "g_lut_mac_per_s": case.macs / t_fn / 1e9,
                         "float32_g_mac_per_s": case.macs / t_base / 1e9,
                         "ratio_to_float32": t_base / t_fn,
+                        "g_lut_mac_per_cpu_s": case.macs / max(c_fn, 1e-9) / 1e9,
+                        "ratio_to_float32_cpu_time": c_base / max(c_fn, 1e-9),
                         "note": note,
                     }
                 )
@@ -214,13 +219,15 @@ def bench_kernels(device: str | torch.device = "cpu", quick: bool = False, reps:
 def format_table(result: dict) -> str:
     lines = [
         f"hardware: {result['hardware']}  (torch {result['torch']}, device {result['device']})",
-        f"{'case':24} {'table':22} {'rank':>4} {'backend':9} {'G LUT-MAC/s':>11} {'fp32 G/s':>9} "
-        f"{'ratio':>6}  note",
+        "G/s = G LUT-MAC/s (wall clock); ratio = float32 time / kernel time, wall clock and process CPU time",
+        f"{'case':22} {'table':21} {'rank':>4} {'backend':9} {'G/s':>7} {'fp32 G/s':>8} {'ratio':>6} "
+        f"{'cpu-t':>6}  note",
     ]
     for r in result["rows"]:
         rank = "-" if r["rank"] is None else str(r["rank"])
         lines.append(
-            f"{r['case']:24} {r['table']:22} {rank:>4} {r['backend']:9} {r['g_lut_mac_per_s']:11.2f} "
-            f"{r['float32_g_mac_per_s']:9.2f} {r['ratio_to_float32']:6.3f}  {r['note']}"
+            f"{r['case']:22} {r['table']:21} {rank:>4} {r['backend']:9} {r['g_lut_mac_per_s']:7.2f} "
+            f"{r['float32_g_mac_per_s']:8.2f} {r['ratio_to_float32']:6.3f} {r['ratio_to_float32_cpu_time']:6.3f}"
+            f"  {r['note']}"
         )
     return "\n".join(lines)

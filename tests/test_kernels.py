@@ -407,3 +407,27 @@ def test_lowrank_exact_under_reduced_matmul_precision():
         assert torch.backends.mkldnn.matmul.fp32_precision == "bf16"  # the user's setting is restored
     finally:
         torch.backends.cuda.matmul.fp32_precision, torch.backends.mkldnn.matmul.fp32_precision = saved
+
+
+def test_bench_kernels_json_reports_every_backend(monkeypatch):
+    import json
+
+    from click.testing import CliRunner
+    from dse.kernels import bench
+
+    from dse.cli import cli
+
+    tiny = [
+        bench.Case("gemm", "gemm", {"m": 40, "k": 16, "n": 8}),
+        bench.Case("dw", "conv", {"x": [1, 4, 6, 6], "w": [4, 1, 3, 3], "padding": 1, "groups": 4}),
+    ]
+    monkeypatch.setattr(bench, "cases", lambda quick: tiny)
+    res = CliRunner().invoke(cli, ["bench", "kernels", "--quick", "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["hardware"] and doc["device"] == "cpu"
+    seen = {(r["case"], r["table"], r["backend"]) for r in doc["rows"]}
+    for case in ("gemm", "dw"):
+        assert {(case, "full-rank", b) for b in ("reference", "cpu", "auto")} <= seen
+        assert (case, "rank<=8 (col-trunc 8)", "lowrank") in seen
+    assert all(r["g_lut_mac_per_s"] > 0 and r["ratio_to_float32"] > 0 for r in doc["rows"])
