@@ -448,3 +448,34 @@ def test_whole_network_exact_table_equals_quant_and_negative_layers_are_shifted(
         y_float = model(x)
     assert (y_quant - y_float).abs().max() < 0.1 * y_float.abs().max()
     assert negative_clipping(model) == {}
+
+
+@pytest.mark.parametrize("fmt_name", list(FORMATS))
+@pytest.mark.parametrize(
+    "make, shape",
+    [
+        (lambda: nn.Linear(1100, 3), (4, 1100)),  # chunked float32 sums
+        (lambda: nn.Conv2d(72, 3, 3, padding=1), (2, 72, 3, 3)),  # chunked over input channels
+        (lambda: nn.Conv2d(256, 4, 3, padding=1, groups=2), (1, 256, 3, 3)),  # grouped: float64
+    ],
+)
+def test_large_accumulators_stay_exact(fmt_name, make, shape):
+    torch.manual_seed(0)
+    fmt = FORMATS[fmt_name]
+    layer = convert(make(), fmt).eval()
+    with torch.no_grad():  # same-sign near-maximal products: sums near the worst case K·max|a|·max|w|
+        layer.weight.copy_(1 + 0.01 * torch.rand_like(layer.weight))
+    x = 4.0 - 0.1 * torch.rand(*shape)
+    x.view(-1)[0] = -0.3  # a shifted encoding (non-zero zero point) in the unsigned formats
+    calibrate(layer, [x])
+    codes = layer.input_codes(x)
+    acc = layer.int_forward(codes)
+    if layer.fan_in * layer._chunk_bound() >= 2**24:  # the chunked / float64 path is taken
+        assert acc.abs().max() > 2**24  # beyond float32's exact integers
+    ref = reference_acc(layer, codes, None)
+    assert torch.equal(acc.reshape(ref.shape).to(torch.int64), ref)
+    with torch.no_grad():
+        set_mode(layer, "quant")
+        y_quant = layer(x)
+        set_mode(layer, "lut")
+        assert torch.equal(layer(x), y_quant)
