@@ -228,6 +228,19 @@ def _train_kwargs(study: Study, device: torch.device) -> dict:
 # ----------------------------------------------------------------------------------------------- prepare
 
 
+def _run_dir_target(target) -> RunDir | None:
+    """`target` as a run directory, if it is one. A bare built-in study name ("digits") always means the
+    study, even when the current folder holds a run directory of that name; "./digits" means the folder."""
+    if target is None or isinstance(target, Study):
+        return None
+    from dse.study import builtin_studies
+
+    if isinstance(target, str) and "/" not in target and target in builtin_studies():
+        return None
+    run = RunDir(target)
+    return run if run.is_run_dir() else None
+
+
 def prepare(
     study: Study | str | Path | None = None,
     out: str | Path | None = None,
@@ -241,7 +254,7 @@ def prepare(
 
     t_start = time.perf_counter()
     if not isinstance(study, Study):
-        if study is not None and RunDir(study).is_run_dir():  # `dse prepare runs/digits`
+        if _run_dir_target(study) is not None:  # `dse prepare runs/digits`
             out = out if out is not None else study
             study = RunDir(study).read_study()
         else:
@@ -458,7 +471,7 @@ def open_run(
     """What every later command starts with: `target` is a run directory (holding study.toml), a built-in
     study name or a study TOML (None: the default study). Prepares first where needed (cached), then
     loads. A study's run directory is `out` or runs/<study name>."""
-    if target is not None and RunDir(target).is_run_dir():
+    if _run_dir_target(target) is not None:
         run = RunDir(target)
         if not is_prepared(run):
             prepare(run.read_study(), out=run.path, data=data, device=device)

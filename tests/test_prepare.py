@@ -222,3 +222,15 @@ def test_run_directory_remembers_the_data_given_with_data(tmp_path, monkeypatch)
     np.savez(tmp_path / "other.npz", x=np.zeros((700, 8, 8), np.uint8), y=np.zeros(700, np.uint8))
     with pytest.raises(Exception, match="not the data"):
         load_prepared(tmp_path / "run", data=tmp_path / "other.npz")
+
+
+def test_a_builtin_name_is_the_study_even_next_to_a_run_dir_of_that_name(tmp_path, monkeypatch):
+    from dse.rundir import _run_dir_target
+
+    (tmp_path / "digits").mkdir()
+    (tmp_path / "digits" / "study.toml").write_text('name = "digits"\n')
+    monkeypatch.chdir(tmp_path)
+    assert _run_dir_target("digits") is None  # the built-in study
+    assert _run_dir_target("./digits") is not None  # the folder
+    assert _run_dir_target(tmp_path / "digits") is not None
+    assert _run_dir_target("elsewhere") is None
