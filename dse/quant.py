@@ -25,8 +25,8 @@ Quantized values are produced as *float tensors holding integer codes* with stra
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -131,14 +131,17 @@ def check_multiplier_format(multiplier: Any, fmt: QuantFormat, where: str = "mul
         )
 
 
-@lru_cache(maxsize=256)
-def _effective_cached(sha: str, scheme: str, lut_bytes: bytes) -> torch.Tensor:
-    lut = torch.from_numpy(np.frombuffer(lut_bytes, dtype=np.int32).reshape(256, 256).copy())
+_EFFECTIVE: OrderedDict[tuple[str, str], torch.Tensor] = OrderedDict()
+_EFFECTIVE_MAX = 256  # tables (256 KB each)
+
+
+def _effective(lut: np.ndarray, scheme: str) -> torch.Tensor:
+    lut_t = torch.from_numpy(np.array(lut, dtype=np.int32))
     if scheme != "sign-magnitude":
-        return lut
+        return lut_t
     byte = torch.arange(256)
     w = byte - 256 * (byte >= 128)  # the signed weight code of each byte
-    eff = lut[:, w.abs()] * torch.sign(w).to(torch.int32)[None, :]
+    eff = lut_t[:, w.abs()] * torch.sign(w).to(torch.int32)[None, :]
     return eff.to(torch.int32).contiguous()
 
 
@@ -152,7 +155,13 @@ def effective_lut(multiplier: Any, fmt: QuantFormat) -> torch.Tensor:
     """
     check_multiplier_format(multiplier, fmt)
     lut, _, sha = _raw_table(multiplier)
-    return _effective_cached(sha, fmt.weight_scheme, lut.tobytes())
+    key = (sha, fmt.weight_scheme)
+    table = _EFFECTIVE.get(key)
+    if table is None:
+        table = _EFFECTIVE[key] = _effective(lut, fmt.weight_scheme)
+        while len(_EFFECTIVE) > _EFFECTIVE_MAX:
+            _EFFECTIVE.popitem(last=False)
+    return table
 
 
 def exact_lut(fmt: QuantFormat) -> torch.Tensor:
