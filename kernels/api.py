@@ -207,8 +207,9 @@ class _MultiPlan:
         outs: list[torch.Tensor | None] = [None] * self.count
         for ix, plan in self.parts:
             y = plan.apply(a)
-            for i, part in zip(ix, torch.split(y, list(plan.widths), dim=2)):
-                outs[i] = part
+            parts = torch.split(y, list(plan.widths), dim=2)
+            for i, part in zip(ix, parts):
+                outs[i] = part.contiguous() if len(parts) > 1 else part
         return outs
 
 

@@ -247,6 +247,7 @@ def test_matmul_multi_bit_exact_vs_single_calls():
         outs = approx_matmul_multi(a, cands, backend=backend)
         assert len(outs) == len(cands)
         for out, (b, lut) in zip(outs, cands):
+            assert out.is_contiguous()
             assert torch.equal(out, approx_matmul(a, b, lut, backend="reference"))
     assert approx_matmul_multi(a, []) == []
     prepared = prepare_matmul_multi(cands)
