@@ -45,7 +45,9 @@ class ModelConfig(_Section):
 class DataConfig(_Section):
     name: str = Field("digits", description="digits | npz | cifar10 | mnist_idx | 'module:function'")
     path: str = Field("", description="file or directory of the data ('' for digits); --data overrides it")
-    train_size: int | None = Field(None, ge=1, description="None: every image not in val/test")
+    train_size: int | None = Field(
+        None, ge=1, description="at most this many train images; None: all the rest"
+    )
     val_size: int = Field(500, ge=1)
     test_size: int = Field(297, ge=0)
     seed: int = 0

@@ -127,7 +127,11 @@ def test_splits_disjoint_deterministic_and_seeded():
     assert (len(train), len(val), len(test)) == (70, 20, 10)
     assert len(set(train) | set(val) | set(test)) == 100
     with pytest.raises(UserError, match="too few"):
-        split_indices(100, None, 80, 30, seed=0)
+        split_indices(100, None, 80, 20, seed=0)
+    # train_size is an upper bound: a study sized for a large dataset still runs on a small copy
+    small_train, small_val, _ = split_indices(100, 50, 20, 10, seed=3)
+    assert len(small_train) == 50 and set(small_train) <= set(train) and (small_val == val).all()
+    assert len(split_indices(100, 500, 20, 10, seed=3)[0]) == 70
 
 
 def test_digits_splits_and_recorded_info():

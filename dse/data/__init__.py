@@ -219,17 +219,18 @@ def load_pool(name: str, path: str | Path | None = None, base_dir: Path | None =
 
 
 def split_indices(n: int, train_size: int | None, val_size: int, test_size: int, seed: int):
-    """Seeded disjoint index arrays (train, val, test) over range(n); train = the rest when None."""
+    """Seeded disjoint index arrays (train, val, test) over range(n). val and test get exactly their
+    sizes; train gets at most `train_size` of the rest (all of it when None), so one study can bound
+    its training budget on a large copy of a dataset and still run on a small one."""
     if val_size < 1 or test_size < 0:
         raise UserError(f"data: val_size must be >= 1 and test_size >= 0 (got {val_size}, {test_size})")
     rest = n - val_size - test_size
-    if train_size is None:
-        train_size = rest
-    if train_size < 1 or train_size > rest:
+    if rest < 1:
         raise UserError(
             f"data: the dataset has {n} images, too few for val_size={val_size} + test_size={test_size} "
-            f"+ train_size={train_size}"
+            "+ at least one training image"
         )
+    train_size = rest if train_size is None else min(train_size, rest)
     perm = np.random.default_rng(seed).permutation(n)
     val = np.sort(perm[:val_size])
     test = np.sort(perm[val_size : val_size + test_size])
