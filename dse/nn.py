@@ -140,6 +140,7 @@ class ApproxLayer(nn.Module):
         # output positions per sample (conv: H_out·W_out; linear: product of middle dims); -1 = unknown
         self.register_buffer("out_positions", torch.tensor(-1, dtype=torch.int64))
         self.register_buffer("negative_clipped", torch.zeros((), dtype=torch.int64), persistent=False)
+        self._positions: int | None = None  # host copy of out_positions once known
         self._state: _QState | None = None
         self._luts: OrderedDict[str, _LutState] = OrderedDict()
         self.to(weight.device)
@@ -417,6 +418,7 @@ class ApproxLayer(nn.Module):
 
     def _load_from_state_dict(self, *args, **kwargs):
         self.clear_cache()
+        self._positions = None
         return super()._load_from_state_dict(*args, **kwargs)
 
 
@@ -512,8 +514,11 @@ class ApproxConv2d(ApproxLayer):
         return s.repeat_interleave(self.out_channels // self._groups, dim=1)
 
     def _record_positions(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        if int(self.out_positions) < 0:
-            self.out_positions.fill_(int(y.shape[-2] * y.shape[-1]))
+        if self._positions is None:
+            self._positions = int(self.out_positions)
+            if self._positions < 0:
+                self._positions = int(y.shape[-2] * y.shape[-1])
+                self.out_positions.fill_(self._positions)
 
     def gemm_operands(self, in_codes: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per group: (A [N·H_out·W_out, K] activation codes incl. padding codes, B [K, C_out/groups] weight
@@ -574,8 +579,11 @@ class ApproxLinear(ApproxLayer):
         return codes.to(torch.int32).sum(dim=-1, keepdim=True)
 
     def _record_positions(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        if int(self.out_positions) < 0:
-            self.out_positions.fill_(int(math.prod(x.shape[1:-1])))
+        if self._positions is None:
+            self._positions = int(self.out_positions)
+            if self._positions < 0:
+                self._positions = int(math.prod(x.shape[1:-1]))
+                self.out_positions.fill_(self._positions)
 
     def gemm_operands(self, in_codes: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """[(A [M, K] activation codes, B [K, N] weight codes)]."""

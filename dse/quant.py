@@ -271,6 +271,7 @@ class ActivationQuantizer(nn.Module):
         self.register_buffer("running_min", torch.zeros(()))
         self.register_buffer("running_max", torch.zeros(()))
         self.register_buffer("observed", torch.zeros((), dtype=torch.int64))
+        self._observed_py: bool | None = None  # host copy of observed > 0 (no device sync per forward)
 
     @torch.no_grad()
     def observe(self, x: torch.Tensor) -> None:
@@ -281,23 +282,31 @@ class ActivationQuantizer(nn.Module):
             k = min(n, max(1, math.ceil(self.percentile / 100 * n)))
             hi = torch.minimum(hi, flat.kthvalue(k).values)
             lo = torch.maximum(lo, flat.kthvalue(n + 1 - k).values)
-        if self.calibrating or int(self.observed) == 0:
-            first = int(self.observed) == 0
+        first = not self.is_observed
+        if self.calibrating or first:
             self.running_min.copy_(lo if first else torch.minimum(self.running_min, lo))
             self.running_max.copy_(hi if first else torch.maximum(self.running_max, hi))
         else:
             self.running_min.add_(EMA_MOMENTUM * (lo - self.running_min))
             self.running_max.add_(EMA_MOMENTUM * (hi - self.running_max))
         self.observed.add_(1)
+        self._observed_py = True
 
     def reset(self) -> None:
         self.running_min.zero_()
         self.running_max.zero_()
         self.observed.zero_()
+        self._observed_py = False
 
     @property
     def is_observed(self) -> bool:
-        return int(self.observed) > 0
+        if self._observed_py is None:
+            self._observed_py = int(self.observed) > 0
+        return self._observed_py
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._observed_py = None
+        return super()._load_from_state_dict(*args, **kwargs)
 
     @property
     def rule(self) -> str:
