@@ -246,14 +246,17 @@ def test_errmodel_xi_is_added_to_the_quant_output():
     set_mode(layer, "quant")
     y = layer(x)
 
-    class Shift(nn.Module):
+    class Relative(nn.Module):
         def forward(self, y):
-            return torch.full_like(y, 0.25)
+            return 0.5 * y + 0.25
 
-    layer.errmodel = Shift()
+    layer.errmodel = Relative()
     assert torch.equal(layer(x), y)  # quant mode ignores it
     set_mode(layer, "errmodel")
-    assert torch.allclose(layer(x), y + 0.25)
+    pre_bias = y - layer.bias
+    assert torch.allclose(
+        layer(x), pre_bias + (0.5 * pre_bias + 0.25) + layer.bias, atol=1e-6
+    )  # ξ(y before bias)
 
 
 @pytest.mark.parametrize("fmt_name", list(FORMATS))
