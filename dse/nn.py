@@ -18,7 +18,8 @@ sign; for `signed` z_a = z_w = 0.
 
 Modes: `float` (the plain float layer), `quant` (fake-quant with straight-through gradients; activation
 ranges follow an EMA while training unless `freeze_ranges`), `lut` (behavioural simulation through
-`dse.kernels`; when gradients are needed y = y_quant + (y_lut − y_quant).detach()), `agn` (quant output plus,
+`dse.kernels`; when gradients are needed y = y_lut + (y_quant − y_quant.detach()): the table's value, the
+exact product's gradient), `agn` (quant output plus,
 when training, n = z·std(y)·σ_l, std over the whole batch output before bias, not detached), `errmodel`
 (quant output plus `self.errmodel(y)`). AGN noise and error-model ξ are added to the pre-bias output y
 (= acc·output_scale); since both are centred on/compared with the exact pre-activation output, adding the
