@@ -180,3 +180,18 @@ def test_exact_table_has_zero_error_in_every_scheme():
     for signed, scheme in ((True, "symmetric"), (False, "sign-magnitude"), (False, "affine")):
         m = Multiplier("x", signed, exact_table(signed), 1.0, "t")
         assert not est.error_tables([m], scheme).any()
+
+
+def test_low_rank_path_agrees_with_the_exact_bag():
+    rng = np.random.default_rng(3)
+    lib = _unsigned_library()
+    err = est.error_tables(lib, "sign-magnitude")
+    factors = est.factorize(err)
+    assert factors[0][0].shape[1] == 0 and factors[1] is not None  # exact: rank 0
+    rows = rng.integers(0, 256, (64, 100))
+    w = rng.integers(-127, 128, (100, 90))  # K·N·256 above LOWRANK_MIN_TABLE: the GEMM path runs
+    assert 100 * 90 * 256 > est.LOWRANK_MIN_TABLE
+    fast = est.sampled_errors(rows, w, err, factors)
+    exact = est.sampled_errors(rows, w, err)
+    np.testing.assert_allclose(fast, exact, rtol=1e-5, atol=1e-5 * np.abs(exact).max())
+    assert est.factorize(np.random.default_rng(0).normal(size=(1, 256, 256)))[0] is None  # full rank

@@ -170,7 +170,8 @@ def sampled_errors(
     """Accumulator error of every multiplier on every sampled row and output column:
     out[m, s, n] = Σ_k err[m, rows[s, k], weights[k, n]] (bytes), float64 [M, S, N].
 
-    Low-rank tables (see `factorize`): Σ_r U_r[rows] @ V_r[weights], dense GEMMs, exact to ~1e-9.
+    Low-rank tables (see `factorize`) on large layers: Σ_r U_r[rows] @ V_r[weights], float32 GEMMs
+    (relative error ~1e-6).
     The rest: a weight-stationary embedding bag over T[a·K + k, (n, m)] = err[m, a, w_kn] (float32 sums
     of integers, exact below 2^24).
     """
@@ -194,9 +195,12 @@ def sampled_errors(
             out[m] = 0.0
             continue
         r = u.shape[1]
-        ua = torch.as_tensor(u)[rows_t].reshape(s, k * r)  # [S, (K, r)]
-        vw = torch.as_tensor(v.T.copy())[:, w_t].permute(1, 0, 2).reshape(k * r, n)  # [(K, r), N]
-        out[m] = ua @ vw
+        # float32 GEMM: relative error ~1e-6 of the row's error, far below what a std estimate needs
+        ua = torch.as_tensor(u, dtype=torch.float32)[rows_t].reshape(s, k * r)  # [S, (K, r)]
+        vw = (
+            torch.as_tensor(v.T, dtype=torch.float32)[:, w_t].permute(1, 0, 2).reshape(k * r, n)
+        )  # [(K, r), N]
+        out[m] = (ua @ vw).double()
     if dense:
         e_t = torch.as_tensor(np.asarray(err)[dense], dtype=torch.float32)
         idx = rows_t * k + torch.arange(k)[None, :]  # [S, K] rows of T, ordered (a, k)
