@@ -116,18 +116,32 @@ def _pareto_figure(run: RunData, points: list[dict]) -> dict:
                 "line": {"color": "#2ca02c", "dash": "dash", "width": 1.5},
             },
         ]
-        annotations = [
+        # legend entries for the line and the band (line-only traces without data: no markers drawn),
+        # inserted before the front, which stays the topmost trace
+        traces.insert(
+            -1,
             {
-                "xref": "paper",
-                "x": 0.005,
-                "y": 100 * q,
-                "yanchor": "bottom",
-                "xanchor": "left",
-                "text": f"quantized (exact) {100 * q:.2f} %; band: 1 pp below",
-                "showarrow": False,
-                "font": {"color": "#2ca02c", "size": 11},
-            }
-        ]
+                "type": "scatter",
+                "mode": "lines",
+                "x": [None],
+                "y": [None],
+                "hoverinfo": "skip",
+                "name": f"quantized (exact) {100 * q:.2f} %",
+                "line": {"color": "#2ca02c", "dash": "dash", "width": 1.5},
+            },
+        )
+        traces.insert(
+            -1,
+            {
+                "type": "scatter",
+                "mode": "lines",
+                "x": [None],
+                "y": [None],
+                "hoverinfo": "skip",
+                "name": "within 1 pp",
+                "line": {"color": "rgba(44,160,44,0.25)", "width": 10},
+            },
+        )
     accs = [100 * p["accuracy"] for p in points]
     lo = min(accs + ([100 * q - 1.5] if q is not None else []))
     hi = max(accs + ([100 * q] if q is not None else []))
