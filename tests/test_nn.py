@@ -482,3 +482,26 @@ def test_large_accumulators_stay_exact(fmt_name, make, shape):
         y_quant = layer(x)
         set_mode(layer, "lut")
         assert torch.equal(layer(x), y_quant)
+
+
+@pytest.mark.parametrize("fmt_name", list(FORMATS))
+@pytest.mark.parametrize("kind", list(LAYERS))
+def test_gemm_operands_reproduce_the_accumulator(fmt_name, kind):
+    layer, x = _make(kind, FORMATS[fmt_name], True, "signed")
+    codes = layer.input_codes(x)
+    pairs = layer.gemm_operands(codes)
+    assert len(pairs) == layer.groups
+    z_a, z_w = layer.pad_code, layer._qstate(x.device).z_w.to(torch.int64)
+    n_out = layer.out_channels // layer.groups
+    outs = []
+    for g, (a, b) in enumerate(pairs):
+        assert a.dtype == layer.fmt.act_dtype and b.dtype == layer.fmt.weight_dtype
+        assert a.shape[1] == b.shape[0] == layer.fan_in
+        outs.append((a.to(torch.int64) - z_a) @ (b.to(torch.int64) - z_w[g * n_out : (g + 1) * n_out]))
+    acc = layer.int_forward(codes).to(torch.int64)
+    if kind == "linear":
+        assert torch.equal(outs[0], acc)
+    else:
+        n, c, ho, wo = acc.shape
+        got = torch.cat([o.reshape(n, ho * wo, n_out) for o in outs], dim=2).permute(0, 2, 1)
+        assert torch.equal(got.reshape(acc.shape), acc)
