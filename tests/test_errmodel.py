@@ -39,12 +39,13 @@ def _corr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).mean(0) / (a.std(0, unbiased=False) * b.std(0, unbiased=False))
 
 
-def test_t8_generator_reproduces_mean_std_and_correlation():
+@pytest.mark.parametrize("reuse_noise", [True, False])
+def test_t8_generator_reproduces_mean_std_and_correlation(reuse_noise):
     torch.manual_seed(1)
     mu_y, sd_y, mu_e, sd_e, rho = _targets()
     # y deliberately non-Gaussian (exponential, shifted and scaled to mu_y, sd_y)
     y = (torch.empty((N, *SHAPE)).exponential_() - 1.0) * sd_y + mu_y
-    gen = PerNeuronErrorModel(mu_y, sd_y, mu_e, sd_e, rho)
+    gen = PerNeuronErrorModel(mu_y, sd_y, mu_e, sd_e, rho, reuse_noise=reuse_noise)
     xi = gen(y)
     assert torch.allclose(xi.mean(0), mu_e, atol=0.03 * sd_e.max().item())
     assert torch.allclose(xi.std(0), sd_e, rtol=0.03)
@@ -65,6 +66,20 @@ def test_t8_generator_from_measured_stats_matches_a_real_error():
     assert torch.allclose(xi.mean(0), err.mean(0), atol=0.05)
     assert torch.allclose(xi.std(0), err.std(0), rtol=0.03)
     assert torch.allclose(_corr(xi, y), stats.corr, atol=0.03)
+
+
+def test_t8_noise_is_fresh_from_one_training_step_to_the_next():
+    """Small batches, many calls (as in training): over the calls ξ still has μ_ε, σ_ε per neuron, and
+    the noise of one call is uncorrelated with that of the next at the same neuron."""
+    torch.manual_seed(8)
+    mu_y, sd_y, mu_e, sd_e, _ = _targets(4)
+    gen = PerNeuronErrorModel(mu_y, sd_y, mu_e, sd_e, torch.zeros(SHAPE))
+    y = mu_y.expand(16, *SHAPE)  # s₁ = 0: ξ is all noise
+    xi = torch.cat([gen(y) for _ in range(1500)])  # 24,000 samples from 1,500 calls
+    assert torch.allclose(xi.mean(0), mu_e, atol=0.03 * sd_e.max().item())
+    assert torch.allclose(xi.std(0), sd_e, rtol=0.03)
+    steps = xi.view(1500, 16, *SHAPE)
+    assert _corr(steps[:-1].reshape(-1, *SHAPE), steps[1:].reshape(-1, *SHAPE)).abs().max() < 0.04
 
 
 def test_t8_rho_zero_is_independent_of_y():
