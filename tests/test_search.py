@@ -211,6 +211,8 @@ def test_resume_after_kill_9_keeps_finished_trials_and_reaches_the_budget(tmp_pa
 @pytest.mark.slow
 def test_two_workers_on_postgresql_share_one_study(tmp_path, postgres_url):
     log = tmp_path / "sims.jsonl"
+    problem = synthetic_problem(5, 8)
+    open_storage(postgres_url)  # tables created once, as `dse search` does before workers join
     cmd = [
         sys.executable,
         str(SCRIPT),

@@ -127,43 +127,32 @@ def run_trials(
             t = study.ask(fixed_distributions=dists)
             t.set_user_attr("worker", wid)
             asked.append(t)
+        asked = _drop_over_budget(study, asked, budget)
+        if not asked:
+            continue
+        n = len(asked)
         genomes = [trial_genome(problem, t) for t in asked]
-        _wait_for_running_duplicates(problem, study, cache, genomes, {t.number for t in asked}, poll_s)
         predicted = list(predict(genomes)) if predict is not None else [None] * n
-        t0 = time.perf_counter()
-        new = {g for g in genomes if cache.known(g) is None}
-        results = cache.evaluate(genomes)
-        stats.simulation_seconds += time.perf_counter() - t0
-        simulated_here: set[Genome] = set()
-        for t, g, r, p in zip(asked, genomes, results, predicted):
-            energy = problem.energy_rel(g)
-            # params hold the assignment, values (energy_rel, accuracy); attributes the rest. Few of them:
-            # optuna commits each attribute separately.
-            attrs: dict = {} if "origin" in t.user_attrs else {"origin": "nsga2"}
-            if p is not None:
-                attrs["predicted_accuracy"] = float(p)
-            first_time = g in new and g not in simulated_here
-            simulated_here.add(g)
-            if isinstance(r, BaseException):
-                if not first_time:  # the same failing genome twice in one batch: no second simulation
-                    study.tell(t, state=TrialState.FAIL)
-                    continue
-                msg = f"{type(r).__name__}: {r}".splitlines()[0][:500]
-                t.set_user_attr("error", msg)
-                stats.failed += 1
-                stats.first_error = stats.first_error or msg
-                study.tell(t, state=TrialState.FAIL)
+        # genomes another worker is simulating in an earlier-numbered trial are done last: first
+        # simulate and tell ours (that worker may be waiting for them), then wait for its results
+        contested = _contested(problem, study, cache, asked, genomes)
+        free_idx = [i for i in range(n) if genomes[i] not in contested]
+        contested_idx = [i for i in range(n) if genomes[i] in contested]
+        new: set[Genome] = set()
+        for k, part in enumerate((free_idx, contested_idx)):
+            if not part:
                 continue
-            if not first_time:
-                attrs["cached"] = True
-            if first_time:
-                attrs["seconds"] = cache.seconds_by_genome.get(("val", g), 0.0)
-                stats.simulated += 1
-            else:
-                stats.cached += 1
-            for k, v in attrs.items():
-                t.set_user_attr(k, v)
-            study.tell(t, [energy, float(r)])
+            if k == 1:
+                _wait_for_running_duplicates(problem, study, cache, asked, genomes, poll_s)
+            new |= _simulate_and_tell(
+                study,
+                problem,
+                cache,
+                [asked[i] for i in part],
+                [genomes[i] for i in part],
+                [predicted[i] for i in part],
+                stats,
+            )
         stats.batches += 1
         idle = idle + 1 if not new else 0
         if idle > max_idle_batches:
@@ -184,29 +173,110 @@ def run_trials(
     return stats
 
 
-def _wait_for_running_duplicates(
-    problem, study, cache, genomes, own: set[int], poll_s: float, timeout_s=120.0
-):
-    """If another worker is simulating one of these genomes right now, wait (bounded) for its result
-    instead of simulating it a second time."""
+def _simulate_and_tell(study, problem, cache, asked, genomes, predicted, stats) -> set:
+    """Simulate the genomes not in the cache (each once), tell every trial; returns the new genomes."""
     from optuna.trial import TrialState
 
-    wanted = {g for g in genomes if cache.known(g) is None}
-    if not wanted:
-        return
+    t0 = time.perf_counter()
+    new = {g for g in genomes if cache.known(g) is None}
+    results = cache.evaluate(genomes)
+    stats.simulation_seconds += time.perf_counter() - t0
+    simulated_here: set[Genome] = set()
+    for t, g, r, p in zip(asked, genomes, results, predicted):
+        energy = problem.energy_rel(g)
+        # params hold the assignment, values (energy_rel, accuracy); attributes the rest. Few of them:
+        # optuna commits each attribute separately.
+        attrs: dict = {} if "origin" in t.user_attrs else {"origin": "nsga2"}
+        if p is not None:
+            attrs["predicted_accuracy"] = float(p)
+        first_time = g in new and g not in simulated_here
+        simulated_here.add(g)
+        if isinstance(r, BaseException):
+            if first_time:
+                msg = f"{type(r).__name__}: {r}".splitlines()[0][:500]
+                t.set_user_attr("error", msg)
+                stats.failed += 1
+                stats.first_error = stats.first_error or msg
+            study.tell(t, state=TrialState.FAIL)  # a failing genome twice in one batch: one simulation
+            continue
+        if first_time:
+            attrs["seconds"] = cache.seconds_by_genome.get(("val", g), 0.0)
+            stats.simulated += 1
+        else:
+            attrs["cached"] = True
+            stats.cached += 1
+        for key, v in attrs.items():
+            t.set_user_attr(key, v)
+        study.tell(t, [energy, float(r)])
+    return new
+
+
+def _contested(problem, study, cache, asked, genomes) -> set:
+    """Our genomes that another worker is simulating in a trial numbered before ours."""
+    from optuna.trial import TrialState
+
+    mine: dict = {}
+    for t, g in zip(asked, genomes):
+        mine.setdefault(g, t.number)
+    own = {t.number for t in asked}
+    trials = study.get_trials(deepcopy=False)
+    sync_cache(problem, cache, trials)
+    out = set()
+    for t in trials:
+        if t.state != TrialState.RUNNING or t.number in own or len(t.params) != len(problem.layers):
+            continue
+        g = trial_genome(problem, t)
+        if g in mine and t.number < mine[g] and cache.known(g) is None:
+            out.add(g)
+    return out
+
+
+def _drop_over_budget(study, asked: list, budget: int) -> list:
+    """Several workers may ask at the same moment from the same snapshot: rank every trial that is or may
+    become a simulation (finished simulations and running trials, by trial number) and give back our
+    trials ranked beyond the budget (told FAIL with `skipped`, never simulated, not counted)."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    counted = sorted(t.number for t in trials if is_simulation(t) or t.state == TrialState.RUNNING)
+    allowed = set(counted[:budget])
+    keep = []
+    for t in asked:
+        if t.number in allowed:
+            keep.append(t)
+        else:
+            t.set_user_attr("skipped", "over budget (another worker took the last simulations)")
+            study.tell(t, state=TrialState.FAIL)
+    return keep
+
+
+def _wait_for_running_duplicates(problem, study, cache, asked, genomes, poll_s: float, timeout_s=300.0):
+    """If another worker is simulating one of these genomes in a trial numbered before ours, wait
+    (bounded) for its result instead of simulating it a second time. The lower number simulates, and a
+    worker tells all its uncontested trials before it waits, so two workers never wait for each other."""
+    from optuna.trial import TrialState
+
+    mine = {}
+    for t, g in zip(asked, genomes):
+        mine.setdefault(g, t.number)
+    own = {t.number for t in asked}
     deadline = time.monotonic() + timeout_s
     while True:
-        others = [
+        trials = study.get_trials(deepcopy=False)
+        sync_cache(problem, cache, trials)
+        busy = [
             t
-            for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            if t.number not in own and len(t.params) == len(problem.layers)
+            for t in trials
+            if t.state == TrialState.RUNNING
+            and t.number not in own
+            and len(t.params) == len(problem.layers)
+            and cache.known(trial_genome(problem, t)) is None
+            and trial_genome(problem, t) in mine
+            and t.number < mine[trial_genome(problem, t)]
         ]
-        busy = {trial_genome(problem, t) for t in others} & wanted
         if not busy or time.monotonic() > deadline:
             return
         time.sleep(poll_s)
-        sync_cache(problem, cache, study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-        wanted = {g for g in wanted if cache.known(g) is None}
 
 
 def completed_points(problem: SearchProblem, study) -> list[dict]:

@@ -46,11 +46,16 @@ def open_storage(url: str):
         kwargs["connect_args"] = {"timeout": 60}
     elif url.startswith("postgresql"):
         kwargs["connect_args"] = {"connect_timeout": 10}
-    try:
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
-    except Exception as e:  # sqlalchemy / driver errors: say what failed in one line
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"--storage {redact(url)}: cannot open the storage ({first})") from None
+    for attempt in range(3):  # two processes creating the tables of a fresh database race once
+        try:
+            storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+            break
+        except Exception as e:  # sqlalchemy / driver errors: say what failed in one line
+            if attempt < 2 and ("already exists" in str(e) or "UniqueViolation" in str(e)):
+                time.sleep(0.5)
+                continue
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"--storage {redact(url)}: cannot open the storage ({first})") from None
     if url.startswith("sqlite"):
         _sqlite_fast_commits(storage)
     return storage
