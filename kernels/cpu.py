@@ -107,15 +107,13 @@ def apply_weight_tables(a: torch.Tensor, tables: WeightTables) -> torch.Tensor:
     if k == 0 or m == 0:
         return torch.zeros(g, m, n_total, dtype=torch.int32, device=a.device)
     block = tables.block
-    group_rows = torch.arange(g, device=a.device, dtype=torch.int32)[:, None, None, None]
     full = k // block
-    # every block's indices in one vectorised pass, laid out [block i, G, M, steps] so each is contiguous;
-    # row of (a, k, g) in a slab: a·steps·G + (k - k0)·G + g
+    # every block's indices in one pass, laid out [block i, G, M, steps] so each is contiguous;
+    # row of (a, k, g) in a slab: a·steps·G + (k - k0)·G + g  (permute the bytes, then one fused add)
+    group_rows = torch.arange(g, device=a.device, dtype=torch.int32)[None, :, None, None]
     steps_off = torch.arange(block, device=a.device, dtype=torch.int32) * g
-    main = (
-        a[:, :, : full * block].to(torch.int32).view(g, m, full, block) * (block * g) + steps_off + group_rows
-    )
-    main = main.permute(2, 0, 1, 3).contiguous()
+    a_blocks = a[:, :, : full * block].reshape(g, m, full, block).permute(2, 0, 1, 3).contiguous()
+    main = torch.add(steps_off + group_rows, a_blocks, alpha=block * g)
     out = None  # int64 sum of exact float chunks
     acc = None  # float sum within the current chunk
     for i in range(tables.count):
@@ -125,8 +123,8 @@ def apply_weight_tables(a: torch.Tensor, tables: WeightTables) -> torch.Tensor:
         if i < full:
             idx = main[i].view(g * m, steps)
         else:
-            tail = a[:, :, k0:].to(torch.int32)[:, :, None, :] * (steps * g) + steps_off[:steps] + group_rows
-            idx = tail.reshape(g * m, steps)
+            offs = steps_off[:steps] + group_rows[0]  # [G, 1, steps]
+            idx = torch.add(offs, a[:, :, k0:], alpha=steps * g).reshape(g * m, steps)
         part = F.embedding_bag(idx, slab, mode="sum")
         acc = part if acc is None else acc.add_(part)
         if (k0 + steps) % tables.chunk == 0 or k0 + steps == k:
