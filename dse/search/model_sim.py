@@ -122,6 +122,8 @@ class ModelSimulator:
 
     def _layer_forward(self, original, layer, pos: int, x: torch.Tensor) -> torch.Tensor:
         genome = self._genome
+        if genome is None:  # a forward outside accuracy() (profiling, AGN): the layer as it is
+            return original(x)
         name = genome[pos]
         key = None
         if self.cache is not None:
@@ -156,4 +158,6 @@ class ModelSimulator:
                 correct += int((out.argmax(dim=1) == y[i : i + self.batch_size]).sum())
         finally:
             self._genome = None
+            for layer in self.layers.values():  # leave the model as prepared: quant mode
+                layer.mode = "quant"
         return correct / max(1, len(x))

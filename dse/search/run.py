@@ -69,15 +69,15 @@ def build_setup(prepared, with_error_models: bool = True, device_batch: int = 20
     from dse.search.model_sim import ModelSimulator
 
     problem, mults = build_problem(prepared)
-    sim = ModelSimulator(prepared, problem, mults, batch_size=device_batch)
     setup = Setup(
         prepared=prepared,
         problem=problem,
-        cache=SimulationCache(sim),
+        cache=SimulationCache(None),
         quant_genome=tuple(problem.exact for _ in problem.layers),
     )
-    if with_error_models:
+    if with_error_models:  # before the simulator wraps the layers' forward
         _error_models(setup)
+    setup.cache.evaluator = ModelSimulator(prepared, problem, mults, batch_size=device_batch)
     return setup
 
 
