@@ -109,11 +109,12 @@ def apply_weight_tables(a: torch.Tensor, tables: WeightTables) -> torch.Tensor:
     block = tables.block
     full = k // block
     # every block's indices in one pass, laid out [block i, G, M, steps] so each is contiguous;
-    # row of (a, k, g) in a slab: a·steps·G + (k - k0)·G + g  (permute the bytes, then one fused add)
+    # row of (a, k, g) in a slab: a·steps·G + (k - k0)·G + g  (permute the bytes, then in place)
     group_rows = torch.arange(g, device=a.device, dtype=torch.int32)[None, :, None, None]
     steps_off = torch.arange(block, device=a.device, dtype=torch.int32) * g
     a_blocks = a[:, :, : full * block].reshape(g, m, full, block).permute(2, 0, 1, 3).contiguous()
-    main = torch.add(steps_off + group_rows, a_blocks, alpha=block * g)
+    # same-dtype in-place ops: a mixed uint8/int32 broadcast add is 4x slower (measured)
+    main = a_blocks.to(torch.int32).mul_(block * g).add_(steps_off + group_rows)
     out = None  # int64 sum of exact float chunks
     acc = None  # float sum within the current chunk
     for i in range(tables.count):
@@ -124,7 +125,7 @@ def apply_weight_tables(a: torch.Tensor, tables: WeightTables) -> torch.Tensor:
             idx = main[i].view(g * m, steps)
         else:
             offs = steps_off[:steps] + group_rows[0]  # [G, 1, steps]
-            idx = torch.add(offs, a[:, :, k0:], alpha=steps * g).reshape(g * m, steps)
+            idx = a[:, :, k0:].to(torch.int32).mul_(steps * g).add_(offs).reshape(g * m, steps)
         part = F.embedding_bag(idx, slab, mode="sum")
         acc = part if acc is None else acc.add_(part)
         if (k0 + steps) % tables.chunk == 0 or k0 + steps == k:
