@@ -241,6 +241,9 @@ def analyze(
         "sigma_median_rel_error_by_predictor": by_pred,
         "distortion_accuracy_spearman": _spearman(pred_net, drop),
         "distortion_logit_spearman": _spearman(pred_net, net["logit_distortion"]),
+        # what any predictor of logit distortion can reach: measured logit distortion vs accuracy drop
+        "logit_accuracy_spearman": _spearman(net["logit_distortion"], drop),
+        "homogeneous_with_measurable_drop": int((np.abs(drop) > 2.0 / max(net["images"], 1)).sum()),
         "spearman_by_aggregate": {
             k: {"accuracy": _spearman(v, drop), "logit": _spearman(v, net["logit_distortion"])}
             for k, v in aggregates.items()
