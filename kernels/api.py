@@ -344,15 +344,19 @@ class ConvGeometry:
             raise KernelInputError(
                 f"x: input {h}x{w} is smaller than the dilated kernel {self.kernel} with padding {self.padding}"
             )
-        xf = _codes(x).to(torch.float32 if x.device.type == "cpu" else torch.float16)
+        xb = _codes(x)
         ph, pw = self.padding
         if ph or pw:
-            xf = F.pad(xf, (pw, pw, ph, ph), value=float(self.pad_code))
-        cols = F.unfold(xf, self.kernel, dilation=self.dilation, stride=self.stride)  # [N, C·kh·kw, L]
-        g = self.groups
-        kg = c // g * self.kernel[0] * self.kernel[1]
-        cols = cols.to(torch.uint8).view(n, g, kg, ho * wo).permute(1, 0, 3, 2)
-        return cols.reshape(g, n * ho * wo, kg)
+            xb = F.pad(xb, (pw, pw, ph, ph), value=self.pad_code)
+        xb = xb.contiguous()
+        (kh, kw), (sh, sw), (dh, dw), g = self.kernel, self.stride, self.dilation, self.groups
+        s_n, s_c, s_h, s_w = xb.stride()
+        # windows as a strided view of the bytes, then one uint8 copy into [G, N·L, C/G·kh·kw]
+        # (5x less memory traffic than F.unfold on floats)
+        win = xb.as_strided(
+            (n, g, c // g, ho, wo, kh, kw), (s_n, s_c * (c // g), s_c, s_h * sh, s_w * sw, s_h * dh, s_w * dw)
+        )
+        return win.permute(1, 0, 3, 4, 2, 5, 6).reshape(g, n * ho * wo, c // g * kh * kw)
 
     def weights(self, w: torch.Tensor) -> torch.Tensor:
         """w [C_out, C_in/G, kh, kw] codes -> B [G, C_in/G·kh·kw, C_out/G] uint8."""
