@@ -19,6 +19,7 @@ activations serves a whole population of candidates.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 FLOAT32_EXACT = 2**24  # every integer of magnitude <= 2^24 is a float32
 FLOAT64_EXACT = 2**53
 KEEP_TABLE_BYTES = 256 << 20  # larger weight-stationary tables are streamed slab by slab, not kept
+MIN_ROWS_PER_THREAD = 256  # fewer activation rows per thread: one thread does it all
 SLAB_BYTES = 1 << 20  # K steps per embedding_bag call: the slab they read stays in L2 (3x faster, measured)
 GATHER_CHUNK_ELEMENTS = 1 << 22  # direct-gather path: index tensor elements per step (bounded memory)
 
@@ -101,7 +103,36 @@ def build_weight_tables(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> Weigh
 
 
 def apply_weight_tables(a: torch.Tensor, tables: WeightTables) -> torch.Tensor:
-    """a: [G, M, K] activation codes 0..255 (any int dtype) -> int32 [G, M, n_total]."""
+    """a: [G, M, K] activation codes 0..255 (any int dtype) -> int32 [G, M, n_total].
+
+    On CPU with several torch threads, the rows are split among that many Python worker threads, each
+    running the whole K loop single-threaded: one embedding_bag per slab is a small parallel region, and
+    on a machine shared with other processes the barriers of dozens of them made 2 threads 10x slower than
+    1 (measured: 0.5 vs 5 G LUT-MAC/s); independent row halves do not wait for each other.
+    """
+    threads = torch.get_num_threads()
+    if a.device.type == "cpu" and threads > 1 and a.shape[1] >= threads * MIN_ROWS_PER_THREAD:
+        parts = torch.tensor_split(a, threads, dim=1)
+        torch.set_num_threads(1)  # global: each worker's ops run single-threaded; restored below
+        try:
+            outs = list(_pool(threads).map(lambda part: _apply_weight_tables(part, tables), parts))
+        finally:
+            torch.set_num_threads(threads)
+        return torch.cat(outs, dim=1)
+    return _apply_weight_tables(a, tables)
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    """One small pool of worker threads per thread count (torch ops release the GIL)."""
+    if threads not in _POOLS:
+        _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="dse-kernels")
+    return _POOLS[threads]
+
+
+def _apply_weight_tables(a: torch.Tensor, tables: WeightTables) -> torch.Tensor:
     g, m, k = a.shape
     n_total = sum(tables.widths)
     if k == 0 or m == 0:

@@ -432,3 +432,18 @@ def test_bench_kernels_json_reports_every_backend(monkeypatch):
         assert {(case, "full-rank", b) for b in ("reference", "cpu", "auto")} <= seen
         assert (case, "rank<=8 (col-trunc 8)", "lowrank") in seen
     assert all(r["g_lut_mac_per_s"] > 0 and r["ratio_to_float32"] > 0 for r in doc["rows"])
+
+
+def test_cpu_rows_split_among_threads_stay_exact():
+    g = torch.Generator().manual_seed(16)
+    lut = random_table(g)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)  # rows split among two worker threads (the machine may have fewer cores)
+        x = codes((3, 4, 20, 21), torch.uint8, g)
+        w = codes((4, 2, 3, 3), torch.int8, g)
+        out = approx_conv2d(x, w, lut, 1, 1, 1, 2, pad_code=1, backend="cpu")
+        assert torch.get_num_threads() == 2  # restored after the split
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(out, approx_conv2d_reference(x, w, lut, 1, 1, 1, 2, pad_code=1))
