@@ -66,11 +66,12 @@ class WeightTables:
 
 
 def _slab(pairs, dtype: torch.dtype, k0: int, block: int) -> torch.Tensor:
+    """Rows (a, k, g) for K steps [k0, k0 + block) of pairs (B, float table of `dtype`)."""
     parts = []
     for b, lut in pairs:
         cols = b[:, k0 : k0 + block].permute(1, 0, 2).reshape(-1).long()  # (k, g, n) order
         # one gather straight into the final layout: row (a, k, g), columns n
-        parts.append(lut.to(dtype).index_select(1, cols).view(-1, b.shape[2]))
+        parts.append(lut.index_select(1, cols).view(-1, b.shape[2]))
     return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
 
 
@@ -96,6 +97,7 @@ def build_weight_tables(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> Weigh
     block = max(1, min(chunk, SLAB_BYTES // row_bytes))
     chunk = chunk // block * block
     widths = tuple(b.shape[2] for b, _ in pairs)
+    pairs = [(b, lut.to(dtype)) for b, lut in pairs]
     if k * row_bytes > KEEP_TABLE_BYTES:
         return WeightTables((), block, chunk, g, k, widths, dtype, tuple(pairs))
     slabs = tuple(_slab(pairs, dtype, k0, block) for k0 in range(0, max(k, 1), block))
