@@ -7,7 +7,12 @@ import click
 
 @click.group("bench", context_settings={"help_option_names": ["-h", "--help"]})
 def bench() -> None:
-    """Benchmarks. They print measurements side by side in one run and state the hardware."""
+    """Benchmarks. They print measurements side by side in one run and state the hardware.
+
+    \b
+    Example:
+      dse bench kernels --quick
+    """
 
 
 @bench.command("kernels")
