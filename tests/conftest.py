@@ -62,3 +62,14 @@ def postgres_url():
             subprocess.run(
                 ["pg_ctlcluster", "--skip-systemctl-redirect", version, name, "stop"], capture_output=True
             )
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny networks gain nothing from a second thread, and lose much when the CPU is shared."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -9,14 +9,7 @@ from torch import nn
 from dse.models import BUILTIN_MODELS, build_model, fold_batchnorm, load_checkpoint
 from dse.util import UserError
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks gain nothing from a second thread, and lose much when the CPU is shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 SHAPES = {"digits_cnn": (1, 8, 8), "lenet5": (1, 28, 28)}

@@ -10,14 +10,7 @@ from torch.utils.data import TensorDataset
 from dse.train import evaluate_accuracy, fit
 from dse.util import UserError
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks gain nothing from a second thread, and lose much when the CPU is shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def toy_data(n=96, seed=0):
