@@ -1,15 +1,25 @@
 """The surrogate stage: a cheap accuracy predictor from the error models, and pymoo NSGA-II over it.
 
-Per layer l and allowed multiplier m, `distortion[l, m]` is the predicted squared error at the layer's
-output relative to the layer's learned tolerance: (σ_pred² + μ_pred²) / tolerance_l² (all in the layer's
-output units). A genome's predicted accuracy loss is
+Per layer l and allowed multiplier m, `distortion[l, m]` is the predicted squared relative error at the
+layer's output: (σ_pred² + μ_pred²) / std(exact layer output)² (dse.errors.predict's relative distortion,
+squared). A genome's predicted relative distortion of the logits is the weighted sum over its layers
 
-    loss_frac = 1 − exp(−Σ_l g_l · distortion[l, m_l]),   accuracy = q − loss_frac · (q − chance)
+    z = Σ_l w_l · distortion[l, m_l],    accuracy = q − (q − chance) · sigmoid(a · (ln z − b))
 
-with q the quantized accuracy. The weights g_l ≥ 0 start equal (prior: the tolerances are right) and are
-calibrated by a small non-negative least-squares fit on the candidates simulated so far (ridge towards the
-prior), refit as simulations arrive. The shape 1 − exp(−x) saturates at chance accuracy like the real
-network. The pymoo stage is vectorised over the population: thousands of candidates per millisecond.
+with q the quantized accuracy: a logistic link in log-distortion, monotone, flat at q for tiny errors and
+saturating at chance like the real network. The weights w_l = exp(θ_l) start equal (prior: relative errors
+propagate to the logits with gain ~1) and the link starts at a = 4, b = ln 0.7 (half the accuracy lost at a
+summed relative distortion of 0.7, both fitted on digits and LeNet-5). Calibration is a least-squares fit
+of θ, a, b to the accuracies simulated so far, with a ridge pulling θ to 0 and the link to its prior
+(`ridge` 0.1 in accuracy units per unit of θ: strong with a handful of points, weak with hundreds), refit
+as simulations arrive. Ranking uses z itself (no float ties where q − loss rounds to q).
+
+Measured offline on the finished 200-simulation runs (Kendall τ between prediction and simulated accuracy;
+in-sample / prospective (fit on the trials before each batch of 24) / 5-fold hold-out): digits 0.64 / 0.60
+/ 0.64, mnist_lenet5 0.78 / 0.77 / 0.77; the previous model (AGN-tolerance-normalised distortion, equal
+prior, NNLS on −ln(1 − loss)) had 0.53 / 0.47 / 0.53 and 0.57 / 0.49 / 0.56. The AGN tolerances made the
+ranking worse: unweighted Σ distortion normalised by the output std already reaches 0.58 / 0.77 in-sample.
+The pymoo stage is vectorised over the population: thousands of candidates per millisecond.
 """
 
 from __future__ import annotations
@@ -19,6 +29,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from dse.search.problem import Genome, SearchProblem
+
+A_PRIOR = 4.0  # slope of the logistic link in ln z
+B_PRIOR = float(np.log(0.7))  # ln z at which half of q − chance is lost
+_TINY = 1e-12
 
 
 class Surrogate:
@@ -37,18 +51,32 @@ class Surrogate:
         self.q = float(quant_accuracy)
         self.chance = float(chance_accuracy)
         self.ridge = ridge
-        self.weights = np.ones(len(problem.layers))
+        self.theta = np.zeros(len(problem.layers))
+        self.a = A_PRIOR
+        self.b = B_PRIOR
         self.fitted_on = 0
         self._population: np.ndarray | None = None
+
+    @property
+    def weights(self) -> np.ndarray:
+        return np.exp(self.theta)
 
     # --- prediction ------------------------------------------------------------------------------
     def features(self, idx: np.ndarray) -> np.ndarray:
         idx = np.asarray(idx, dtype=np.int64)
         return self.distortion[np.arange(idx.shape[1])[None, :], idx]
 
+    def score_index(self, idx: np.ndarray) -> np.ndarray:
+        """ln of the predicted summed relative distortion z (higher = worse), per index genome."""
+        return np.log(self.features(idx) @ self.weights + _TINY)
+
+    def _accuracy(self, log_z: np.ndarray, a: float, b: float) -> np.ndarray:
+        from scipy.special import expit
+
+        return self.q - (self.q - self.chance) * expit(a * (log_z - b))
+
     def predict_index(self, idx: np.ndarray) -> np.ndarray:
-        x = self.features(idx) @ self.weights
-        return self.q - (1.0 - np.exp(-x)) * (self.q - self.chance)
+        return self._accuracy(self.score_index(idx), self.a, self.b)
 
     def predict(self, genomes: Sequence[Genome]) -> np.ndarray:
         if not genomes:
@@ -56,35 +84,41 @@ class Surrogate:
         return self.predict_index(self.problem.to_index(genomes))
 
     # --- calibration -----------------------------------------------------------------------------
-    def _target(self, accuracy: np.ndarray) -> np.ndarray:
-        span = max(self.q - self.chance, 1e-6)
-        frac = np.clip((self.q - np.asarray(accuracy, dtype=np.float64)) / span, 0.0, 0.99)
-        return -np.log1p(-frac)
-
     def fit(self, genomes: Sequence[Genome], accuracies: Sequence[float]) -> None:
-        """Calibrate the per-layer weights on simulated candidates (non-negative, ridge to the prior)."""
-        from scipy.optimize import nnls
+        """Calibrate the layer weights and the link on simulated candidates (least squares on accuracy,
+        ridge to the prior), warm-started from the previous fit."""
+        from scipy.optimize import least_squares
 
         if len(genomes) < 3:
             return
         f = self.features(self.problem.to_index(genomes))
-        t = self._target(np.asarray(accuracies))
-        s = f.sum(axis=1)
-        scale = float(s @ t / (s @ s)) if s @ s > 0 else 1.0
-        prior = np.full(f.shape[1], max(scale, 1e-6))
-        alpha = self.ridge * float((f**2).sum()) / f.shape[1] + 1e-12
-        a = np.vstack([f, np.sqrt(alpha) * np.eye(f.shape[1])])
-        b = np.concatenate([t, np.sqrt(alpha) * prior])
-        self.weights, _ = nnls(a, b, maxiter=50 * f.shape[1])
+        acc = np.asarray(accuracies, dtype=np.float64)
+        n_l = f.shape[1]
+        ridge = np.sqrt(self.ridge)
+
+        def residuals(x: np.ndarray) -> np.ndarray:
+            theta, a, b = x[:n_l], x[n_l], x[n_l + 1]
+            pred = self._accuracy(np.log(f @ np.exp(theta) + _TINY), a, b)
+            prior = [0.1 * ridge * np.log(a / A_PRIOR), 0.1 * ridge * (b - B_PRIOR)]
+            return np.concatenate([pred - acc, ridge * theta, prior])
+
+        x0 = np.concatenate([self.theta, [self.a, self.b]])
+        lo = np.concatenate([np.full(n_l, -6.0), [0.5, -20.0]])
+        hi = np.concatenate([np.full(n_l, 6.0), [40.0, 5.0]])
+        res = least_squares(residuals, np.clip(x0, lo, hi), bounds=(lo, hi), max_nfev=200 * (n_l + 2))
+        if np.all(np.isfinite(res.x)):
+            self.theta, self.a, self.b = res.x[:n_l], float(res.x[n_l]), float(res.x[n_l + 1])
         self.fitted_on = len(genomes)
 
     def kendall_tau(self, genomes: Sequence[Genome], accuracies: Sequence[float]) -> float | None:
-        """Kendall τ between predicted and simulated accuracy over the given candidates."""
+        """Kendall τ between predicted and simulated accuracy over the given candidates (ranked by the
+        predicted distortion, which orders exactly like the predicted accuracy but without float ties)."""
         from scipy.stats import kendalltau
 
         if len(genomes) < 3:
             return None
-        tau = kendalltau(self.predict(genomes), np.asarray(accuracies)).statistic
+        score = -self.score_index(self.problem.to_index(genomes))
+        tau = kendalltau(score, np.asarray(accuracies)).statistic
         return None if not np.isfinite(tau) else float(tau)
 
     # --- pymoo NSGA-II over the surrogate ---------------------------------------------------------
@@ -152,9 +186,10 @@ class Surrogate:
         seed: int = 0,
         max_loss: float | None = None,
     ) -> list[Genome]:
-        """Refit on `simulated`, rerun the surrogate NSGA-II and return up to n unsimulated front genomes,
-        spread over predicted accuracy loss from 0 to `max_loss` (default: a tenth of q − chance) so that
-        the interesting band is sampled densely, then the cheapest remaining."""
+        """Refit on `simulated`, rerun the surrogate NSGA-II and return up to n unsimulated front genomes
+        at predicted accuracy losses spaced geometrically from 1/40 of `max_loss` up to `max_loss`
+        (default: a tenth of q − chance), so the band within ~1 pp of q, where the best savings are, is
+        sampled densely and the rest of the front still gets points."""
         if simulated:
             self.fit([g for g, _ in simulated], [a for _, a in simulated])
         exclude = set(exclude or ()) | {g for g, _ in simulated}
@@ -164,7 +199,7 @@ class Surrogate:
             return []
         loss = self.q - self.predict(genomes)
         max_loss = max_loss if max_loss is not None else 0.1 * (self.q - self.chance)
-        targets = np.linspace(0.0, max_loss, n + 1)[1:] if n > 1 else np.array([0.01])
+        targets = np.geomspace(max_loss / 40, max_loss, n) if n > 1 else np.array([0.01])
         picked: list[int] = []
         for t in targets:
             order = np.argsort(np.abs(loss - t))
