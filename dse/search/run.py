@@ -82,22 +82,20 @@ def build_setup(prepared, with_error_models: bool = True, device_batch: int = 20
 
 
 def _error_models(setup: Setup) -> None:
-    """AGN tolerances (-> the AGN seeds and baseline) and σ predictions (-> the surrogate's distortion
-    table). Either stage failing leaves the search running without it (logged)."""
+    """AGN mappings (-> the AGN seeds and baseline) and σ predictions (-> the surrogate's distortion
+    table: squared relative output error per layer and multiplier; normalising by the AGN tolerances
+    instead of the output std ranked worse, see dse.search.surrogate). Either stage failing leaves the
+    search running without it (logged)."""
     prepared, problem = setup.prepared, setup.problem
     t0 = time.perf_counter()
-    tolerance = None
     try:
         from dse.errors.agn import get_agn_results
 
         results = get_agn_results(prepared, prepared.study.agn.lambdas)
         for r in results:
             setup.agn.append((problem.genome(r.assignment), f"agn:{r.lam:g}"))
-        tols = np.array([[max(float(r.tolerance[n]), 1e-12) for n in problem.layers] for r in results])
-        if len(tols):
-            tolerance = np.exp(np.log(tols).mean(axis=0))  # geometric mean over λ
     except Exception as e:  # the search still works without AGN
-        log(f"search: no AGN tolerances ({type(e).__name__}: {e}); the surrogate uses output std instead")
+        log(f"search: no AGN mappings ({type(e).__name__}: {e})")
     setup.stage_seconds["agn"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     try:
@@ -113,7 +111,7 @@ def _error_models(setup: Setup) -> None:
     std = np.asarray(pred.output_std, dtype=np.float64)
     dist = np.zeros((len(problem.layers), int(problem.n_choices.max())))
     for li, name in enumerate(problem.layers):
-        tol = tolerance[li] if tolerance is not None else max(std[row[name]], 1e-12)
+        tol = max(std[row[name]], 1e-12)
         for ci, m in enumerate(problem.choices[li]):
             if m in col:
                 s, mu = pred.sigma[row[name], col[m]], pred.mean[row[name], col[m]]
