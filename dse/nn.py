@@ -34,11 +34,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dse.multipliers.core import table_sha256
 from dse.quant import (
     ActivationQuantizer,
     QuantFormat,
@@ -106,10 +106,8 @@ def _table_key(multiplier: Any) -> str:
         return "exact"
     sha = getattr(multiplier, "sha256", None)
     if sha is None:
-        import hashlib
-
         t = multiplier.detach().cpu().numpy() if isinstance(multiplier, torch.Tensor) else multiplier
-        sha = hashlib.sha256(np.ascontiguousarray(t, dtype=np.int32).tobytes()).hexdigest()
+        sha = table_sha256(t)
     return sha
 
 

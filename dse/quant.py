@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dse.multipliers.core import table_sha256
 from dse.util import UserError
 
 WEIGHT_SCHEMES = ("symmetric", "sign-magnitude", "affine")
@@ -115,9 +116,7 @@ def _raw_table(multiplier: Any) -> tuple[np.ndarray, bool | None, str]:
     if lut.shape != (256, 256):
         raise ValueError(f"table must be [256, 256], got {list(lut.shape)}")
     lut = np.ascontiguousarray(lut, dtype=np.int32)
-    import hashlib
-
-    return lut, None, hashlib.sha256(lut.astype("<i4").tobytes()).hexdigest()
+    return lut, None, table_sha256(lut)
 
 
 def check_multiplier_format(multiplier: Any, fmt: QuantFormat, where: str = "multiplier") -> None:

@@ -39,6 +39,11 @@ def exact_table(signed: bool) -> np.ndarray:
     return np.outer(v, v).astype(np.int32)
 
 
+def table_sha256(lut) -> str:
+    """sha256 of a table as int32 little-endian, C order: the identity of a multiplier's table."""
+    return hashlib.sha256(np.ascontiguousarray(lut, dtype="<i4").tobytes()).hexdigest()
+
+
 def table_metrics(lut: np.ndarray, signed: bool) -> dict[str, float]:
     """EvoApprox metric definitions over all 2^16 operand pairs (DESIGN.md §4)."""
     exact = exact_table(signed).astype(np.int64)
@@ -84,7 +89,7 @@ class Multiplier:
     @cached_property
     def sha256(self) -> str:
         """sha256 of the table as int32 little-endian, C order: the multiplier's identity."""
-        return hashlib.sha256(self.lut.astype("<i4").tobytes()).hexdigest()
+        return table_sha256(self.lut)
 
     @cached_property
     def error_table(self) -> np.ndarray:

@@ -30,7 +30,7 @@ from dse.search.storage import (
 )
 from dse.search.summary import build_summary
 from dse.search.surrogate import Surrogate
-from dse.util import UserError, atomic_write_json, log, progress
+from dse.util import UserError, atomic_write_json, log, progress, sha256_file
 
 
 @dataclass
@@ -124,7 +124,7 @@ def _config_and_fingerprint(prepared, problem: SearchProblem, population: int, s
     study = prepared.study.model_dump()
     study["search"].pop("budget", None)  # a larger budget continues the same search
     ckpt = Path(prepared.run_dir.qat_ckpt)
-    ckpt_sha = hashlib.sha256(ckpt.read_bytes()).hexdigest() if ckpt.is_file() else ""
+    ckpt_sha = sha256_file(ckpt) if ckpt.is_file() else ""
     doc = {"study": study, "problem": problem.fingerprint(), "checkpoint": ckpt_sha}
     fp = hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
     config = {
