@@ -231,31 +231,40 @@ def _matmul_pairs(b_luts, device) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 @dataclass
-class PreparedMatmul:
-    """Weights b [K, N] and a table, prepared once (weight tables / factors) for many activation batches.
-
-    `prepared(a)` == `approx_matmul(a, b, lut, backend=prepared.backend)`, without rebuilding per call.
-    Holds `nbytes` of prepared tables; drop the object to free them (no global cache involved).
-    """
+class _Prepared:
+    """What PreparedMatmul and PreparedConv2d share: a plan of prepared (weights, table) candidates."""
 
     plan: _MultiPlan
-    k: int
 
     @property
     def backend(self) -> str:
         return self.plan.backends[0]
 
     @property
-    def nbytes(self) -> int:
-        return self.plan.nbytes
-
-    @property
     def backends(self) -> list[str]:
         """Backend of each prepared candidate."""
         return self.plan.backends
 
-    def __call__(self, a: torch.Tensor) -> torch.Tensor:
-        return self.apply_all(a)[0]
+    @property
+    def nbytes(self) -> int:
+        return self.plan.nbytes
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.apply_all(x)[0]
+
+    def apply_all(self, x: torch.Tensor) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+
+@dataclass
+class PreparedMatmul(_Prepared):
+    """Weights b [K, N] and a table, prepared once (weight tables / factors) for many activation batches.
+
+    `prepared(a)` == `approx_matmul(a, b, lut, backend=prepared.backend)`, without rebuilding per call.
+    Holds `nbytes` of prepared tables; drop the object to free them (no global cache involved).
+    """
+
+    k: int
 
     def apply_all(self, a: torch.Tensor) -> list[torch.Tensor]:
         """Outputs of every prepared candidate (one for `prepare_matmul`), int32 [M, N_i] each."""
@@ -391,28 +400,11 @@ def _output(y: torch.Tensor, n: int, ho: int, wo: int) -> torch.Tensor:
 
 
 @dataclass
-class PreparedConv2d:
+class PreparedConv2d(_Prepared):
     """Conv weights and a table prepared once for many input batches; `prepared(x)` == approx_conv2d(...)."""
 
-    plan: _MultiPlan
     geometry: ConvGeometry
     in_channels: int
-
-    @property
-    def backend(self) -> str:
-        return self.plan.backends[0]
-
-    @property
-    def backends(self) -> list[str]:
-        """Backend of each prepared candidate."""
-        return self.plan.backends
-
-    @property
-    def nbytes(self) -> int:
-        return self.plan.nbytes
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.apply_all(x)[0]
 
     def apply_all(self, x: torch.Tensor) -> list[torch.Tensor]:
         check_codes(x, "x", 4)
