@@ -118,30 +118,23 @@ def _pareto_figure(run: RunData, points: list[dict]) -> dict:
         ]
         # legend entries for the line and the band (line-only traces without data: no markers drawn),
         # inserted before the front, which stays the topmost trace
-        traces.insert(
-            -1,
-            {
-                "type": "scatter",
-                "mode": "lines",
-                "x": [None],
-                "y": [None],
-                "hoverinfo": "skip",
-                "name": f"quantized (exact) {100 * q:.2f} %",
-                "line": {"color": "#2ca02c", "dash": "dash", "width": 1.5},
-            },
-        )
-        traces.insert(
-            -1,
-            {
-                "type": "scatter",
-                "mode": "lines",
-                "x": [None],
-                "y": [None],
-                "hoverinfo": "skip",
-                "name": "within 1 pp",
-                "line": {"color": "rgba(44,160,44,0.25)", "width": 10},
-            },
-        )
+        legend_only = [
+            (f"quantized (exact) {100 * q:.2f} %", {"color": "#2ca02c", "dash": "dash", "width": 1.5}),
+            ("within 1 pp", {"color": "rgba(44,160,44,0.25)", "width": 10}),
+        ]
+        for name, line in legend_only:
+            traces.insert(
+                -1,
+                {
+                    "type": "scatter",
+                    "mode": "lines",
+                    "x": [None],
+                    "y": [None],
+                    "hoverinfo": "skip",
+                    "name": name,
+                    "line": line,
+                },
+            )
     accs = [100 * p["accuracy"] for p in points]
     lo = min(accs + ([100 * q - 1.5] if q is not None else []))
     hi = max(accs + ([100 * q] if q is not None else []))
