@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from dse.study import data_option
 from dse.util import emit_json, log
 
 
@@ -103,9 +104,7 @@ def export(
     default=None,
     help="Run directory to rebuild the model from (default: the one the configuration names).",
 )
-@click.option(
-    "--data", type=click.Path(path_type=Path), default=None, help="Override the study's data location."
-)
+@data_option
 @click.option("--device", default="cpu", show_default=True, help="cpu | cuda | auto")
 @click.option(
     "--split",

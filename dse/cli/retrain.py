@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from dse.study import data_option, json_option
 from dse.util import UserError
 
 METHOD_NAMES = ("behavioral", "errmodel", "multiplicative", "awgn", "agn")
@@ -56,9 +57,9 @@ METHOD_NAMES = ("behavioral", "errmodel", "multiplicative", "awgn", "agn")
     help="Comma-separated multipliers for --cross (default: those the config names).",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--data", default=None, help="Override the study's dataset path.")
+@data_option
 @click.option("--device", default="cpu", show_default=True, help="cpu | cuda | auto")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@json_option
 def retrain(
     run_dir,
     config_path,
