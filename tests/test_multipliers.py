@@ -167,7 +167,7 @@ def test_broken_array_circuits_match_the_definition():
 
 def test_operand_truncation_and_perforation_match_the_definition():
     by = lib_by_name()
-    for t in (1, 2, 3):
+    for t in (1, 2, 3, 4, 5):
         mask = 0xFF & ~((1 << t) - 1)
         assert np.array_equal(by[f"optrunc{t}_u8"].lut, np.outer(U & mask, U & mask))
     for name in ("perf_r0_k2_u8", "perf_r1_k3_u8"):

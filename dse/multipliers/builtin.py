@@ -69,7 +69,7 @@ import numpy as np
 from dse.multipliers.core import Multiplier, exact_table, operand_values
 
 # Bump when any family definition, parameter list or cost table changes: it keys the on-disk cache.
-BUILTIN_VERSION = "3"
+BUILTIN_VERSION = "4"
 
 GATE_COST = {
     "NotGate": 0.5,
@@ -312,8 +312,10 @@ def _unsigned_specs() -> list[tuple[str, dict[str, Any], Callable[[], tuple[np.n
         (3, 7),
         (3, 9),
         (4, 8),
+        (4, 9),
         (4, 10),
         (5, 9),
+        (5, 10),
         (3, 11),
         (5, 11),
         (6, 11),
@@ -326,7 +328,7 @@ def _unsigned_specs() -> list[tuple[str, dict[str, Any], Callable[[], tuple[np.n
                 circ(lambda h=h, v=v: _bam(h, v), exact_ref, gates_array),
             )
         )
-    for t in (1, 2, 3):
+    for t in (1, 2, 3, 4, 5):
         specs.append(
             (
                 f"optrunc{t}_u8",
