@@ -46,6 +46,7 @@ from dse.kernels.api import (
     prepare_matmul_multi,
     triton_usable,
 )
+from dse.kernels.bitplane import BitPlanes, bitplane_planes
 from dse.kernels.checks import BACKENDS, KernelInputError
 from dse.kernels.lowrank import LowRankFactors, lowrank_factors
 from dse.kernels.reference import approx_conv2d_reference, approx_matmul_reference
@@ -53,6 +54,7 @@ from dse.kernels.ste import approx_conv2d_ste, approx_matmul_ste
 
 __all__ = [
     "BACKENDS",
+    "BitPlanes",
     "CPU_LOWRANK_MAX_COST",
     "KernelInputError",
     "LowRankFactors",
@@ -66,6 +68,7 @@ __all__ = [
     "approx_matmul_multi",
     "approx_matmul_reference",
     "approx_matmul_ste",
+    "bitplane_planes",
     "chosen_backends",
     "lowrank_factors",
     "prepare_conv2d",

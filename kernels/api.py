@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from dse.kernels import cpu, lowrank
+from dse.kernels import bitplane, cpu, lowrank
 from dse.kernels.checks import (
     KernelInputError,
     check_backend,
@@ -30,6 +30,7 @@ CPU_LOWRANK_MAX_COST = 3.0  # lowrank on CPU when rank·(2 if float64 else 1) <=
 # cpu at M=4096 K=576 N=64, one core: 0.24x vs 0.24x float32; rank 2 0.3-0.38x; ties go to lowrank, whose
 # prepared weights are r·K·N floats instead of 256·K·N)
 CUDA_LOWRANK_MAX_COST = 2.0  # not measured yet (no GPU in the building session)
+CPU_GATHER_COST = 5.0  # the cpu backend's cost in float32-GEMM equivalents (0.19-0.2x float32 at K=576)
 CPU_GATHER_MAX_M = 48  # one-off call with fewer activation rows: direct gather beats building weight tables
 
 
@@ -117,6 +118,21 @@ class _LowRankPlan(_Plan):
         return torch.cat([lowrank.apply_lowrank(a, w) for w in self.weights], dim=2)
 
 
+class _BitPlanePlan(_Plan):
+    backend = "bitplane"
+
+    def __init__(self, pairs, planes):
+        self.weights = [bitplane.BitPlaneWeights(b, p) for (b, _), p in zip(pairs, planes)]
+        self.widths = tuple(b.shape[2] for b, _ in pairs)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(w.nbytes for w in self.weights)
+
+    def apply(self, a):
+        return torch.cat([w.apply(a) for w in self.weights], dim=2)
+
+
 class _TritonPlan(_Plan):
     backend = "triton"
 
@@ -151,16 +167,43 @@ def _choose(pairs, backend: str, device: torch.device) -> list[tuple[str, list[i
                         f"backend='lowrank': table {i} has rank above {lowrank.MAX_RANK} (or no exact "
                         "integer factorisation); use backend='auto'"
                     )
+        if backend == "bitplane":
+            if device.type != "cpu" or not bitplane.available():
+                raise KernelInputError(
+                    f"backend='bitplane': needs CPU tensors and PyTorch's oneDNN int8 GEMM (got {device} "
+                    "tensors" + ("" if bitplane.available() else "; oneDNN int8 GEMM not usable here") + ")"
+                )
+            for i, (_, lut) in enumerate(pairs):
+                if bitplane.bitplane_planes(lut) is None:
+                    raise KernelInputError(
+                        f"backend='bitplane': table {i} is not a partial-product table (not linear in the "
+                        "weight's bits with masked activations); use backend='auto'"
+                    )
         return [(backend, list(range(len(pairs))))]
     cuda = device.type == "cuda"
-    limit = CUDA_LOWRANK_MAX_COST if cuda else CPU_LOWRANK_MAX_COST
-    k = pairs[0][0].shape[1]
-    low, rest = [], []
+    groups, k = pairs[0][0].shape[0], pairs[0][0].shape[1]
+    planes_ok = not cuda and groups == 1 and bitplane.available()
+    chosen: dict[str, list[int]] = {}
     for i, (_, lut) in enumerate(pairs):
-        f = lowrank.lowrank_factors(lut)
-        (low if f is not None and f.cost(k) <= limit else rest).append(i)
-    default = "triton" if cuda and triton_usable(device) else "cpu"
-    return [(b, ix) for b, ix in (("lowrank", low), (default, rest)) if ix]
+        chosen.setdefault(_auto_backend(lut, k, cuda, planes_ok, device), []).append(i)
+    order = ("bitplane", "lowrank", "triton", "cpu")
+    return [(b, chosen[b]) for b in order if b in chosen]
+
+
+def _auto_backend(lut, k: int, cuda: bool, planes_ok: bool, device: torch.device) -> str:
+    """Cheapest backend for one table, by the cost models (float32-GEMM equivalents) of the backends."""
+    f = lowrank.lowrank_factors(lut)
+    if cuda:
+        if f is not None and f.cost(k) <= CUDA_LOWRANK_MAX_COST:
+            return "lowrank"
+        return "triton" if triton_usable(device) else "cpu"
+    costs = {"cpu": CPU_GATHER_COST}
+    if f is not None and f.cost(k) <= CPU_LOWRANK_MAX_COST:
+        costs["lowrank"] = f.cost(k)
+    p = bitplane.bitplane_planes(lut) if planes_ok else None
+    if p is not None:
+        costs["bitplane"] = p.cost()
+    return min(costs, key=costs.get)
 
 
 def _has_triton() -> bool:
@@ -179,6 +222,8 @@ def _make_plan(backend: str, pairs) -> _Plan:
         return _CpuPlan(pairs)
     if backend == "lowrank":
         return _LowRankPlan(pairs, [lowrank.lowrank_factors(lut) for _, lut in pairs])
+    if backend == "bitplane":
+        return _BitPlanePlan(pairs, [bitplane.bitplane_planes(lut) for _, lut in pairs])
     return _TritonPlan(pairs)
 
 

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
-from dse.kernels import api, lowrank
+from dse.kernels import api, bitplane, lowrank
 from dse.kernels.reference import approx_conv2d_reference, approx_matmul_reference
 
 
@@ -171,9 +171,18 @@ def bench_kernels(device: str | torch.device = "cpu", quick: bool = False, reps:
         for table_name, lut in tables().items():
             lut = lut.to(device)
             factors = lowrank.lowrank_factors(lut)
-            backends = ["reference", "cpu", "lowrank", "triton", "auto"]
+            planes = bitplane.bitplane_planes(lut)
+            backends = ["reference", "cpu", "lowrank", "bitplane", "triton", "auto"]
             for backend in backends:
                 if backend == "lowrank" and (factors is None or factors.rank > lowrank.MAX_RANK):
+                    continue
+                if backend == "bitplane" and (
+                    planes is None
+                    or device.type != "cpu"
+                    or not bitplane.available()
+                    or case.kind == "conv"
+                    and case.shape["groups"] > 1
+                ):
                     continue
                 if backend == "triton" and not (device.type == "cuda" and api.triton_usable(device)):
                     continue
@@ -197,6 +206,7 @@ def bench_kernels(device: str | torch.device = "cpu", quick: bool = False, reps:
                         "macs": case.macs,
                         "table": table_name,
                         "rank": factors.rank if factors is not None else None,
+                        "planes": len(planes.planes) if planes is not None else None,
                         "backend": backend,
                         "g_lut_mac_per_s": case.macs / t_fn / 1e9,
                         "float32_g_mac_per_s": case.macs / t_base / 1e9,

@@ -7,7 +7,7 @@ import torch
 
 from dse.util import UserError
 
-BACKENDS = ("auto", "reference", "cpu", "lowrank", "triton")
+BACKENDS = ("auto", "reference", "cpu", "lowrank", "bitplane", "triton")
 CODE_DTYPES = (torch.int8, torch.uint8)
 
 

@@ -19,6 +19,7 @@ from dse.kernels import (
     approx_matmul_multi,
     approx_matmul_reference,
     approx_matmul_ste,
+    bitplane_planes,
     chosen_backends,
     lowrank_factors,
     prepare_conv2d,
@@ -26,6 +27,7 @@ from dse.kernels import (
     prepare_matmul,
     prepare_matmul_multi,
 )
+from dse.kernels.bitplane import available as bitplane_available
 from dse.kernels.checks import check_lut
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -56,6 +58,19 @@ def truncated_unsigned(t=8):
     return (bits @ w @ bits.t()).to(torch.int32)
 
 
+def sign_magnitude(lut_u):
+    """The effective table of dse.quant's sign-magnitude weights: T[a, w & 0xFF] = sign(w)·lut_u[a, |w|]."""
+    return (lut_u.long()[:, SIGNED.abs()] * SIGNED.sign()[None, :]).to(torch.int32)
+
+
+def broken_array(h=2, v=7):
+    """Unsigned broken-array multiplier: partial products a_i·b_j kept when i + j >= v and j >= h."""
+    i = torch.arange(8)
+    w = (2 ** (i[:, None] + i[None, :])) * ((i[:, None] + i[None, :]) >= v) * (i[None, :] >= h)
+    bits = (V[:, None] >> i) & 1
+    return (bits @ w @ bits.t()).to(torch.int32)
+
+
 def drum_like(g):
     """Rank 1, asymmetric: f(a)·h(b) with odd-ish integer profiles."""
     f = torch.randint(-300, 300, (256,), generator=g)
@@ -77,12 +92,21 @@ def _tables():
         "truncated": truncated_unsigned(),
         "drum_like": drum_like(g),
         "rank3": low_rank(g, 3),
+        "sm_bam": sign_magnitude(broken_array()),  # partial-product table with sign-magnitude weights
         "huge": random_table(g, 2**30),  # float32 would round; int32 sums wrap
     }
 
 
 TABLES = _tables()
 NAMES = list(TABLES)
+
+
+def exact_backends(lut) -> list[str]:
+    """Every backend that can run this table on CPU (the reference excepted)."""
+    out = ["cpu", "auto"]
+    out += ["lowrank"] if lowrank_factors(lut) is not None else []
+    out += ["bitplane"] if bitplane_available() and bitplane_planes(lut) is not None else []
+    return out
 
 
 def some_tables(i, count=3):
@@ -109,8 +133,7 @@ def test_matmul_every_backend_matches_reference_sweep():
             a = codes((m, k), dtypes[i % 2], g)
             b = codes((k, n), dtypes[(i // 2) % 2], g)
             ref = approx_matmul_reference(a, b, lut)
-            backends = ["cpu", "auto"] + (["lowrank"] if lowrank_factors(lut) is not None else [])
-            for backend in backends:
+            for backend in exact_backends(lut):
                 out = approx_matmul(a, b, lut, backend=backend)
                 assert out.dtype == torch.int32 and out.shape == (m, n)
                 assert torch.equal(out, ref), (name, backend, (m, k, n))
@@ -127,11 +150,12 @@ def test_large_k_extreme_tables_have_no_float_rounding():
     worst[::3] = -255 * 127
     odd = torch.full((256, 256), 2**24 + 1, dtype=torch.int32)  # not a float32 even alone
     rank1 = (SIGNED[:, None] * (V[None, :] * 1021 + 7)).to(torch.int32)
-    for lut in (worst, odd, rank1, random_table(g, 2**30)):
+    exact_sm = sign_magnitude((V[:, None] * V[None, :]).to(torch.int32))  # partial products, largest K steps
+    for lut in (worst, odd, rank1, random_table(g, 2**30), exact_sm, truncated_unsigned(2)):
         expect = lut.long()[a.long() & 255][:, :, None]  # independent of the reference: int64 numpy-style
         expect = lut.long().reshape(-1)[(a.long()[:, :, None] & 255) * 256 + (b.long()[None] & 255)].sum(1)
         expect = expect.to(torch.int32)  # int32 wrap-around, as the contract says
-        for backend in ["cpu", "auto"] + (["lowrank"] if lowrank_factors(lut) is not None else []):
+        for backend in exact_backends(lut):
             assert torch.equal(approx_matmul(a, b, lut, backend=backend), expect), backend
 
 
@@ -143,16 +167,22 @@ def test_large_k_extreme_tables_have_no_float_rounding():
     signed_a=st.booleans(),
     signed_b=st.booleans(),
     seed=st.integers(0, 2**31 - 1),
-    kind=st.sampled_from(["random", "rank2", "exact"]),
+    kind=st.sampled_from(["random", "rank2", "exact", "sm_bam"]),
 )
 def test_matmul_property(m, k, n, signed_a, signed_b, seed, kind):
     g = torch.Generator().manual_seed(seed)
-    lut = {"random": random_table(g), "rank2": low_rank(g, 2), "exact": exact_signed()}[kind]
+    lut = {
+        "random": random_table(g),
+        "rank2": low_rank(g, 2),
+        "exact": exact_signed(),
+        "sm_bam": TABLES["sm_bam"],
+    }[kind]
     a = codes((m, k), torch.int8 if signed_a else torch.uint8, g)
     b = codes((k, n), torch.int8 if signed_b else torch.uint8, g)
     ref = approx_matmul_reference(a, b, lut)
     assert torch.equal(approx_matmul(a, b, lut), ref)
-    assert torch.equal(approx_matmul(a, b, lut, backend="cpu"), ref)
+    for backend in exact_backends(lut):
+        assert torch.equal(approx_matmul(a, b, lut, backend=backend), ref), backend
 
 
 def test_prepared_matmul_reuses_tables_and_stays_exact():
@@ -210,8 +240,7 @@ def test_conv_every_backend_matches_reference():
         for name, lut in some_tables(i):
             pad_code = [0, 7, -3, 200][i % 4]
             ref = approx_conv2d_reference(x, wt, lut, s, p, d, grp, pad_code=pad_code & 0xFF)
-            backends = ["cpu", "auto"] + (["lowrank"] if lowrank_factors(lut) is not None else [])
-            for backend in backends:
+            for backend in exact_backends(lut):
                 out = approx_conv2d(x, wt, lut, s, p, d, grp, pad_code=pad_code, backend=backend)
                 assert out.dtype == torch.int32
                 assert torch.equal(out, ref), (name, backend, i)
@@ -327,10 +356,102 @@ def test_dispatcher_choices():
         "lowrank",
         "lowrank",
     ]
-    assert chosen_backends(truncated_unsigned(), 576) == ["cpu"]  # rank 7: embedding_bag is faster
     b = codes((16, 4), torch.int8, g)
     assert prepare_matmul(b, exact_signed()).backend == "lowrank"
     assert prepare_matmul(b, random_table(g)).backend == "cpu"
+
+
+# ------------------------------------------------------------------------------------------ bitplane
+def _library_tables():
+    from dse.multipliers.library import load_library
+    from dse.quant import QuantFormat, effective_lut
+
+    fmts = [QuantFormat.from_names("unsigned", s) for s in ("sign-magnitude", "affine")]
+    lib = load_library()
+    return {
+        (m.name, f.weight_scheme): torch.as_tensor(effective_lut(m, f))
+        for m in lib
+        if not m.signed
+        for f in fmts
+    }
+
+
+def test_bitplane_planes_rebuild_every_partial_product_table_exactly():
+    found = 0
+    for (name, scheme), lut in _library_tables().items():
+        p = bitplane_planes(lut)
+        partial_product = name.startswith(("exact", "trunc", "bam", "optrunc", "perf"))
+        assert (p is not None) == partial_product, (name, scheme)
+        if p is None:
+            continue
+        found += 1
+        rebuilt = np.zeros((256, 256), np.int64)
+        for plane in p.planes:
+            assert np.abs(plane.weights).max() <= 63 and plane.mask >> plane.shift <= 255
+            h = (np.arange(256) & plane.mask) >> plane.shift
+            rebuilt += 64**plane.level * np.outer(h, plane.weights)
+        assert np.array_equal(rebuilt, lut.numpy()), (name, scheme)
+        assert len(p.planes) <= 9
+    assert found >= 60  # 30+ partial-product designs x 2 weight schemes
+    g = torch.Generator().manual_seed(30)
+    for lut in (random_table(g), drum_like(g), exact_signed(), low_rank(g, 2)):
+        assert bitplane_planes(lut) is None
+
+
+@pytest.mark.skipif(not bitplane_available(), reason="oneDNN int8 GEMM not usable on this CPU")
+def test_bitplane_library_tables_match_reference_in_every_layer_shape():
+    g = torch.Generator().manual_seed(31)
+    tables = [(k, t) for k, t in _library_tables().items() if bitplane_planes(t) is not None]
+    for i, ((name, scheme), lut) in enumerate(tables):
+        m, k, n = [(1, 1, 1), (9, 25, 6), (40, 150, 16), (3, 1100, 2)][i % 4]
+        a = codes((m, k), torch.uint8, g)
+        a[0] = 255
+        b = codes((k, n), torch.int8 if scheme == "sign-magnitude" else torch.uint8, g)
+        assert torch.equal(
+            approx_matmul(a, b, lut, backend="bitplane"), approx_matmul_reference(a, b, lut)
+        ), name
+    x = codes((2, 3, 7, 6), torch.uint8, g)
+    w = codes((4, 3, 3, 3), torch.int8, g)
+    lut = sign_magnitude(broken_array(3, 9))
+    p = prepare_conv2d(w, lut, 1, 1, backend="bitplane")
+    assert p.backend == "bitplane" and p.nbytes > 0
+    for _ in range(2):
+        assert torch.equal(p(x), approx_conv2d_reference(x, w, lut, 1, 1, pad_code=0))
+
+
+@pytest.mark.skipif(not bitplane_available(), reason="oneDNN int8 GEMM not usable on this CPU")
+def test_bitplane_splits_k_so_float32_outputs_stay_exact():
+    from dse.kernels import bitplane
+
+    lut = sign_magnitude((V[:, None] * V[None, :]).to(torch.int32))
+    k = 4608
+    b = torch.full((1, k, 3), 127, dtype=torch.int8)
+    b[0, :, 1] = -127
+    w = bitplane.BitPlaneWeights(b.view(torch.uint8), bitplane_planes(lut))
+    assert len(w.units[0]) > len(bitplane_planes(lut).levels())  # K was cut into chunks
+    a = torch.full((1, 4, k), 255, dtype=torch.uint8)
+    out = w.apply(a)
+    assert out[0, :, 0].tolist() == [255 * 127 * k] * 4 and out[0, :, 1].tolist() == [-255 * 127 * k] * 4
+
+
+def test_dispatcher_prefers_bitplane_for_partial_product_tables(monkeypatch):
+    from dse.kernels import api, bitplane
+
+    lut = sign_magnitude(broken_array())
+    expected = "bitplane" if bitplane_available() else "cpu"
+    assert chosen_backends([lut, truncated_unsigned(), random_table(torch.Generator())], 576) == [
+        expected,
+        expected,
+        "cpu",
+    ]
+    # grouped convolutions (G > 1) are never planed: one GEMM call per group would not pay
+    g = torch.Generator().manual_seed(32)
+    assert prepare_conv2d(codes((8, 1, 3, 3), torch.int8, g), lut, groups=8).backend == "cpu"
+    monkeypatch.setattr(bitplane, "available", lambda: False)  # a CPU whose oneDNN fails the self-check
+    assert chosen_backends(lut, 576) == ["cpu"]
+    with pytest.raises(KernelInputError, match="oneDNN"):
+        approx_matmul(codes((2, 3), torch.uint8, g), codes((3, 2), torch.int8, g), lut, backend="bitplane")
+    assert api.CPU_GATHER_COST > bitplane_planes(lut).cost()
 
 
 # ------------------------------------------------------------------------------------------ bad input
@@ -352,6 +473,7 @@ def test_bad_inputs_raise_clear_errors(monkeypatch):
         (lambda: approx_matmul(a, b, lut, backend="gpu"), "backend"),
         (lambda: approx_matmul(a, b, lut, backend="triton"), "CUDA"),
         (lambda: approx_matmul(a, b, lut, backend="lowrank"), "rank"),
+        (lambda: approx_matmul(a, b, lut, backend="bitplane"), "partial-product|oneDNN"),
         (lambda: approx_conv2d(codes((1, 3, 5, 5), torch.uint8, g), codes((4, 1, 3, 3), torch.int8, g), lut, groups=3), "divisible"),
         (lambda: approx_conv2d(codes((1, 4, 5, 5), torch.uint8, g), codes((4, 1, 3, 3), torch.int8, g), lut, groups=2), "channels"),
         (lambda: approx_conv2d(codes((1, 1, 2, 2), torch.uint8, g), codes((1, 1, 3, 3), torch.int8, g), lut), "smaller"),
@@ -431,6 +553,8 @@ def test_bench_kernels_json_reports_every_backend(monkeypatch):
     for case in ("gemm", "dw"):
         assert {(case, "full-rank", b) for b in ("reference", "cpu", "auto")} <= seen
         assert (case, "rank<=8 (col-trunc 8)", "lowrank") in seen
+    if bitplane_available():
+        assert ("gemm", "rank<=8 (col-trunc 8)", "bitplane") in seen
     assert all(r["g_lut_mac_per_s"] > 0 and r["ratio_to_float32"] > 0 for r in doc["rows"])
 
 

@@ -1,0 +1,279 @@
+"""The `bitplane` backend: partial-product tables run as a few exact int8 GEMMs on oneDNN (CPU).
+
+A multiplier built from an array of partial products a_i·b_j — exact, truncated, broken-array, perforated,
+operand-truncated — has a table that is *linear in the weight's bits* and, per weight bit, a masked copy of
+the activation:
+
+    T[a, b] = Σ_j g_j(b) · c_j · ((a & m_j) >> s_j)
+
+with g_j(b) the j-th bit of the weight byte (plus a constant term when T[a, 0] ≠ 0) or, for the
+sign-magnitude effective tables of `dse.quant`, sign(w)·(bit j of |w|). Terms sharing an activation
+transform (m, s) are merged into one weight function F(b) = Σ c_j·g_j(b), which is split into base-64
+digits F = Σ_d 64^d·G_d(b) with |G_d| ≤ 63. Each (transform, digit) is a *plane*:
+
+    out[m, n] = Σ_d 64^d · Σ_planes Σ_k h_p(a[m, k]) · G_p(b[k, n])
+
+and each digit level is ONE u8 × s8 -> s32 GEMM over the planes concatenated along K (oneDNN's quantized
+linear, `torch.ops.onednn.qlinear_pointwise`, with float32 output). It is exact because:
+- the activation operand h_p(a) = (a & m) >> s is a uint8 and the weight operand |G| ≤ 63 < 64, so the
+  pairwise u8·s8 sums of AVX2's vpmaddubsw (int16, saturating) stay below 2·255·64 = 32,640 < 32,767;
+- oneDNN accumulates in int32; K is cut into chunks small enough that every GEMM result stays below 2^24,
+  so its float32 output holds the integer exactly; chunks and digit levels are added in int32.
+`available()` also runs a worst-case self-check once per process and turns the backend off if this CPU's
+oneDNN does not reproduce it exactly.
+
+Cost: a rank-r partial-product table needs about r planes; one plane costs ~0.45 float32 GEMMs on AVX2 (int8
+GEMM ≈ 2.2× float32) plus the mask transform. Tables of any other structure (Mitchell, DRUM, evolved ones)
+have no such decomposition (`bitplane_planes` returns None) and go to the other backends.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+from dse.kernels.cpu import FLOAT32_EXACT
+
+DIGIT_BITS = 6  # weight digits in [-63, 63]: no int16 saturation in u8·s8 pair sums (2·255·63 < 2^15)
+DIGIT = 1 << DIGIT_BITS
+BLOCK_BYTES = 1 << 24  # activation plane buffer per GEMM call (rows are processed in blocks of this size)
+MAX_PLANES = 24  # beyond this the table is not worth running as int8 GEMMs
+
+_BYTES = np.arange(256, dtype=np.int64)
+_BITS = (_BYTES[None, :] >> np.arange(8)[:, None]) & 1  # [8, 256]: bit j of byte b
+_SIGNED = _BYTES - 256 * (_BYTES >= 128)  # the int8 value of each byte
+_SM_BITS = np.sign(_SIGNED)[None, :] * ((np.abs(_SIGNED)[None, :] >> np.arange(8)[:, None]) & 1)
+
+
+@dataclass(frozen=True)
+class Plane:
+    """h(a) = (a & mask) >> shift (uint8), times the weight digit G(b) (|G| ≤ 63), at scale 64^level."""
+
+    mask: int
+    shift: int
+    level: int
+    weights: np.ndarray  # int64 [256]: G for each weight byte
+
+    @property
+    def step_bound(self) -> int:
+        """Largest |h(a)·G(b)|: one K step of this plane's GEMM."""
+        return (self.mask >> self.shift) * int(np.abs(self.weights).max())
+
+
+@dataclass(frozen=True)
+class BitPlanes:
+    """The planes of one table: T[a, b] == Σ_p 64^level_p · h_p(a) · G_p(b) for every byte pair."""
+
+    planes: tuple[Plane, ...]
+    basis: str  # "byte" or "sign-magnitude"
+
+    def levels(self) -> list[int]:
+        return sorted({p.level for p in self.planes})
+
+    def cost(self) -> float:
+        """Relative cost vs one float32 GEMM of the same shape, for the dispatcher."""
+        return PLANE_COST * len(self.planes) + LEVEL_COST * len(self.levels())
+
+
+PLANE_COST = 0.5  # float32-GEMM equivalents per plane (int8 GEMM + mask), measured by `dse bench kernels`
+LEVEL_COST = 0.2  # per digit level: one more GEMM call and an int32 accumulation of its output
+
+
+def _masked_form(d: np.ndarray) -> tuple[int, int, int] | None:
+    """(mask, shift, coef) with d(a) == coef·((a & mask) >> shift) for every byte a, else None."""
+    if not d.any():
+        return 0, 0, 0
+    single = d[1 << np.arange(8)]
+    mask = int(sum(1 << i for i in range(8) if single[i] != 0))
+    if d[0] != 0 or mask == 0:
+        return None
+    low = (mask & -mask).bit_length() - 1
+    v = int(single[low])
+    twos = (abs(v) & -abs(v)).bit_length() - 1  # v = odd · 2^twos
+    if twos >= low:
+        shift, coef = 0, v >> low
+    else:
+        shift, coef = low - twos, v >> twos
+    if not np.array_equal(d, coef * ((_BYTES & mask) >> shift)):
+        return None
+    return mask, shift, coef
+
+
+def _digits(f: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """Signed base-64 digits of an integer weight function: f == Σ 64^d·G_d, |G_d| ≤ 63 (non-zero ones)."""
+    sign, mag = np.sign(f), np.abs(f)
+    out = []
+    level = 0
+    while mag.any():
+        g = sign * (mag & (DIGIT - 1))
+        if g.any():
+            out.append((level, g))
+        mag >>= DIGIT_BITS
+        level += 1
+    return out
+
+
+def _decompose(lut: np.ndarray) -> BitPlanes | None:
+    t = lut.astype(np.int64)
+    for basis in ("sign-magnitude", "byte"):
+        if basis == "byte":
+            const = t[:, 0]
+            terms = [(const, np.ones(256, np.int64))]
+            terms += [(t[:, 1 << j] - const, _BITS[j]) for j in range(8)]
+        else:
+            if t[:, 0].any():
+                continue
+            # D_j(a) = T[a, +2^j]; the int8 code of -128 (byte 0x80) carries bit 7 of the magnitude 128
+            terms = [(t[:, 1 << j] * (1 if j < 7 else -1), _SM_BITS[j]) for j in range(8)]
+        recon = sum(np.outer(d, g) for d, g in terms)
+        if not np.array_equal(recon, t):
+            continue
+        merged: dict[tuple[int, int], np.ndarray] = {}
+        for d, g in terms:
+            form = _masked_form(d)
+            if form is None:
+                break
+            mask, shift, coef = form
+            if coef:
+                merged[(mask, shift)] = merged.get((mask, shift), 0) + coef * g
+        else:
+            planes = tuple(
+                Plane(mask, shift, level, g)
+                for (mask, shift), f in sorted(merged.items())
+                for level, g in _digits(f)
+            )
+            if not planes:  # the all-zero table
+                planes = (Plane(0, 0, 0, np.zeros(256, np.int64)),)
+            if len(planes) > MAX_PLANES:
+                return None
+            return BitPlanes(planes, basis)
+    return None
+
+
+@lru_cache(maxsize=256)
+def _decompose_cached(key: bytes) -> BitPlanes | None:
+    return _decompose(np.frombuffer(key, dtype=np.int32).reshape(256, 256))
+
+
+def bitplane_planes(lut: torch.Tensor) -> BitPlanes | None:
+    """The plane decomposition of an int32 [256, 256] table, or None if it has none (cached by bytes)."""
+    return _decompose_cached(lut.detach().to("cpu", torch.int32).contiguous().numpy().tobytes())
+
+
+# ------------------------------------------------------------------------------------- oneDNN int8 GEMM
+def _qlinear(a: torch.Tensor, packed, n: int) -> torch.Tensor:
+    """uint8 a [M, K'] · prepacked int8 weights [N, K'] -> float32 [M, N] (exact integers below 2^24)."""
+    return torch.ops.onednn.qlinear_pointwise(
+        a, 1.0, 0, packed, torch.ones(n), torch.zeros(n, dtype=torch.long), None, 1.0, 0,
+        torch.float32, "none", [], "",
+    )  # fmt: skip
+
+
+def _prepack(w: torch.Tensor):
+    """int8 weights [N, K'] -> oneDNN's packed form."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.ops.onednn.qlinear_prepack(w.contiguous(), None)
+
+
+@lru_cache(maxsize=1)
+def available() -> bool:
+    """oneDNN's quantized linear exists here and is exact on this CPU for the operand ranges we use."""
+    try:
+        if not torch.backends.mkldnn.is_available():
+            return False
+        g = torch.Generator().manual_seed(0)
+        a = torch.randint(0, 256, (37, 96), generator=g, dtype=torch.int64)
+        a[:8] = 255  # the int16-saturation worst case: 255 against ±63 in adjacent pairs
+        w = torch.randint(-(DIGIT - 1), DIGIT, (5, 96), generator=g, dtype=torch.int64)
+        w[0], w[1] = DIGIT - 1, -(DIGIT - 1)
+        y = _qlinear(a.to(torch.uint8), _prepack(w.to(torch.int8)), 5)
+        return bool(torch.equal(y.to(torch.int64), a @ w.t()))
+    except Exception:
+        return False
+
+
+_scratch = threading.local()
+
+
+def _scratch_bytes(n: int) -> torch.Tensor:
+    """A reusable uint8 buffer of at least n bytes (per thread): a fresh tens-of-MB tensor per GEMM costs
+    more in page faults than the mask transform itself."""
+    buf = getattr(_scratch, "buf", None)
+    if buf is None or buf.numel() < n:
+        buf = torch.empty(n, dtype=torch.uint8)
+        _scratch.buf = buf
+    return buf[:n]
+
+
+@dataclass
+class _Unit:
+    """One GEMM: the planes of one digit level over K steps [k0, k1), weights packed for oneDNN."""
+
+    masks: torch.Tensor  # uint8 [P, 1]: activation masks of the planes, in weight order
+    shifts: tuple[int, ...]
+    k0: int
+    k1: int
+    scale: int
+    packed: object
+    nbytes: int
+
+
+class BitPlaneWeights:
+    """Weights b [G, K, N] (bytes) prepared as int8 plane GEMMs for one decomposed table."""
+
+    def __init__(self, b: torch.Tensor, planes: BitPlanes):
+        g, k, n = b.shape
+        self.n = n
+        self.units: list[list[_Unit]] = []  # per group
+        by_level: dict[int, list[Plane]] = {}
+        for p in planes.planes:
+            by_level.setdefault(p.level, []).append(p)
+        idx = b.long()
+        for gi in range(g):
+            units = []
+            for level, ps in sorted(by_level.items()):
+                step = max(1, sum(p.step_bound for p in ps))
+                chunk = max(1, min(k, (FLOAT32_EXACT - 1) // step))
+                for k0 in range(0, k, chunk):
+                    k1 = min(k, k0 + chunk)
+                    # weight rows in [plane][k] order, matching the activation buffer [M, P, k1 - k0]
+                    w = torch.stack([torch.from_numpy(p.weights)[idx[gi, k0:k1]] for p in ps])  # [P, Kc, N]
+                    w = w.permute(2, 0, 1).reshape(n, -1).to(torch.int8)
+                    masks = torch.tensor([p.mask for p in ps], dtype=torch.uint8)[:, None]
+                    units.append(
+                        _Unit(masks, tuple(p.shift for p in ps), k0, k1, DIGIT**level, _prepack(w), w.numel())
+                    )
+            self.units.append(units)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(u.nbytes for units in self.units for u in units)
+
+    def apply(self, a: torch.Tensor) -> torch.Tensor:
+        """a: [G, M, K] uint8 codes -> int32 [G, M, N]; rows in blocks whose plane buffer stays ~16 MB."""
+        g, m, _ = a.shape
+        out = torch.zeros(g, m, self.n, dtype=torch.int32)
+        widest = max((u.masks.shape[0] * (u.k1 - u.k0) for units in self.units for u in units), default=1)
+        rows = max(1, BLOCK_BYTES // widest)
+        for gi in range(g):
+            for r0 in range(0, m, rows):
+                r1 = min(m, r0 + rows)
+                for u in self.units[gi]:
+                    out[gi, r0:r1] += self._unit(a[gi, r0:r1], u)
+        return out
+
+    def _unit(self, a: torch.Tensor, u: _Unit) -> torch.Tensor:
+        """One plane GEMM on rows a [M, K] -> int32 [M, N], already scaled by 64^level."""
+        m, p = a.shape[0], u.masks.shape[0]
+        h = _scratch_bytes(m * p * (u.k1 - u.k0)).view(m, p, u.k1 - u.k0)
+        torch.bitwise_and(a[:, None, u.k0 : u.k1], u.masks, out=h)
+        for i, s in enumerate(u.shifts):
+            if s:
+                h[:, i].bitwise_right_shift_(s)
+        y = _qlinear(h.view(m, -1), u.packed, self.n).to(torch.int32)
+        return y if u.scale == 1 else y.mul_(u.scale)
