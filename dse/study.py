@@ -401,6 +401,36 @@ def json_option(f):
     return click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")(f)
 
 
+def threads_option(f):
+    return click.option(
+        "--threads", type=int, default=None, help="CPU threads for torch (default: 1 on <= 2 cores)."
+    )(f)
+
+
+def set_threads(threads: int | None = None) -> None:
+    """CPU threads for torch; BLAS (numpy/scipy) always one. Every compute command calls this first.
+
+    Default: one torch thread on machines with at most 2 cores — measured on the shared 2-core machine, a
+    second OpenMP thread made im2col 8x slower (and `dse prepare` ~10x slower) as soon as anything else
+    ran, and gains little on a quiet one. More cores: torch's own default."""
+    import os
+
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1, user_api="blas")
+    except Exception:  # threadpoolctl missing: keep the defaults
+        pass
+    if threads is not None and threads <= 0:
+        raise UserError(f"--threads {threads}: expected a positive number")
+    if threads is None and (os.cpu_count() or 1) <= 2:
+        threads = 1
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(int(threads))
+
+
 # --------------------------------------------------- lazy re-exports of the run directory (torch-heavy)
 
 _RUNDIR_NAMES = (

@@ -168,3 +168,30 @@ def test_builtin_spaces_resolve_against_the_real_library():
         assert exact in names and len(names) > 1
         signed = name == "signed"
         assert all(m.signed == signed for m in load_search_space(name).resolve(lib))
+
+
+def test_compute_commands_share_the_thread_setting(monkeypatch):
+    """prepare, agn, search and worker all take --threads; the default is one torch thread on <= 2 cores
+    (oversubscription made prepare ~10x slower on the shared 2-core machine); 0 is refused."""
+    import os
+
+    import torch
+    from click.testing import CliRunner
+
+    from dse.cli import cli
+    from dse.study import set_threads
+
+    n = torch.get_num_threads()
+    try:
+        monkeypatch.setattr(os, "cpu_count", lambda: 2)
+        set_threads(None)
+        assert torch.get_num_threads() == 1
+        set_threads(3)
+        assert torch.get_num_threads() == 3
+        with pytest.raises(UserError):
+            set_threads(0)
+    finally:
+        torch.set_num_threads(n)
+    for cmd in ("prepare", "agn", "search"):
+        r = CliRunner().invoke(cli, [cmd, "--threads", "0"])
+        assert r.exit_code == 2 and "--threads 0" in r.output, (cmd, r.output)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from dse.study import data_option, device_option, json_option, out_option
+from dse.study import data_option, device_option, json_option, out_option, threads_option
 
 
 @click.command("agn")
@@ -39,6 +39,7 @@ from dse.study import data_option, device_option, json_option, out_option
     show_default=True,
     help="σ predictor used by the mapping.",
 )
+@threads_option
 @json_option
 def agn(
     study: str | None,
@@ -50,6 +51,7 @@ def agn(
     epochs: int | None,
     rule: str,
     predictor: str,
+    threads: int | None,
     as_json: bool,
 ) -> None:
     """Train the quantized network with learned Gaussian noise at every layer's output (one σ per layer,
@@ -67,8 +69,10 @@ def agn(
     """
     from dse.errors.agn import check_agn_settings, get_agn_results
     from dse.rundir import open_run
+    from dse.study import set_threads
     from dse.util import emit_json
 
+    set_threads(threads)
     if lambdas or sigma_max is not None:  # bad values fail before any training
         check_agn_settings(list(lambdas) or [0.0], sigma_max if sigma_max is not None else 1.0)
     if epochs is not None and epochs < 0:

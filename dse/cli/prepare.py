@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from dse.study import data_option, device_option, json_option, out_option
+from dse.study import data_option, device_option, json_option, out_option, threads_option
 
 
 @click.command("prepare")
@@ -14,8 +14,11 @@ from dse.study import data_option, device_option, json_option, out_option
 @out_option
 @data_option
 @device_option
+@threads_option
 @json_option
-def prepare(study: str | None, out: Path | None, data: Path | None, device: str, as_json: bool) -> None:
+def prepare(
+    study: str | None, out: Path | None, data: Path | None, device: str, threads: int | None, as_json: bool
+) -> None:
     """Float training (or the study's checkpoint), BatchNorm folding, 8-bit conversion, calibration and
     QAT; then float, quantized and exact-table accuracy on the validation split.
 
@@ -30,8 +33,10 @@ def prepare(study: str | None, out: Path | None, data: Path | None, device: str,
       dse prepare cifar10_resnet20 --data cifar-10-batches-py --device cuda
     """
     from dse.rundir import prepare as run_prepare
+    from dse.study import set_threads
     from dse.util import emit_json, log
 
+    set_threads(threads)
     result = run_prepare(study, out=out, data=data, device=device)
     if as_json:
         emit_json(result)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from dse.study import data_option, device_option, json_option, out_option
+from dse.study import data_option, device_option, json_option, out_option, threads_option
 
 
 @click.command("search")
@@ -23,7 +23,7 @@ from dse.study import data_option, device_option, json_option, out_option
 )
 @click.option("--seed", type=int, default=None, help="Search seed (default: the study's search.seed).")
 @click.option("--no-report", is_flag=True, help="Do not write report.html at the end.")
-@click.option("--threads", type=int, default=None, help="CPU threads for torch (default: 1 on <= 2 cores).")
+@threads_option
 @data_option
 @device_option
 @json_option
@@ -49,6 +49,7 @@ def search(study, out, storage, budget, study_name, seed, no_report, threads, da
         study_name=study_name,
         seed=seed,
         report=not no_report,
+        threads=threads,
     )
     if as_json:
         emit_json(summary)
@@ -69,7 +70,7 @@ def search(study, out, storage, budget, study_name, seed, no_report, threads, da
 @click.command("worker")
 @click.option("--storage", required=True, help="Optuna storage URL of the running study.")
 @click.option("--study", "study_name", required=True, help="Name of the study in the storage.")
-@click.option("--threads", type=int, default=None, help="CPU threads for torch (default: 1 on <= 2 cores).")
+@threads_option
 @out_option
 @data_option
 @device_option

@@ -30,6 +30,7 @@ from dse.search.storage import (
 )
 from dse.search.summary import build_summary
 from dse.search.surrogate import Surrogate
+from dse.study import set_threads
 from dse.util import UserError, atomic_write_json, log, progress, sha256_file
 
 
@@ -226,28 +227,6 @@ def run_search(
     if report:
         _write_report(run_dir)
     return summary
-
-
-def set_threads(threads: int | None) -> None:
-    """CPU threads for torch; BLAS (numpy/scipy: table factorisations, the surrogate) always one.
-    Default: one thread on machines with at most 2 cores — measured here, a second OpenMP thread made
-    im2col 8x slower as soon as anything else ran, and gains little on a quiet 2-core machine."""
-    import os
-
-    import torch
-
-    try:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(1, user_api="blas")
-    except Exception:  # threadpoolctl missing: keep the defaults
-        pass
-    if threads is None and (os.cpu_count() or 1) <= 2:
-        threads = 1
-    if threads is not None:
-        if threads <= 0:
-            raise UserError(f"--threads {threads}: expected a positive number")
-        torch.set_num_threads(int(threads))
 
 
 def _redacted(url: str) -> str:
