@@ -8,6 +8,7 @@ groups as G, so grouped and depthwise convolutions run as one batched call witho
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -30,7 +31,9 @@ CPU_LOWRANK_MAX_COST = 3.0  # lowrank on CPU when rank·(2 if float64 else 1) <=
 # cpu at M=4096 K=576 N=64, one core: 0.24x vs 0.24x float32; rank 2 0.3-0.38x; ties go to lowrank, whose
 # prepared weights are r·K·N floats instead of 256·K·N)
 CUDA_LOWRANK_MAX_COST = 2.0  # not measured yet (no GPU in the building session)
-CPU_GATHER_COST = 5.0  # the cpu backend's cost in float32-GEMM equivalents (0.19-0.2x float32 at K=576)
+BITPLANE_MIN_K = (
+    32  # below this K the plane transform dominates: bitplane never won (0.2-0.5x cpu at K <= 25)
+)
 CPU_GATHER_MAX_M = 48  # one-off call with fewer activation rows: direct gather beats building weight tables
 
 
@@ -184,26 +187,54 @@ def _choose(pairs, backend: str, device: torch.device) -> list[tuple[str, list[i
     groups, k = pairs[0][0].shape[0], pairs[0][0].shape[1]
     planes_ok = not cuda and groups == 1 and bitplane.available()
     chosen: dict[str, list[int]] = {}
-    for i, (_, lut) in enumerate(pairs):
-        chosen.setdefault(_auto_backend(lut, k, cuda, planes_ok, device), []).append(i)
+    for i, (b, lut) in enumerate(pairs):
+        chosen.setdefault(_auto_backend(lut, k, b.shape[2], cuda, planes_ok, device), []).append(i)
     order = ("bitplane", "lowrank", "triton", "cpu")
     return [(b, chosen[b]) for b in order if b in chosen]
 
 
-def _auto_backend(lut, k: int, cuda: bool, planes_ok: bool, device: torch.device) -> str:
-    """Cheapest backend for one table, by the cost models (float32-GEMM equivalents) of the backends."""
+def _auto_backend(lut, k: int, n: int, cuda: bool, planes_ok: bool, device: torch.device) -> str:
+    """Backend for one table: lowrank when its exact rank makes it cheap, else bitplane where the table is a
+    partial-product one and a measured race says it beats the cpu backend at this (K, N), else cpu/triton."""
     f = lowrank.lowrank_factors(lut)
+    if f is not None and f.cost(k) <= (CUDA_LOWRANK_MAX_COST if cuda else CPU_LOWRANK_MAX_COST):
+        return "lowrank"
     if cuda:
-        if f is not None and f.cost(k) <= CUDA_LOWRANK_MAX_COST:
-            return "lowrank"
         return "triton" if triton_usable(device) else "cpu"
-    costs = {"cpu": CPU_GATHER_COST}
-    if f is not None and f.cost(k) <= CPU_LOWRANK_MAX_COST:
-        costs["lowrank"] = f.cost(k)
-    p = bitplane.bitplane_planes(lut) if planes_ok else None
-    if p is not None:
-        costs["bitplane"] = p.cost()
-    return min(costs, key=costs.get)
+    p = bitplane.bitplane_planes(lut) if planes_ok and k >= BITPLANE_MIN_K else None
+    if p is not None and _bitplane_faster(lut, p, k, n):
+        return "bitplane"
+    return "cpu"
+
+
+_RACES: dict[tuple[int, int, int, int], bool] = {}
+
+
+def _bitplane_faster(lut: torch.Tensor, planes: bitplane.BitPlanes, k: int, n: int) -> bool:
+    """Does the bitplane plan beat the cpu plan for K x N weights with this many planes, on this machine?
+
+    Which wins depends on N, K, the plane count, the CPU's int8 instructions and the thread count (measured:
+    1 thread, 5 planes: 0.4x at K=25 N=16, 1.1x at K=150 N=16, 2.4x at K=400 N=120), so it is *measured*:
+    both plans on random operands of this shape (about 2^18 activation codes), best of two, once per
+    (K, N, planes, threads) per process — a few ms to a few hundred ms, never affecting results (every
+    backend is bit-exact)."""
+    key = (k, n, len(planes.planes), torch.get_num_threads())
+    if key not in _RACES:
+        g = torch.Generator().manual_seed(0)
+        m = max(64, min(4096, (1 << 18) // k))
+        a = torch.randint(0, 256, (1, m, k), generator=g).to(torch.uint8)
+        pairs = [(torch.randint(0, 256, (1, k, n), generator=g).to(torch.uint8), lut)]
+        times = []
+        for plan in (_BitPlanePlan(pairs, [planes]), _CpuPlan(pairs)):
+            plan.apply(a)
+            best = float("inf")
+            for _ in range(2):
+                t = time.perf_counter()
+                plan.apply(a)
+                best = min(best, time.perf_counter() - t)
+            times.append(best)
+        _RACES[key] = times[0] < times[1]
+    return _RACES[key]
 
 
 def _has_triton() -> bool:

@@ -22,8 +22,10 @@ linear, `torch.ops.onednn.qlinear_pointwise`, with float32 output). It is exact 
 `available()` also runs a worst-case self-check once per process and turns the backend off if this CPU's
 oneDNN does not reproduce it exactly.
 
-Cost: a rank-r partial-product table needs about r planes; one plane costs ~0.45 float32 GEMMs on AVX2 (int8
-GEMM ≈ 2.2× float32) plus the mask transform. Tables of any other structure (Mitchell, DRUM, evolved ones)
+Cost: a rank-r partial-product table needs about r planes (2 for the exact product, 2-8 for the library's
+designs); int8 GEMM runs ~2.2x float32 on AVX2 at N = 64, less at small N, and the mask transform costs a pass
+over the planes, so whether it beats the cpu backend depends on K, N and the planes: the dispatcher races
+them (`api._bitplane_faster`). Tables of any other structure (Mitchell, DRUM, evolved ones)
 have no such decomposition (`bitplane_planes` returns None) and go to the other backends.
 """
 
@@ -73,14 +75,6 @@ class BitPlanes:
 
     def levels(self) -> list[int]:
         return sorted({p.level for p in self.planes})
-
-    def cost(self) -> float:
-        """Relative cost vs one float32 GEMM of the same shape, for the dispatcher."""
-        return PLANE_COST * len(self.planes) + LEVEL_COST * len(self.levels())
-
-
-PLANE_COST = 0.5  # float32-GEMM equivalents per plane (int8 GEMM + mask), measured by `dse bench kernels`
-LEVEL_COST = 0.2  # per digit level: one more GEMM call and an int32 accumulation of its output
 
 
 def _masked_form(d: np.ndarray) -> tuple[int, int, int] | None:
