@@ -10,9 +10,11 @@ byte); the table is lut[activation, weight], int32 [256,256] (torch or numpy; mo
 Sums wrap like int32 arithmetic (they never do for 8-bit products at K < 33,000).
 
 Backends (`backend=`): "reference" (brute force), "cpu" (weight-stationary embedding_bag, direct gather for
-tiny problems), "lowrank" (exact integer factorisation of a low-rank table into float GEMMs), "triton"
-(CUDA; CPU under TRITON_INTERPRET=1 for tests), "auto": lowrank when the table's exact rank makes it cheaper
-(`CPU_LOWRANK_MAX_COST`), else triton on CUDA, else cpu. `chosen_backends(lut, k, device)` tells the choice.
+tiny problems), "lowrank" (exact integer factorisation of a low-rank table into float GEMMs), "bitplane"
+(partial-product tables as exact int8 GEMMs on oneDNN, CPU), "triton" (CUDA; CPU under TRITON_INTERPRET=1
+for tests), "auto": lowrank when the table's exact rank makes it cheaper (`CPU_LOWRANK_MAX_COST`), else
+triton on CUDA; on CPU bitplane where the table has planes and a one-off race at that (K, N) says it beats
+cpu, else cpu. `chosen_backends(lut, k, device)` tells the choice.
 
 Training: `approx_matmul_ste` / `approx_conv2d_ste` take float tensors holding code values; the value is the
 table result, the gradient the exact product's.
