@@ -433,15 +433,18 @@ class ConvGeometry:
         ph, pw = self.padding
         if ph or pw:
             xb = F.pad(xb, (pw, pw, ph, ph), value=self.pad_code)
-        xb = xb.contiguous()
         (kh, kw), (sh, sw), (dh, dw), g = self.kernel, self.stride, self.dilation, self.groups
-        s_n, s_c, s_h, s_w = xb.stride()
-        # windows as a strided view of the bytes, then one uint8 copy into [G, N·L, C/G·kh·kw]
-        # (5x less memory traffic than F.unfold on floats)
-        win = xb.as_strided(
-            (n, g, c // g, ho, wo, kh, kw), (s_n, s_c * (c // g), s_c, s_h * sh, s_w * sw, s_h * dh, s_w * dw)
-        )
-        return win.permute(1, 0, 3, 4, 2, 5, 6).reshape(g, n * ho * wo, c // g * kh * kw)
+        # one strided copy per kernel tap from a channels-last copy of the bytes: long contiguous runs of
+        # C/G codes, 4-5x faster than one copy of a 7-d window view whose innermost run is kw codes
+        # (measured: digits conv2 30 -> 6 ms, depthwise 64ch 34 -> 5 ms, 64->64 3x3 8.9 -> 1.6 ms)
+        src = xb.reshape(n, g, c // g, xb.shape[2], xb.shape[3]).permute(1, 0, 3, 4, 2).contiguous()
+        out = torch.empty(g, n, ho, wo, c // g, kh, kw, dtype=torch.uint8, device=x.device)
+        for i in range(kh):
+            for j in range(kw):
+                rows = slice(i * dh, i * dh + sh * (ho - 1) + 1, sh)
+                cols = slice(j * dw, j * dw + sw * (wo - 1) + 1, sw)
+                out[:, :, :, :, :, i, j] = src[:, :, rows, cols, :]
+        return out.view(g, n * ho * wo, c // g * kh * kw)
 
     def weights(self, w: torch.Tensor) -> torch.Tensor:
         """w [C_out, C_in/G, kh, kw] codes -> B [G, C_in/G·kh·kw, C_out/G] uint8."""
