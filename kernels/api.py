@@ -27,9 +27,8 @@ from dse.kernels.checks import (
 from dse.kernels.reference import approx_matmul_reference
 
 # Dispatcher thresholds (measured with `dse bench kernels`, see docs/ARCHITECTURE.md "dse.kernels").
-CPU_LOWRANK_MAX_COST = 3.0  # lowrank on CPU when rank·(2 if float64 else 1) <= this (rank 3 ties with
-# cpu at M=4096 K=576 N=64, one core: 0.24x vs 0.24x float32; rank 2 0.3-0.38x; ties go to lowrank, whose
-# prepared weights are r·K·N floats instead of 256·K·N)
+CPU_LOWRANK_MAX_COST = 3.0  # lowrank enters the CPU race when rank·(2 if float64 else 1) <= this (rank 3
+# ties with cpu at M=4096 K=576 N=64, one core: 0.24x vs 0.24x float32; higher ranks never won)
 CUDA_LOWRANK_MAX_COST = 2.0  # not measured yet (no GPU in the building session)
 BITPLANE_MIN_K = (
     32  # below this K the plane transform dominates: bitplane never won (0.2-0.5x cpu at K <= 25)
@@ -185,55 +184,61 @@ def _choose(pairs, backend: str, device: torch.device) -> list[tuple[str, list[i
         return [(backend, list(range(len(pairs))))]
     cuda = device.type == "cuda"
     groups, k = pairs[0][0].shape[0], pairs[0][0].shape[1]
-    planes_ok = not cuda and groups == 1 and bitplane.available()
     chosen: dict[str, list[int]] = {}
     for i, (b, lut) in enumerate(pairs):
-        chosen.setdefault(_auto_backend(lut, k, b.shape[2], cuda, planes_ok, device), []).append(i)
+        chosen.setdefault(_auto_backend(lut, k, b.shape[2], groups, cuda, device), []).append(i)
     order = ("bitplane", "lowrank", "triton", "cpu")
     return [(b, chosen[b]) for b in order if b in chosen]
 
 
-def _auto_backend(lut, k: int, n: int, cuda: bool, planes_ok: bool, device: torch.device) -> str:
-    """Backend for one table: lowrank when its exact rank makes it cheap, else bitplane where the table is a
-    partial-product one and a measured race says it beats the cpu backend at this (K, N), else cpu/triton."""
+def _auto_backend(lut, k: int, n: int, groups: int, cuda: bool, device: torch.device) -> str:
+    """Backend for one table. CUDA: lowrank when its exact rank makes it cheap, else triton (or cpu).
+    CPU: the fastest, by a measured race, of cpu, lowrank (rank·dtype cost <= CPU_LOWRANK_MAX_COST) and
+    bitplane (a partial-product table, G = 1, K >= BITPLANE_MIN_K)."""
     f = lowrank.lowrank_factors(lut)
-    if f is not None and f.cost(k) <= (CUDA_LOWRANK_MAX_COST if cuda else CPU_LOWRANK_MAX_COST):
-        return "lowrank"
     if cuda:
+        if f is not None and f.cost(k) <= CUDA_LOWRANK_MAX_COST:
+            return "lowrank"
         return "triton" if triton_usable(device) else "cpu"
-    p = bitplane.bitplane_planes(lut) if planes_ok and k >= BITPLANE_MIN_K else None
-    if p is not None and _bitplane_faster(lut, p, k, n):
-        return "bitplane"
-    return "cpu"
+    options = {"cpu": 0}
+    if f is not None and f.cost(k) <= CPU_LOWRANK_MAX_COST:
+        options["lowrank"] = f.cost(k)
+    if groups == 1 and k >= BITPLANE_MIN_K and bitplane.available():
+        p = bitplane.bitplane_planes(lut)
+        if p is not None:
+            options["bitplane"] = len(p.planes)
+    return _fastest(lut, k, n, groups, options) if len(options) > 1 else "cpu"
 
 
-_RACES: dict[tuple[int, int, int, int], bool] = {}
+_RACES: dict[tuple, str] = {}
 
 
-def _bitplane_faster(lut: torch.Tensor, planes: bitplane.BitPlanes, k: int, n: int) -> bool:
-    """Does the bitplane plan beat the cpu plan for K x N weights with this many planes, on this machine?
+def _fastest(lut: torch.Tensor, k: int, n: int, groups: int, options: dict[str, float]) -> str:
+    """The fastest of the given backends for [G, K, N] weights through a table like `lut`, measured.
 
-    Which wins depends on N, K, the plane count, the CPU's int8 instructions and the thread count (measured:
-    1 thread, 5 planes: 0.4x at K=25 N=16, 1.1x at K=150 N=16, 2.4x at K=400 N=120), so it is *measured*:
-    both plans on random operands of this shape (about 2^18 activation codes), best of two, once per
-    (K, N, planes, threads) per process — a few ms to a few hundred ms, never affecting results (every
-    backend is bit-exact)."""
-    key = (k, n, len(planes.planes), torch.get_num_threads())
+    Which wins depends on K, N, G, the table's rank or plane count, the CPU's instructions and the thread
+    count (1 thread, 5 planes: bitplane 0.4x cpu at K=25 N=16, 1.1x at K=150 N=16, 2.4x at K=400 N=120;
+    lowrank's float GEMMs lose on the small layers of the search's networks), so the candidates are raced
+    on random operands of the shape (about 2^18 activation codes), best of two, once per (shape, options,
+    threads) per process: milliseconds to a few hundred ms, never affecting results (all are bit-exact).
+    `options` maps each candidate to what its speed depends on besides the shape (rank cost, planes)."""
+    key = (k, n, groups, tuple(sorted(options.items())), torch.get_num_threads())
     if key not in _RACES:
         g = torch.Generator().manual_seed(0)
         m = max(64, min(4096, (1 << 18) // k))
-        a = torch.randint(0, 256, (1, m, k), generator=g).to(torch.uint8)
-        pairs = [(torch.randint(0, 256, (1, k, n), generator=g).to(torch.uint8), lut)]
-        times = []
-        for plan in (_BitPlanePlan(pairs, [planes]), _CpuPlan(pairs)):
+        a = torch.randint(0, 256, (groups, m, k), generator=g).to(torch.uint8)
+        pairs = [(torch.randint(0, 256, (groups, k, n), generator=g).to(torch.uint8), lut)]
+        times = {}
+        for backend in options:
+            plan = _make_plan(backend, pairs)
             plan.apply(a)
             best = float("inf")
             for _ in range(2):
                 t = time.perf_counter()
                 plan.apply(a)
                 best = min(best, time.perf_counter() - t)
-            times.append(best)
-        _RACES[key] = times[0] < times[1]
+            times[backend] = best
+        _RACES[key] = min(times, key=times.get)
     return _RACES[key]
 
 

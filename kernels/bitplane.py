@@ -25,7 +25,7 @@ oneDNN does not reproduce it exactly.
 Cost: a rank-r partial-product table needs about r planes (2 for the exact product, 2-8 for the library's
 designs); int8 GEMM runs ~2.2x float32 on AVX2 at N = 64, less at small N, and the mask transform costs a pass
 over the planes, so whether it beats the cpu backend depends on K, N and the planes: the dispatcher races
-them (`api._bitplane_faster`). Tables of any other structure (Mitchell, DRUM, evolved ones)
+them (`api._fastest`). Tables of any other structure (Mitchell, DRUM, evolved ones)
 have no such decomposition (`bitplane_planes` returns None) and go to the other backends.
 """
 

@@ -348,17 +348,39 @@ def test_lowrank_factors_are_exact_and_minimal():
     assert lowrank_factors(truncated_unsigned()).float_plan(576)[0] == torch.float32
 
 
-def test_dispatcher_choices():
+def test_dispatcher_choices(monkeypatch):
+    from dse.kernels import api
+
     g = torch.Generator().manual_seed(12)
-    assert chosen_backends([random_table(g), exact_signed(), drum_like(g), low_rank(g, 2, bound=1)], 576) == [
-        "cpu",
-        "lowrank",
-        "lowrank",
-        "lowrank",
-    ]
+    raced = []
+
+    def fake_race(lut, k, n, groups, options):
+        raced.append(dict(options))
+        return sorted(options)[-1]  # lowrank over cpu, deterministic for the test
+
+    monkeypatch.setattr(api, "_fastest", fake_race)
+    luts = [random_table(g), exact_signed(), drum_like(g), low_rank(g, 2, bound=1), low_rank(g, 5)]
+    assert chosen_backends(luts, 576) == ["cpu", "lowrank", "lowrank", "lowrank", "cpu"]
+    # only candidates that can run the table enter the race: rank 1-2 tables, not the full-rank or rank-5 one
+    assert raced == [{"cpu": 0, "lowrank": 1.0}, {"cpu": 0, "lowrank": 1.0}, {"cpu": 0, "lowrank": 2.0}]
     b = codes((16, 4), torch.int8, g)
     assert prepare_matmul(b, exact_signed()).backend == "lowrank"
     assert prepare_matmul(b, random_table(g)).backend == "cpu"
+
+
+def test_race_measures_once_per_shape_and_options(monkeypatch):
+    from dse.kernels import api
+
+    monkeypatch.setattr(api, "_RACES", {})
+    g = torch.Generator().manual_seed(15)
+    lut = exact_signed()
+    first = chosen_backends(lut, 100)
+    assert first[0] in ("cpu", "lowrank") and len(api._RACES) == 1
+    assert chosen_backends([lut, exact_signed()], 100) == first * 2 and len(api._RACES) == 1
+    assert chosen_backends(lut, 101) and len(api._RACES) == 2
+    w = codes((6, 2, 3, 3), torch.int8, g)
+    p = prepare_conv2d(w, lut, groups=3)  # grouped: raced with G = 3
+    assert p.backend in ("cpu", "lowrank") and any(key[2] == 3 for key in api._RACES)
 
 
 # ------------------------------------------------------------------------------------------ bitplane
@@ -445,7 +467,7 @@ def test_dispatcher_races_bitplane_against_cpu_for_partial_product_tables(monkey
         assert choice in ("bitplane", "cpu") and len(api._RACES) == 1  # measured once for (K, N, planes)
         assert chosen_backends(lut, 150) == [choice] and len(api._RACES) == 1
         assert chosen_backends(lut, 8) == ["cpu"]  # tiny K: never planed, never raced
-        monkeypatch.setattr(api, "_bitplane_faster", lambda *args: True)
+        monkeypatch.setattr(api, "_fastest", lambda lut, k, n, groups, options: max(options, key=len))
         assert chosen_backends([lut, truncated_unsigned(), random_table(g)], 576) == [
             "bitplane",
             "bitplane",
