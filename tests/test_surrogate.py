@@ -99,12 +99,19 @@ def test_suggestions_are_unsimulated_and_concentrate_near_the_quantized_accuracy
     sim = problem.random_genomes(rng, 40)
     simulated = list(zip(sim, _truth(problem, dist, gains, sim).tolist()))
     sur = Surrogate(problem, dist, Q, CHANCE)
-    picks = sur.suggest(simulated, 6, seed=0)
+    picks = sur.suggest(simulated, 6, seed=0)  # 5 near the knee, 1 over the cheaper rest of the front
     assert 3 <= len(picks) <= 6 and not set(picks) & set(sim) and len(set(picks)) == len(picks)
     loss = Q - sur.predict(picks)
-    assert np.all(loss <= 0.1 * (Q - CHANCE) * 1.5)
+    knee, cover = loss[:5], loss[5:]
+    assert np.all(knee <= 0.1 * (Q - CHANCE) * 1.5)
     # at least a third of the picks are predicted within 1 pp: where the best savings are decided
     assert np.mean(loss <= 0.01) >= 1 / 3
+    # the coverage pick lies beyond the knee band, cheaper than every knee pick, but not at chance
+    energy = [problem.energy_rel(g) for g in picks]
+    assert len(cover) == 1 and 0.1 * (Q - CHANCE) < cover[0] <= 0.5 * (Q - CHANCE)
+    assert energy[5] < min(energy[:5])
+    again = sur.suggest(simulated, 6, seed=0, coverage=0)  # coverage=0: all six in the knee band
+    assert len(again) >= 3 and np.all(Q - sur.predict(again) <= 0.1 * (Q - CHANCE) * 1.5)
     # and they are cheap for their predicted loss: no random assignment beats one on both
     rand = problem.random_genomes(np.random.default_rng(4), 300)
     re = np.array([problem.energy_rel(g) for g in rand])

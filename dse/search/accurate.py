@@ -116,7 +116,7 @@ def run_trials(
                 for t in trials
                 if t.state == TrialState.COMPLETE
             ]
-            for g, origin in suggest(complete, max(1, n // 4)):
+            for g, origin in suggest(complete, max(1, n // 3)):
                 study.enqueue_trial(problem.assignment(g), user_attrs={"origin": origin}, skip_if_exists=True)
         if idle >= 2:  # the sampler keeps proposing simulated genomes: inject fresh random ones
             for g in problem.random_genomes(rng, n):
