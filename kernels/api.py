@@ -170,10 +170,10 @@ def _choose(pairs, backend: str, device: torch.device) -> list[tuple[str, list[i
                         "integer factorisation); use backend='auto'"
                     )
         if backend == "bitplane":
-            if device.type != "cpu" or not bitplane.available():
+            if not bitplane.available(device):
                 raise KernelInputError(
-                    f"backend='bitplane': needs CPU tensors and PyTorch's oneDNN int8 GEMM (got {device} "
-                    "tensors" + ("" if bitplane.available() else "; oneDNN int8 GEMM not usable here") + ")"
+                    f"backend='bitplane': needs PyTorch's oneDNN int8 GEMM (CPU) or torch._int_mm (CUDA), "
+                    f"and neither is usable for {device} tensors here"
                 )
             for i, (_, lut) in enumerate(pairs):
                 if bitplane.bitplane_planes(lut) is None:
@@ -182,64 +182,73 @@ def _choose(pairs, backend: str, device: torch.device) -> list[tuple[str, list[i
                         "weight's bits with masked activations); use backend='auto'"
                     )
         return [(backend, list(range(len(pairs))))]
-    cuda = device.type == "cuda"
     groups, k = pairs[0][0].shape[0], pairs[0][0].shape[1]
     chosen: dict[str, list[int]] = {}
     for i, (b, lut) in enumerate(pairs):
-        chosen.setdefault(_auto_backend(lut, k, b.shape[2], groups, cuda, device), []).append(i)
+        chosen.setdefault(_auto_backend(lut, k, b.shape[2], groups, device), []).append(i)
     order = ("bitplane", "lowrank", "triton", "cpu")
     return [(b, chosen[b]) for b in order if b in chosen]
 
 
-def _auto_backend(lut, k: int, n: int, groups: int, cuda: bool, device: torch.device) -> str:
-    """Backend for one table. CUDA: lowrank when its exact rank makes it cheap, else triton (or cpu).
-    CPU: the fastest, by a measured race, of cpu, lowrank (rank·dtype cost <= CPU_LOWRANK_MAX_COST) and
-    bitplane (a partial-product table, G = 1, K >= BITPLANE_MIN_K)."""
+def _auto_backend(lut, k: int, n: int, groups: int, device: torch.device) -> str:
+    """Backend for one table: the fastest, by a measured race, of the backends that can run it here —
+    CPU: cpu, lowrank (rank·dtype cost <= CPU_LOWRANK_MAX_COST), bitplane (oneDNN int8 GEMMs);
+    CUDA: triton, lowrank (cost <= CUDA_LOWRANK_MAX_COST), bitplane (torch._int_mm on tensor cores).
+    bitplane needs a partial-product table, G = 1 and K >= BITPLANE_MIN_K."""
+    cuda = device.type == "cuda"
+    default = "triton" if cuda and triton_usable(device) else "cpu"
+    options: dict[str, float] = {default: 0}
     f = lowrank.lowrank_factors(lut)
-    if cuda:
-        if f is not None and f.cost(k) <= CUDA_LOWRANK_MAX_COST:
-            return "lowrank"
-        return "triton" if triton_usable(device) else "cpu"
-    options = {"cpu": 0}
-    if f is not None and f.cost(k) <= CPU_LOWRANK_MAX_COST:
+    if f is not None and f.cost(k) <= (CUDA_LOWRANK_MAX_COST if cuda else CPU_LOWRANK_MAX_COST):
         options["lowrank"] = f.cost(k)
-    if groups == 1 and k >= BITPLANE_MIN_K and bitplane.available():
+    if groups == 1 and k >= BITPLANE_MIN_K and bitplane.available(device):
         p = bitplane.bitplane_planes(lut)
         if p is not None:
             options["bitplane"] = len(p.planes)
-    return _fastest(lut, k, n, groups, options) if len(options) > 1 else "cpu"
+    return _fastest(lut, k, n, groups, options, device) if len(options) > 1 else default
 
 
 _RACES: dict[tuple, str] = {}
 
 
-def _fastest(lut: torch.Tensor, k: int, n: int, groups: int, options: dict[str, float]) -> str:
+def _fastest(
+    lut: torch.Tensor, k: int, n: int, groups: int, options: dict[str, float], device: torch.device
+) -> str:
     """The fastest of the given backends for [G, K, N] weights through a table like `lut`, measured.
 
-    Which wins depends on K, N, G, the table's rank or plane count, the CPU's instructions and the thread
-    count (1 thread, 5 planes: bitplane 0.4x cpu at K=25 N=16, 1.1x at K=150 N=16, 2.4x at K=400 N=120;
-    lowrank's float GEMMs lose on the small layers of the search's networks), so the candidates are raced
-    on random operands of the shape (about 2^18 activation codes), best of two, once per (shape, options,
-    threads) per process: milliseconds to a few hundred ms, never affecting results (all are bit-exact).
-    `options` maps each candidate to what its speed depends on besides the shape (rank cost, planes)."""
-    key = (k, n, groups, tuple(sorted(options.items())), torch.get_num_threads())
+    Which wins depends on K, N, G, the table's rank or plane count, the device's instructions and the
+    thread count (CPU, 1 thread, 5 planes: bitplane 0.4x cpu at K=25 N=16, 1.1x at K=150 N=16, 2.4x at
+    K=400 N=120; lowrank's float GEMMs lose on the small layers of the search's networks), so the candidates
+    are raced on random operands of the shape (about 2^18 activation codes on CPU, 2^22 on CUDA), best of
+    two, once per (device, shape, options, threads) per process: milliseconds to a few hundred ms, never
+    affecting results (all are bit-exact). `options` maps each candidate to what its speed depends on
+    besides the shape (rank cost, planes)."""
+    key = (str(device), k, n, groups, tuple(sorted(options.items())), torch.get_num_threads())
     if key not in _RACES:
         g = torch.Generator().manual_seed(0)
-        m = max(64, min(4096, (1 << 18) // k))
-        a = torch.randint(0, 256, (groups, m, k), generator=g).to(torch.uint8)
-        pairs = [(torch.randint(0, 256, (groups, k, n), generator=g).to(torch.uint8), lut)]
+        m = max(64, min(4096, (1 << 18) // k)) if device.type == "cpu" else max(256, (1 << 22) // k)
+        a = torch.randint(0, 256, (groups, m, k), generator=g).to(torch.uint8).to(device)
+        b = torch.randint(0, 256, (groups, k, n), generator=g).to(torch.uint8).to(device)
+        pairs = [(b, lut)]
         times = {}
         for backend in options:
             plan = _make_plan(backend, pairs)
             plan.apply(a)
             best = float("inf")
             for _ in range(2):
+                _sync(device)
                 t = time.perf_counter()
                 plan.apply(a)
+                _sync(device)
                 best = min(best, time.perf_counter() - t)
             times[backend] = best
         _RACES[key] = min(times, key=times.get)
     return _RACES[key]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _has_triton() -> bool:

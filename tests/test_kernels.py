@@ -354,7 +354,7 @@ def test_dispatcher_choices(monkeypatch):
     g = torch.Generator().manual_seed(12)
     raced = []
 
-    def fake_race(lut, k, n, groups, options):
+    def fake_race(lut, k, n, groups, options, device):
         raced.append(dict(options))
         return sorted(options)[-1]  # lowrank over cpu, deterministic for the test
 
@@ -380,7 +380,7 @@ def test_race_measures_once_per_shape_and_options(monkeypatch):
     assert chosen_backends(lut, 101) and len(api._RACES) == 2
     w = codes((6, 2, 3, 3), torch.int8, g)
     p = prepare_conv2d(w, lut, groups=3)  # grouped: raced with G = 3
-    assert p.backend in ("cpu", "lowrank") and any(key[2] == 3 for key in api._RACES)
+    assert p.backend in ("cpu", "lowrank") and any(key[3] == 3 for key in api._RACES)
 
 
 # ------------------------------------------------------------------------------------------ bitplane
@@ -456,6 +456,27 @@ def test_bitplane_splits_k_so_float32_outputs_stay_exact():
     assert out[0, :, 0].tolist() == [255 * 127 * k] * 4 and out[0, :, 1].tolist() == [-255 * 127 * k] * 4
 
 
+def test_bitplane_int_mm_engine_for_cuda_is_exact_on_cpu():
+    """The CUDA engine (torch._int_mm, int8 x int8 with the activation offset by 128 and padding to its shape
+    rules) runs on CPU tensors too, slowly: its arithmetic is checked here, its speed only on a GPU."""
+    from dse.kernels import bitplane
+
+    if not bitplane._int_mm_ok("cpu"):
+        pytest.skip("torch._int_mm not available on CPU in this torch")
+    g = torch.Generator().manual_seed(33)
+    exact_sm = sign_magnitude((V[:, None] * V[None, :]).to(torch.int32))  # two digit levels
+    for lut in (exact_sm, sign_magnitude(broken_array(3, 9)), truncated_unsigned(6)):
+        planes = bitplane_planes(lut)
+        for m, k, n in [(1, 1, 1), (5, 33, 3), (40, 300, 17), (3, 5000, 2)]:
+            a = codes((1, m, k), torch.uint8, g)
+            a[0, 0] = 255
+            b = codes((1, k, n), torch.uint8, g)
+            w = bitplane.BitPlaneWeights(b, planes, engine="int_mm")
+            assert len(w.units[0]) == len(planes.levels())  # int32 accumulators: K never cut
+            assert torch.equal(w.apply(a)[0], approx_matmul_reference(a[0], b[0], lut))
+    assert not bitplane.available("meta")
+
+
 def test_dispatcher_races_bitplane_against_cpu_for_partial_product_tables(monkeypatch):
     from dse.kernels import api, bitplane
 
@@ -467,7 +488,7 @@ def test_dispatcher_races_bitplane_against_cpu_for_partial_product_tables(monkey
         assert choice in ("bitplane", "cpu") and len(api._RACES) == 1  # measured once for (K, N, planes)
         assert chosen_backends(lut, 150) == [choice] and len(api._RACES) == 1
         assert chosen_backends(lut, 8) == ["cpu"]  # tiny K: never planed, never raced
-        monkeypatch.setattr(api, "_fastest", lambda lut, k, n, groups, options: max(options, key=len))
+        monkeypatch.setattr(api, "_fastest", lambda lut, k, n, groups, options, device: max(options, key=len))
         assert chosen_backends([lut, truncated_unsigned(), random_table(g)], 576) == [
             "bitplane",
             "bitplane",
@@ -476,7 +497,7 @@ def test_dispatcher_races_bitplane_against_cpu_for_partial_product_tables(monkey
         # grouped convolutions (G > 1) are never planed: one GEMM call per group would not pay
         assert prepare_conv2d(codes((8, 1, 6, 6), torch.int8, g), lut, groups=8).backend == "cpu"
         assert prepare_conv2d(codes((8, 8, 6, 6), torch.int8, g), lut).backend == "bitplane"
-    monkeypatch.setattr(bitplane, "available", lambda: False)  # a CPU whose oneDNN fails the self-check
+    monkeypatch.setattr(bitplane, "available", lambda *device: False)  # a CPU whose oneDNN fails the self-check
     assert chosen_backends(lut, 576) == ["cpu"]
     with pytest.raises(KernelInputError, match="oneDNN"):
         approx_matmul(codes((2, 3), torch.uint8, g), codes((3, 2), torch.int8, g), lut, backend="bitplane")
