@@ -497,7 +497,9 @@ def test_dispatcher_races_bitplane_against_cpu_for_partial_product_tables(monkey
         # grouped convolutions (G > 1) are never planed: one GEMM call per group would not pay
         assert prepare_conv2d(codes((8, 1, 6, 6), torch.int8, g), lut, groups=8).backend == "cpu"
         assert prepare_conv2d(codes((8, 8, 6, 6), torch.int8, g), lut).backend == "bitplane"
-    monkeypatch.setattr(bitplane, "available", lambda *device: False)  # a CPU whose oneDNN fails the self-check
+    monkeypatch.setattr(
+        bitplane, "available", lambda *device: False
+    )  # a CPU whose oneDNN fails the self-check
     assert chosen_backends(lut, 576) == ["cpu"]
     with pytest.raises(KernelInputError, match="oneDNN"):
         approx_matmul(codes((2, 3), torch.uint8, g), codes((3, 2), torch.int8, g), lut, backend="bitplane")
@@ -620,3 +622,21 @@ def test_cpu_rows_split_among_threads_stay_exact():
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(out, approx_conv2d_reference(x, w, lut, 1, 1, 1, 2, pad_code=1))
+
+
+def test_bench_model_json_times_every_multiplier_against_quant():
+    import json
+
+    from click.testing import CliRunner
+
+    from dse.cli import cli
+
+    args = ["bench", "model", "--model", "digits_cnn", "--batch", "8", "--json"]
+    res = CliRunner().invoke(cli, args + ["--multiplier", "exact_u8", "--multiplier", "drum4_u8"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["model"] == "digits_cnn" and doc["quant_seconds"] > 0 and doc["macs_per_sample"] > 0
+    assert [r["multiplier"] for r in doc["rows"]] == ["exact_u8", "drum4_u8"]
+    assert all(r["ratio_to_quant"] > 0 and r["backends"] for r in doc["rows"])
+    bad = CliRunner().invoke(cli, ["bench", "model", "--model", "digits_cnn", "--multiplier", "nope_u8"])
+    assert bad.exit_code == 2 and "unknown multiplier" in bad.output

@@ -10,8 +10,9 @@ def bench() -> None:
     """Benchmarks. They print measurements side by side in one run and state the hardware.
 
     \b
-    Example:
+    Examples:
       dse bench kernels --quick
+      dse bench model --model resnet20
     """
 
 
@@ -51,3 +52,50 @@ def kernels(device: str, as_json: bool, quick: bool, threads: int | None) -> Non
         emit_json(result)
     else:
         click.echo(format_table(result))
+
+
+@bench.command("model")
+@click.option("--model", "model_name", default="resnet20", show_default=True, help="A built-in model name.")
+@click.option(
+    "--multiplier",
+    "multipliers",
+    multiple=True,
+    help="Multiplier for every layer (repeatable; default: exact, bam_h3_v9, trunc8, drum4, mitchell).",
+)
+@click.option(
+    "--batch", type=click.IntRange(min=1), default=256, show_default=True, help="Inputs per forward."
+)
+@click.option("--device", default="cpu", show_default=True, help="cpu | cuda | auto")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads.")
+def model(
+    model_name: str, multipliers: tuple[str, ...], batch: int, device: str, as_json: bool, threads: int | None
+) -> None:
+    """A whole network's forward with every layer on an approximate multiplier (behavioural simulation,
+    table mode) next to the same forward in exactly-quantized mode, measured alternately in one run: the
+    "approximate forward <= 3x quantized" figure. Random weights; BatchNorm folded.
+
+    \b
+    Examples:
+      dse bench model                                  # ResNet-20, batch 256, CPU
+      dse bench model --device cuda --batch 1024 --json
+      dse bench model --model lenet5 --multiplier bam_h3_v9_u8
+    """
+    import torch
+
+    from dse.benchmark import DEFAULT_MULTIPLIERS, bench_model, format_model_table
+    from dse.models import BUILTIN_MODELS
+    from dse.util import UserError, emit_json, log, resolve_device
+
+    if model_name not in BUILTIN_MODELS:
+        raise UserError(f"--model: expected one of {', '.join(BUILTIN_MODELS)}, got {model_name!r}")
+    dev = resolve_device(device)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if not as_json:
+        log(f"benchmarking {model_name} (first forwards prepare tables and race kernel backends)")
+    result = bench_model(model_name, multipliers or DEFAULT_MULTIPLIERS, batch, dev)
+    if as_json:
+        emit_json(result)
+    else:
+        click.echo(format_model_table(result))
