@@ -20,6 +20,10 @@ in-sample / prospective (fit on the trials before each batch of 24) / 5-fold hol
 prior, NNLS on −ln(1 − loss)) had 0.53 / 0.47 / 0.53 and 0.57 / 0.49 / 0.56. The AGN tolerances made the
 ranking worse: unweighted Σ distortion normalised by the output std already reaches 0.58 / 0.77 in-sample.
 The pymoo stage is vectorised over the population: thousands of candidates per millisecond.
+Most of what limits τ on digits was validation noise, not the model: 145 of 200 candidates lay within
+1 pp of q, where 500 validation images resolve 0.2 pp (39 distinct accuracies); with 700 validation
+images the finished runs reach τ 0.74-0.82 (3 seeds), mnist_lenet5 (2,000 images) 0.84-0.85. Separate
+weights for σ² and μ², or biases summed coherently across layers, moved τ by < 0.01 (tested offline).
 """
 
 from __future__ import annotations
