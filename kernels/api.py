@@ -105,34 +105,41 @@ class _CpuPlan(_Plan):
         return cpu.apply_weight_tables(a, self.tables)
 
 
-class _LowRankPlan(_Plan):
+class _PerPairPlan(_Plan):
+    """Each (weights, table) pair prepared on its own (`prepare(b, lut)` -> an object with `.nbytes`),
+    applied one after the other (`run(a, prepared)` -> int32 [G, M, N_i]), outputs concatenated."""
+
+    def __init__(self, pairs, prepare, run):
+        self.weights = [prepare(b, lut) for b, lut in pairs]
+        self.widths = tuple(b.shape[2] for b, _ in pairs)
+        self.run = run
+
+    @property
+    def nbytes(self) -> int:
+        return sum(w.nbytes for w in self.weights)
+
+    def apply(self, a):
+        return torch.cat([self.run(a, w) for w in self.weights], dim=2)
+
+
+class _LowRankPlan(_PerPairPlan):
     backend = "lowrank"
 
-    def __init__(self, pairs, factors):
-        self.weights = [lowrank.build_lowrank_weights(b, f) for (b, _), f in zip(pairs, factors)]
-        self.widths = tuple(b.shape[2] for b, _ in pairs)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(w.nbytes for w in self.weights)
-
-    def apply(self, a):
-        return torch.cat([lowrank.apply_lowrank(a, w) for w in self.weights], dim=2)
+    def __init__(self, pairs):
+        factors = lowrank.lowrank_factors
+        super().__init__(
+            pairs, lambda b, lut: lowrank.build_lowrank_weights(b, factors(lut)), lowrank.apply_lowrank
+        )
 
 
-class _BitPlanePlan(_Plan):
+class _BitPlanePlan(_PerPairPlan):
     backend = "bitplane"
 
-    def __init__(self, pairs, planes):
-        self.weights = [bitplane.BitPlaneWeights(b, p) for (b, _), p in zip(pairs, planes)]
-        self.widths = tuple(b.shape[2] for b, _ in pairs)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(w.nbytes for w in self.weights)
-
-    def apply(self, a):
-        return torch.cat([w.apply(a) for w in self.weights], dim=2)
+    def __init__(self, pairs):
+        planes = bitplane.bitplane_planes
+        super().__init__(
+            pairs, lambda b, lut: bitplane.BitPlaneWeights(b, planes(lut)), lambda a, w: w.apply(a)
+        )
 
 
 class _TritonPlan(_Plan):
@@ -266,9 +273,9 @@ def _make_plan(backend: str, pairs) -> _Plan:
     if backend == "cpu":
         return _CpuPlan(pairs)
     if backend == "lowrank":
-        return _LowRankPlan(pairs, [lowrank.lowrank_factors(lut) for _, lut in pairs])
+        return _LowRankPlan(pairs)
     if backend == "bitplane":
-        return _BitPlanePlan(pairs, [bitplane.bitplane_planes(lut) for _, lut in pairs])
+        return _BitPlanePlan(pairs)
     return _TritonPlan(pairs)
 
 
