@@ -595,7 +595,7 @@ def test_bench_kernels_json_reports_every_backend(monkeypatch):
         bench.Case("gemm", "gemm", {"m": 40, "k": 16, "n": 8}),
         bench.Case("dw", "conv", {"x": [1, 4, 6, 6], "w": [4, 1, 3, 3], "padding": 1, "groups": 4}),
     ]
-    monkeypatch.setattr(bench, "cases", lambda quick: tiny)
+    monkeypatch.setattr(bench, "cases", lambda quick, cuda=False: tiny)
     res = CliRunner().invoke(cli, ["bench", "kernels", "--quick", "--json"])
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
