@@ -640,3 +640,16 @@ def test_bench_model_json_times_every_multiplier_against_quant():
     assert all(r["ratio_to_quant"] > 0 and r["backends"] for r in doc["rows"])
     bad = CliRunner().invoke(cli, ["bench", "model", "--model", "digits_cnn", "--multiplier", "nope_u8"])
     assert bad.exit_code == 2 and "unknown multiplier" in bad.output
+
+
+def test_cpu_row_blocks_stay_exact(monkeypatch):
+    from dse.kernels import cpu
+
+    monkeypatch.setattr(cpu, "INDEX_BLOCK_ELEMENTS", 1000)  # blocks of 256 rows: several per call
+    g = torch.Generator().manual_seed(34)
+    lut = random_table(g)
+    a, b = codes((700, 30), torch.uint8, g), codes((30, 5), torch.int8, g)
+    assert torch.equal(approx_matmul(a, b, lut, backend="cpu"), approx_matmul_reference(a, b, lut))
+    x, w = codes((2, 4, 17, 15), torch.uint8, g), codes((6, 2, 3, 3), torch.int8, g)
+    out = approx_conv2d(x, w, lut, 1, 1, 1, 2, pad_code=3, backend="cpu")
+    assert torch.equal(out, approx_conv2d_reference(x, w, lut, 1, 1, 1, 2, pad_code=3))
