@@ -213,7 +213,8 @@ def _auto_backend(lut, k: int, n: int, groups: int, device: torch.device) -> str
         if p is not None:
             options["bitplane"] = len(p.planes)
     if not cuda and len(options) > 1 and groups * k * 256 * n * 4 > cpu.KEEP_TABLE_BYTES:
-        del options["cpu"]  # its weight tables would be rebuilt on every call: never the fastest, slow to race
+        # the cpu backend's weight tables would be rebuilt on every call: never the fastest, slow to race
+        del options["cpu"]
     if len(options) == 1:
         return next(iter(options))
     return _fastest(lut, k, n, groups, options, device)
