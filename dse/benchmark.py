@@ -8,24 +8,13 @@ random inputs; every approximable layer gets the same multiplier. Prints, never 
 
 from __future__ import annotations
 
-import time
-
 import torch
 
+from dse.kernels.api import wall_seconds
 from dse.kernels.bench import hardware
 
 DEFAULT_MULTIPLIERS = ("exact_u8", "bam_h3_v9_u8", "trunc8_u8", "drum4_u8", "mitchell_u8")
 INPUT_SHAPES = {"digits_cnn": (1, 8, 8), "lenet5": (1, 28, 28)}  # others: CIFAR-like 3x32x32
-
-
-def _timed(fn, device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - t
 
 
 def bench_model(
@@ -77,9 +66,9 @@ def bench_model(
         best = float("inf")
         for _ in range(reps):
             set_mode(model, "lut")
-            best = min(best, _timed(forward, device))
+            best = min(best, wall_seconds(forward, device))
             set_mode(model, "quant")
-            best_quant = min(best_quant, _timed(forward, device))
+            best_quant = min(best_quant, wall_seconds(forward, device))
         rows.append({"multiplier": name, "backends": backends, "seconds": best})
     for r in rows:
         r["ratio_to_quant"] = r["seconds"] / best_quant

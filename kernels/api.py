@@ -30,9 +30,8 @@ from dse.kernels.reference import approx_matmul_reference
 CPU_LOWRANK_MAX_COST = 3.0  # lowrank enters the CPU race when rank·(2 if float64 else 1) <= this (rank 3
 # ties with cpu at M=4096 K=576 N=64, one core: 0.24x vs 0.24x float32; higher ranks never won)
 CUDA_LOWRANK_MAX_COST = 2.0  # not measured yet (no GPU in the building session)
-BITPLANE_MIN_K = (
-    32  # below this K the plane transform dominates: bitplane never won (0.2-0.5x cpu at K <= 25)
-)
+# below this K the plane transform dominates: bitplane never won (0.2-0.5x cpu at K <= 25)
+BITPLANE_MIN_K = 32
 CPU_GATHER_MAX_M = 48  # one-off call with fewer activation rows: direct gather beats building weight tables
 
 
@@ -126,20 +125,20 @@ class _LowRankPlan(_PerPairPlan):
     backend = "lowrank"
 
     def __init__(self, pairs):
-        factors = lowrank.lowrank_factors
-        super().__init__(
-            pairs, lambda b, lut: lowrank.build_lowrank_weights(b, factors(lut)), lowrank.apply_lowrank
-        )
+        def prepare(b, lut):
+            return lowrank.build_lowrank_weights(b, lowrank.lowrank_factors(lut))
+
+        super().__init__(pairs, prepare, lowrank.apply_lowrank)
 
 
 class _BitPlanePlan(_PerPairPlan):
     backend = "bitplane"
 
     def __init__(self, pairs):
-        planes = bitplane.bitplane_planes
-        super().__init__(
-            pairs, lambda b, lut: bitplane.BitPlaneWeights(b, planes(lut)), lambda a, w: w.apply(a)
-        )
+        def prepare(b, lut):
+            return bitplane.BitPlaneWeights(b, bitplane.bitplane_planes(lut))
+
+        super().__init__(pairs, prepare, lambda a, w: w.apply(a))
 
 
 class _TritonPlan(_Plan):
@@ -246,21 +245,21 @@ def _fastest(
         for backend in options:
             plan = _make_plan(backend, pairs)
             plan.apply(a)
-            best = float("inf")
-            for _ in range(2):
-                _sync(device)
-                t = time.perf_counter()
-                plan.apply(a)
-                _sync(device)
-                best = min(best, time.perf_counter() - t)
-            times[backend] = best
+            times[backend] = min(wall_seconds(lambda plan=plan: plan.apply(a), device) for _ in range(2))
         _RACES[key] = min(times, key=times.get)
     return _RACES[key]
 
 
-def _sync(device: torch.device) -> None:
+def wall_seconds(fn, device: torch.device) -> float:
+    """Wall-clock seconds of fn(), with CUDA work finished before and after (shared by the race and the
+    benchmarks)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    t = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t
 
 
 def _has_triton() -> bool:

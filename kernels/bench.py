@@ -93,13 +93,9 @@ def hardware(device: torch.device) -> str:
 
 def _timed(fn: Callable[[], object], device: torch.device) -> tuple[float, float]:
     """(wall seconds, CPU seconds of this process): CPU time is robust to other processes on the machine."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t, c = time.perf_counter(), time.process_time()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - t, time.process_time() - c
+    c = time.process_time()
+    wall = api.wall_seconds(fn, device)
+    return wall, time.process_time() - c
 
 
 def _race(fn, base, device, reps: int) -> tuple[float, float, float, float]:
@@ -130,7 +126,8 @@ def bench_kernels(device: str | torch.device = "cpu", quick: bool = False, reps:
     reps = reps or 3
     g = torch.Generator().manual_seed(0)
     rows = []
-    for case in cases(quick, device.type == "cuda"):
+    shapes = cases(quick, device.type == "cuda")
+    for case in shapes:
         a, b = _operands(case, device, g)
         af, bf = a.float(), b.float()
         if case.kind == "gemm":
@@ -220,7 +217,7 @@ def bench_kernels(device: str | torch.device = "cpu", quick: bool = False, reps:
         "device": str(device),
         "torch": torch.__version__,
         "quick": quick,
-        "cases": [asdict(c) | {"macs": c.macs} for c in cases(quick, device.type == "cuda")],
+        "cases": [asdict(c) | {"macs": c.macs} for c in shapes],
         "rows": rows,
     }
 

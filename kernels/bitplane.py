@@ -159,11 +159,12 @@ def bitplane_planes(lut: torch.Tensor) -> BitPlanes | None:
 
 
 # ------------------------------------------------------------------------------------- oneDNN int8 GEMM
-def _qlinear(a: torch.Tensor, packed, n: int) -> torch.Tensor:
-    """uint8 a [M, K'] · prepacked int8 weights [N, K'] -> float32 [M, N] (exact integers below 2^24)."""
+def _qlinear(a: torch.Tensor, packed, n: int, unit_scales=None) -> torch.Tensor:
+    """uint8 a [M, K'] · prepacked int8 weights [N, K'] -> float32 [M, N] (exact integers below 2^24).
+    `unit_scales`: the (ones(N), zeros(N)) weight scales and zero points, made once by the caller."""
+    w_scale, w_zp = unit_scales or (torch.ones(n), torch.zeros(n, dtype=torch.long))
     return torch.ops.onednn.qlinear_pointwise(
-        a, 1.0, 0, packed, torch.ones(n), torch.zeros(n, dtype=torch.long), None, 1.0, 0,
-        torch.float32, "none", [], "",
+        a, 1.0, 0, packed, w_scale, w_zp, None, 1.0, 0, torch.float32, "none", [], "",
     )  # fmt: skip
 
 
@@ -273,6 +274,8 @@ class BitPlaneWeights:
         for p in planes.planes:
             by_level.setdefault(p.level, []).append(p)
         idx = b.long()
+        self.unit_scales = (torch.ones(n), torch.zeros(n, dtype=torch.long))  # oneDNN: scale 1, zero point 0
+        digit_of = {id(p): torch.from_numpy(p.weights).to(b.device) for p in planes.planes}
         for gi in range(g):
             units = []
             for level, ps in sorted(by_level.items()):
@@ -281,7 +284,7 @@ class BitPlaneWeights:
                 for k0 in range(0, k, chunk):
                     k1 = min(k, k0 + chunk)
                     # weight rows in [plane][k] order, matching the activation buffer [M, P, k1 - k0]
-                    digits = [torch.from_numpy(p.weights).to(b.device)[idx[gi, k0:k1]] for p in ps]
+                    digits = [digit_of[id(p)][idx[gi, k0:k1]] for p in ps]
                     w = torch.stack(digits).permute(2, 0, 1).reshape(n, -1)  # [N, P·Kc], int64
                     if self.engine == "onednn":
                         packed = _prepack(w.to(torch.int8))
@@ -298,7 +301,7 @@ class BitPlaneWeights:
         return sum(u.nbytes for units in self.units for u in units)
 
     def apply(self, a: torch.Tensor) -> torch.Tensor:
-        """a: [G, M, K] uint8 codes -> int32 [G, M, N]; rows in blocks whose plane buffer stays ~16 MB."""
+        """a: [G, M, K] uint8 codes -> int32 [G, M, N]; rows in blocks whose plane buffer stays BLOCK_BYTES."""
         g, m, _ = a.shape
         out = torch.zeros(g, m, self.n, dtype=torch.int32, device=a.device)
         widest = max((u.masks.shape[0] * (u.k1 - u.k0) for units in self.units for u in units), default=1)
@@ -322,7 +325,7 @@ class BitPlaneWeights:
             if s:
                 h[:, i].bitwise_right_shift_(s)
         if self.engine == "onednn":
-            y = _qlinear(h.view(m, -1), u.packed, self.n).to(torch.int32)
+            y = _qlinear(h.view(m, -1), u.packed, self.n, self.unit_scales).to(torch.int32)
         else:
             y = _int_mm_gemm(h.view(m, -1), *u.packed)
         return y if u.scale == 1 else y.mul_(u.scale)
