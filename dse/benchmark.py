@@ -70,8 +70,15 @@ def bench_model(
             set_mode(model, "quant")
             best_quant = min(best_quant, wall_seconds(forward, device))
         rows.append({"multiplier": name, "backends": backends, "seconds": best})
+    # the float network (cuDNN / oneDNN, no quantization, no exactness constraint): the fastest forward
+    # there is, for scale — the exactly-quantized forward keeps integer sums exact (on CUDA it turns cuDNN
+    # off, whose Winograd/FFT algorithms are not), which costs it dearly there
+    set_mode(model, "float")
+    forward()
+    best_float = min(wall_seconds(forward, device) for _ in range(reps))
     for r in rows:
         r["ratio_to_quant"] = r["seconds"] / best_quant
+        r["ratio_to_float"] = r["seconds"] / best_float
     macs = sum(layer.macs or 0 for layer in layers.values())
     return {
         "hardware": hardware(device),
@@ -81,6 +88,7 @@ def bench_model(
         "batch": batch,
         "macs_per_sample": macs,
         "quant_seconds": best_quant,
+        "float_seconds": best_float,
         "rows": rows,
     }
 
@@ -96,11 +104,13 @@ def _layer_backends(layer) -> list[str]:
 def format_model_table(result: dict) -> str:
     lines = [
         f"hardware: {result['hardware']}  (torch {result['torch']}, device {result['device']})",
-        f"{result['model']}, batch {result['batch']}: exactly-quantized forward {result['quant_seconds'] * 1e3:.1f} ms",
-        f"{'multiplier':16} {'forward ms':>10} {'x quant':>8}  backends",
+        f"{result['model']}, batch {result['batch']}: exactly-quantized forward {result['quant_seconds'] * 1e3:.1f} ms, "
+        f"float forward {result['float_seconds'] * 1e3:.1f} ms",
+        f"{'multiplier':16} {'forward ms':>10} {'x quant':>8} {'x float':>8}  backends",
     ]
     for r in result["rows"]:
         lines.append(
-            f"{r['multiplier']:16} {r['seconds'] * 1e3:10.1f} {r['ratio_to_quant']:8.2f}  {', '.join(r['backends'])}"
+            f"{r['multiplier']:16} {r['seconds'] * 1e3:10.1f} {r['ratio_to_quant']:8.2f} {r['ratio_to_float']:8.2f}  "
+            f"{', '.join(r['backends'])}"
         )
     return "\n".join(lines)

@@ -11,10 +11,10 @@ Sums wrap like int32 arithmetic (they never do for 8-bit products at K < 33,000)
 
 Backends (`backend=`): "reference" (brute force), "cpu" (weight-stationary embedding_bag, direct gather for
 tiny problems), "lowrank" (exact integer factorisation of a low-rank table into float GEMMs), "bitplane"
-(partial-product tables as exact int8 GEMMs: oneDNN on CPU, torch._int_mm on CUDA), "triton" (CUDA; CPU
-under TRITON_INTERPRET=1 for tests), "auto": the fastest of the backends that can run the table on that
-device, by a one-off race at that (K, N, G) (cpu/triton always, lowrank for tables of rank cost <= 3 (CPU) /
-2 (CUDA), bitplane for partial-product tables). `chosen_backends(lut, k, device)` tells the choice.
+(partial-product tables as exact int8 GEMMs on oneDNN; CPU only), "triton" (CUDA; CPU under
+TRITON_INTERPRET=1 for tests), "auto": the fastest of the backends that can run the table on that device, by a
+one-off race at that (K, N, G) (cpu/triton always, lowrank for tables of rank cost <= 3 (CPU) / 2 (CUDA),
+bitplane for partial-product tables on CPU). `chosen_backends(lut, k, device)` tells the choice.
 
 Training: `approx_matmul_ste` / `approx_conv2d_ste` take float tensors holding code values; the value is the
 table result, the gradient the exact product's.

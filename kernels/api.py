@@ -152,7 +152,7 @@ class _TritonPlan(_Plan):
 
     @property
     def nbytes(self) -> int:
-        return self.tables.numel() * self.tables.element_size()
+        return self.tables.nbytes
 
     def apply(self, a):
         from dse.kernels.triton_lut_matmul import triton_lut_matmul
@@ -178,8 +178,8 @@ def _choose(pairs, backend: str, device: torch.device) -> list[tuple[str, list[i
         if backend == "bitplane":
             if not bitplane.available(device):
                 raise KernelInputError(
-                    f"backend='bitplane': needs PyTorch's oneDNN int8 GEMM (CPU) or torch._int_mm (CUDA), "
-                    f"and neither is usable for {device} tensors here"
+                    f"backend='bitplane': runs on CPU tensors with PyTorch's oneDNN int8 GEMM only, not "
+                    f"usable for {device} tensors here (on CUDA use 'triton' or 'auto')"
                 )
             for i, (_, lut) in enumerate(pairs):
                 if bitplane.bitplane_planes(lut) is None:
@@ -199,7 +199,7 @@ def _choose(pairs, backend: str, device: torch.device) -> list[tuple[str, list[i
 def _auto_backend(lut, k: int, n: int, groups: int, device: torch.device) -> str:
     """Backend for one table: the fastest, by a measured race, of the backends that can run it here —
     CPU: cpu, lowrank (rank·dtype cost <= CPU_LOWRANK_MAX_COST), bitplane (oneDNN int8 GEMMs);
-    CUDA: triton, lowrank (cost <= CUDA_LOWRANK_MAX_COST), bitplane (torch._int_mm on tensor cores).
+    CUDA: triton, lowrank (cost <= CUDA_LOWRANK_MAX_COST).
     bitplane needs a partial-product table, G = 1 and K >= BITPLANE_MIN_K."""
     cuda = device.type == "cuda"
     default = "triton" if cuda and triton_usable(device) else "cpu"

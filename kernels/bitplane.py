@@ -192,41 +192,11 @@ def _onednn_ok() -> bool:
         return False
 
 
-@lru_cache(maxsize=8)
-def _int_mm_ok(device: str) -> bool:
-    """torch._int_mm (int8 x int8 -> int32; tensor cores on CUDA) runs and is exact on `device`."""
-    try:
-        g = torch.Generator().manual_seed(0)
-        a = torch.randint(0, 256, (40, 96), generator=g, dtype=torch.int64)
-        w = torch.randint(-(DIGIT - 1), DIGIT, (96, 16), generator=g, dtype=torch.int64)
-        y = _int_mm_gemm(a.to(torch.uint8).to(device), w.to(torch.int8).to(device), w.sum(0).to(device))
-        return bool(torch.equal(y.cpu().to(torch.int64), a @ w))
-    except Exception:
-        return False
-
-
 def available(device: str | torch.device = "cpu") -> bool:
-    """The backend can run on this device: oneDNN's int8 GEMM on CPU, torch._int_mm on CUDA (self-checked
-    for exactness once per process and device)."""
-    device = torch.device(device)
-    if device.type == "cpu":
-        return _onednn_ok()
-    return device.type == "cuda" and _int_mm_ok(str(device))
-
-
-def _int_mm_gemm(h: torch.Tensor, w: torch.Tensor, colsum: torch.Tensor) -> torch.Tensor:
-    """uint8 h [M, K'] · int8 w [K', N] -> int32 [M, N] with torch._int_mm (int8 x int8): h is fed as
-    h ^ 0x80 = h - 128 and 128·colsum(w) added back. _int_mm's shape rules (CUDA: M > 16, K' and N
-    multiples of 8) are met by zero padding (a zero weight row adds nothing whatever the activation)."""
-    m, k = h.shape
-    n = w.shape[1]
-    kp, np_, mp = -(-k // 8) * 8, -(-n // 8) * 8, max(m, 17)
-    hs = torch.zeros(mp, kp, dtype=torch.uint8, device=h.device)
-    hs[:m, :k] = h
-    hs = hs.bitwise_xor_(0x80).view(torch.int8)
-    if (kp, np_) != (k, n):
-        w = torch.nn.functional.pad(w, (0, np_ - n, 0, kp - k))
-    return torch._int_mm(hs, w)[:m, :n] + 128 * colsum.to(torch.int32)
+    """The backend can run on this device: oneDNN's int8 GEMM on CPU (self-checked for exactness once per
+    process). Never on CUDA: the same planes through torch._int_mm ran 14x slower than the triton backend on
+    an H100 (158 vs 2200 G LUT-MAC/s at M=65536 K=576 N=64) and cuBLASLt refused some int8 shapes."""
+    return torch.device(device).type == "cpu" and _onednn_ok()
 
 
 _scratch = threading.local()
@@ -244,31 +214,24 @@ def _scratch_bytes(n: int) -> torch.Tensor:
 
 @dataclass
 class _Unit:
-    """One GEMM: the planes of one digit level over K steps [k0, k1), weights in the engine's form."""
+    """One GEMM: the planes of one digit level over K steps [k0, k1), weights packed for oneDNN."""
 
     masks: torch.Tensor  # uint8 [P, 1]: activation masks of the planes, in weight order
     shifts: tuple[int, ...]
     k0: int
     k1: int
     scale: int
-    packed: object  # oneDNN: packed weights; int_mm: (int8 weights [K', N], their column sums int64 [N])
+    packed: object  # oneDNN's packed weights
     nbytes: int
-
-
-ENGINES = ("onednn", "int_mm")
 
 
 class BitPlaneWeights:
     """Weights b [G, K, N] (bytes) prepared as int8 plane GEMMs for one decomposed table."""
 
-    def __init__(self, b: torch.Tensor, planes: BitPlanes, engine: str | None = None):
+    def __init__(self, b: torch.Tensor, planes: BitPlanes):
         g, k, n = b.shape
         self.n = n
-        self.engine = engine or ("int_mm" if b.device.type == "cuda" else "onednn")
-        if self.engine not in ENGINES:
-            raise ValueError(f"engine: expected one of {ENGINES}, got {engine!r}")
-        # largest exact GEMM result: oneDNN's float32 output holds integers up to 2^24, _int_mm's int32 more
-        limit = FLOAT32_EXACT - 1 if self.engine == "onednn" else 2**31 - 1
+        limit = FLOAT32_EXACT - 1  # largest exact GEMM result: oneDNN's float32 output holds integers to 2^24
         self.units: list[list[_Unit]] = []  # per group
         by_level: dict[int, list[Plane]] = {}
         for p in planes.planes:
@@ -286,10 +249,7 @@ class BitPlaneWeights:
                     # weight rows in [plane][k] order, matching the activation buffer [M, P, k1 - k0]
                     digits = [digit_of[id(p)][idx[gi, k0:k1]] for p in ps]
                     w = torch.stack(digits).permute(2, 0, 1).reshape(n, -1)  # [N, P·Kc], int64
-                    if self.engine == "onednn":
-                        packed = _prepack(w.to(torch.int8))
-                    else:
-                        packed = (w.t().to(torch.int8).contiguous(), w.sum(1))
+                    packed = _prepack(w.to(torch.int8))
                     masks = torch.tensor([p.mask for p in ps], dtype=torch.uint8, device=b.device)[:, None]
                     units.append(
                         _Unit(masks, tuple(p.shift for p in ps), k0, k1, DIGIT**level, packed, w.numel())
@@ -316,16 +276,10 @@ class BitPlaneWeights:
     def _unit(self, a: torch.Tensor, u: _Unit) -> torch.Tensor:
         """One plane GEMM on rows a [M, K] -> int32 [M, N], already scaled by 64^level."""
         m, p = a.shape[0], u.masks.shape[0]
-        if a.device.type == "cpu":
-            h = _scratch_bytes(m * p * (u.k1 - u.k0)).view(m, p, u.k1 - u.k0)
-        else:
-            h = torch.empty(m, p, u.k1 - u.k0, dtype=torch.uint8, device=a.device)
+        h = _scratch_bytes(m * p * (u.k1 - u.k0)).view(m, p, u.k1 - u.k0)
         torch.bitwise_and(a[:, None, u.k0 : u.k1], u.masks, out=h)
         for i, s in enumerate(u.shifts):
             if s:
                 h[:, i].bitwise_right_shift_(s)
-        if self.engine == "onednn":
-            y = _qlinear(h.view(m, -1), u.packed, self.n, self.unit_scales).to(torch.int32)
-        else:
-            y = _int_mm_gemm(h.view(m, -1), *u.packed)
+        y = _qlinear(h.view(m, -1), u.packed, self.n, self.unit_scales).to(torch.int32)
         return y if u.scale == 1 else y.mul_(u.scale)

@@ -65,3 +65,23 @@ def test_triton_grouped_conv_and_multi_match_reference(device):
     )
     assert torch.equal(outs[0].cpu(), approx_matmul_reference(a, bs[0], lut))
     assert torch.equal(outs[1].cpu(), approx_matmul_reference(a, bs[1], lut2))
+
+
+def test_triton_tile_configs_split_k_and_table_formats_match_reference(device):
+    """Every tile shape, k-major or row-major codes, unrolling and split-K (int32 atomics) on both table
+    formats: 16-bit residuals (real multipliers) and plain int32 entries (tables whose residuals do not fit)."""
+    from dse.kernels.triton_lut_matmul import Config, build_triton_tables, linear_residual, triton_lut_matmul
+
+    g = torch.Generator().manual_seed(2)
+    v = torch.arange(256)
+    evolved = (v[:, None] * v[None, :] + torch.randint(-300, 301, (256, 256), generator=g)).to(torch.int32)
+    wide = torch.randint(-(2**30), 2**30, (256, 256), generator=g, dtype=torch.int32)
+    assert linear_residual(evolved) is not None and linear_residual(wide) is None
+    for lut in (evolved, wide):
+        a = codes((2, 37, 150), torch.uint8, g)
+        b = codes((2, 150, 20), torch.uint8, g)
+        ref = torch.stack([approx_matmul_reference(a[i], b[i], lut) for i in range(2)])
+        tables = build_triton_tables([(b.to(device), lut.to(device))])
+        assert (tables.t.dtype == torch.int16) == (lut is evolved)
+        for cfg in (Config(16, 16, 2), Config(32, 32, 4, 2, True, 3), Config(64, 16, 2, 3, False, 7)):
+            assert torch.equal(triton_lut_matmul(a.to(device), tables, cfg).cpu(), ref), cfg
