@@ -32,6 +32,9 @@ CPU_LOWRANK_MAX_COST = 3.0  # lowrank enters the CPU race when rank·(2 if float
 CUDA_LOWRANK_MAX_COST = 2.0  # not measured yet (no GPU in the building session)
 # below this K the plane transform dominates: bitplane never won (0.2-0.5x cpu at K <= 25)
 BITPLANE_MIN_K = 32
+DIRECT_CONV_MIN_N = (
+    8  # triton: implicit im2col for groups with at least this many output channels (+ candidates)
+)
 CPU_GATHER_MAX_M = 48  # one-off call with fewer activation rows: direct gather beats building weight tables
 
 
@@ -158,6 +161,16 @@ class _TritonPlan(_Plan):
         from dse.kernels.triton_lut_matmul import triton_lut_matmul
 
         return triton_lut_matmul(a, self.tables)
+
+    def apply_conv(self, x: torch.Tensor, geometry: ConvGeometry) -> torch.Tensor | None:
+        """Implicit im2col (codes gathered from x inside the kernel, output written in NCHW order):
+        int32 [B, G, N_total, Ho·Wo]; None (use im2col) when x is too large for the kernel's int32 offsets
+        or the groups are narrow (depthwise: 26 vs 50 G LUT-MAC/s with im2col on an H100)."""
+        from dse.kernels.triton_lut_matmul import conv_fits, triton_lut_conv
+
+        if not conv_fits(x) or self.tables.t.shape[3] < DIRECT_CONV_MIN_N:
+            return None
+        return triton_lut_conv(x, self.tables, geometry)
 
 
 def _choose(pairs, backend: str, device: torch.device) -> list[tuple[str, list[int]]]:
@@ -313,6 +326,26 @@ class _MultiPlan:
                 outs[i] = part.contiguous() if len(parts) > 1 else part
         return outs
 
+    def apply_conv(self, x: torch.Tensor, geometry: ConvGeometry) -> list[torch.Tensor]:
+        """x [B, C, H, W] uint8 codes -> [int32 [B, C_out_i, Ho, Wo]] per candidate: backends with an
+        implicit-im2col kernel read x directly, the others share one im2col."""
+        b = x.shape[0]
+        ho, wo = geometry.output_size(x.shape[2], x.shape[3])
+        outs: list[torch.Tensor | None] = [None] * self.count
+        a = None
+        for ix, plan in self.parts:
+            y = plan.apply_conv(x, geometry) if isinstance(plan, _TritonPlan) else None
+            if y is not None:  # [B, G, N_total, Ho·Wo]
+                for i, part in zip(ix, torch.split(y, list(plan.widths), dim=2)):
+                    outs[i] = part.reshape(b, -1, ho, wo)
+                continue
+            if a is None:
+                a = geometry.im2col(x)
+            y = plan.apply(a)
+            for i, part in zip(ix, torch.split(y, list(plan.widths), dim=2)):
+                outs[i] = _output(part, b, ho, wo)
+        return outs
+
 
 # ---------------------------------------------------------------------------------------------- matmul
 def _matmul_pairs(b_luts, device) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -446,14 +479,18 @@ class ConvGeometry:
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel, self.stride, self.padding, self.dilation
         return (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
 
-    def im2col(self, x: torch.Tensor) -> torch.Tensor:
-        """x [N, C, H, W] codes -> A [G, N·L, C/G·kh·kw] uint8 codes (padding = pad_code)."""
-        n, c, h, w = x.shape
+    def checked_output_size(self, h: int, w: int) -> tuple[int, int]:
         ho, wo = self.output_size(h, w)
         if ho <= 0 or wo <= 0:
             raise KernelInputError(
                 f"x: input {h}x{w} is smaller than the dilated kernel {self.kernel} with padding {self.padding}"
             )
+        return ho, wo
+
+    def im2col(self, x: torch.Tensor) -> torch.Tensor:
+        """x [N, C, H, W] codes -> A [G, N·L, C/G·kh·kw] uint8 codes (padding = pad_code)."""
+        n, c, h, w = x.shape
+        ho, wo = self.checked_output_size(h, w)
         xb = _codes(x)
         ph, pw = self.padding
         if ph or pw:
@@ -514,9 +551,8 @@ class PreparedConv2d(_Prepared):
         check_codes(x, "x", 4)
         if x.shape[1] != self.in_channels:
             raise KernelInputError(f"x: expected {self.in_channels} channels, got {x.shape[1]}")
-        ho, wo = self.geometry.output_size(x.shape[2], x.shape[3])
-        a = self.geometry.im2col(x)
-        return [_output(y, x.shape[0], ho, wo) for y in self.plan.apply(a)]
+        self.geometry.checked_output_size(x.shape[2], x.shape[3])
+        return self.plan.apply_conv(_codes(x), self.geometry)
 
 
 def _prepare_conv(candidates, x_shape, device, stride, padding, dilation, groups, pad_code, backend):

@@ -34,11 +34,11 @@ RESIDUAL_MAX = 65535  # residuals are stored in 16 bits (as int16, offset by 327
 
 
 def _lut_matmul_kernel(
-    a_ptr,  # uint8 activations; element (g, m, k) at g*stride_ag + m*stride_am + k*stride_ak
+    a_ptr,  # uint8 codes. GEMM: A [G, M, K] at g*stride_ag + m*stride_am + k*stride_ak; CONV: x [B, C, H, W]
     t_ptr,  # int32 or int16 [G, K, 256, N]: entries (or residuals) of the weight-stationary table
     c_ptr,  # int32 [G, K, N]: per-entry slope c(b) (LINEAR only)
     bias_ptr,  # int32 [G, N]: Σ_k (off(b) + 32768) (LINEAR only)
-    out_ptr,  # int32 [G, M, N]
+    out_ptr,  # int32: element (g, m, n) at g*so_g + (m // L)*so_b + (m % L)*so_l + n*so_n
     M,
     N,
     K,
@@ -46,12 +46,31 @@ def _lut_matmul_kernel(
     stride_am,
     stride_ak,
     K_SPLIT,  # k steps per split (a multiple of UNROLL); SPLIT_K programs share each output tile
+    L,  # output rows per image (CONV: Ho·Wo; GEMM: M)
+    so_g,
+    so_b,
+    so_l,
+    so_n,
+    c_g,  # CONV only, from here: channels per group, input size, output width, geometry, padding code
+    h,
+    w,
+    wo,
+    sh,
+    sw,
+    ph,
+    pw,
+    dh,
+    dw,
+    pad,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     LINEAR: tl.constexpr,  # residual table: add a·c per lookup and the bias per output
     EVEN_N: tl.constexpr,  # N % BLOCK_N == 0: table loads need no mask (masked-off rows read code 0's row)
     UNROLL: tl.constexpr,  # k steps per loop iteration (independent gathers in flight)
     SPLIT_K: tl.constexpr,  # > 1: partial sums added with int32 atomics into a zeroed output
+    CONV: tl.constexpr,  # implicit im2col: gather the codes of output row m, tap k from x directly
+    KH: tl.constexpr,
+    KW: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -64,7 +83,14 @@ def _lut_matmul_kernel(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = offs_m < M
     mask_n = offs_n < N
-    a_rows = a_ptr + g * stride_ag + offs_m * stride_am
+    image = offs_m // L
+    pos = offs_m % L
+    if CONV:  # strides of x ride in stride_ag (image), stride_am (channel), stride_ak (row); column = 1
+        ih0 = (pos // wo) * sh - ph
+        iw0 = (pos % wo) * sw - pw
+        a_rows = a_ptr + image * stride_ag + g * c_g * stride_am
+    else:
+        a_rows = a_ptr + g * stride_ag + offs_m * stride_am
     t_group = t_ptr + g * K * 256 * N + offs_n[None, :]
     c_group = c_ptr + g * K * N + offs_n
     acc = tl.full((BLOCK_M, BLOCK_N), 0, dtype=tl.int32)  # tl.full, not tl.zeros: a builtin, so the
@@ -72,7 +98,15 @@ def _lut_matmul_kernel(
     for k0 in range(k_lo, k_hi, UNROLL):  # the launcher picks UNROLL dividing K and K_SPLIT
         for u in tl.static_range(UNROLL):
             k = k0 + u
-            codes = tl.load(a_rows + k * stride_ak, mask=mask_m, other=0).to(tl.int32)
+            if CONV:  # k = (channel, tap row, tap column), the order of the weights' [C/G, kh, kw]
+                ih = ih0 + ((k % (KH * KW)) // KW) * dh
+                iw = iw0 + (k % KW) * dw
+                inside = mask_m & (ih >= 0) & (ih < h) & (iw >= 0) & (iw < w)
+                src = a_rows + (k // (KH * KW)) * stride_am + ih * stride_ak + iw
+                codes = tl.load(src, mask=inside, other=0).to(tl.int32)
+                codes = tl.where(inside, codes, pad)
+            else:
+                codes = tl.load(a_rows + k * stride_ak, mask=mask_m, other=0).to(tl.int32)
             rows = (k * 256 + codes) * N  # int32: the launcher keeps K·256·N < 2^31
             if EVEN_N:
                 t = tl.load(t_group + rows[:, None])
@@ -85,7 +119,7 @@ def _lut_matmul_kernel(
     if LINEAR:
         if split == 0:
             acc += tl.load(bias_ptr + g * N + offs_n, mask=mask_n, other=0)[None, :]
-    out = out_ptr + g * M * N + offs_m[:, None] * N + offs_n[None, :]
+    out = out_ptr + g * so_g + (image * so_b + pos * so_l)[:, None] + offs_n[None, :] * so_n
     if SPLIT_K == 1:
         tl.store(out, acc, mask=mask_m[:, None] & mask_n[None, :])
     else:  # integer atomics: the sum is exact whatever order the splits arrive in
@@ -214,19 +248,57 @@ def _multiprocessors(device: torch.device) -> int:
 def triton_lut_matmul(a: torch.Tensor, tables: TritonTables, config: Config | None = None) -> torch.Tensor:
     """a: [G, M, K] uint8 codes, tables: TritonTables [G, K, 256, N] -> int32 [G, M, N]."""
     g, m, k = a.shape
-    t = tables.t
-    n = t.shape[3]
+    n = tables.t.shape[3]
     out = torch.empty(g, m, n, dtype=torch.int32, device=a.device)
-    if m == 0 or n == 0 or g == 0:
-        return out
-    if k == 0:
-        return out.zero_()
-    if k * 256 * n >= 2**31:
-        raise ValueError(f"triton backend: K·256·N = {k * 256 * n} table entries per group exceed 2^31")
-    linear = tables.c is not None
     cfg = config or default_config(m, n, k, g, a.device)
     if cfg.k_major and a.stride(1) != 1:
         a = a.transpose(1, 2).contiguous().transpose(1, 2)  # same [G, M, K] view, k-major storage
+    strides = (a.stride(0), a.stride(1), a.stride(2))
+    _launch(a, tables, out, g, m, k, strides, m, (m * n, 0, n, 1), (0,) * 11, (1, 1), cfg)
+    return out
+
+
+def conv_fits(x: torch.Tensor) -> bool:
+    """The implicit-im2col kernel can address x (int32 element offsets)."""
+    return x.numel() < 2**31 and x.stride(3) == 1
+
+
+def triton_lut_conv(
+    x: torch.Tensor, tables: TritonTables, geometry, config: Config | None = None
+) -> torch.Tensor:
+    """Convolution with implicit im2col: x [B, C, H, W] uint8 codes (padding = geometry.pad_code), tables
+    [G, C/G·kh·kw, 256, N] -> int32 [B, G, N, Ho·Wo] (NCHW order when N is one candidate's C_out/G)."""
+    b, c, h, w = x.shape
+    g = tables.t.shape[0]
+    n = tables.t.shape[3]
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (
+        geometry.kernel,
+        geometry.stride,
+        geometry.padding,
+        geometry.dilation,
+    )
+    ho, wo = geometry.output_size(h, w)
+    k, positions = c // g * kh * kw, ho * wo
+    out = torch.empty(b, g, n, positions, dtype=torch.int32, device=x.device)
+    cfg = config or default_config(b * positions, n, k, g, x.device)
+    conv = (c // g, h, w, wo, sh, sw, ph, pw, dh, dw, geometry.pad_code)
+    strides = (x.stride(0), x.stride(1), x.stride(2))
+    out_strides = (n * positions, g * n * positions, 1, positions)
+    _launch(x, tables, out, g, b * positions, k, strides, positions, out_strides, conv, (kh, kw), cfg)
+    return out
+
+
+def _launch(src, tables, out, g, m, k, strides, rows_per_image, out_strides, conv, kernel, cfg: Config):
+    t = tables.t
+    n = t.shape[3]
+    if m == 0 or n == 0 or g == 0:
+        return
+    if k == 0:
+        out.zero_()
+        return
+    if k * 256 * n >= 2**31:
+        raise ValueError(f"triton backend: K·256·N = {k * 256 * n} table entries per group exceed 2^31")
+    linear = tables.c is not None
     dummy = t if not linear else None
     unroll = cfg.unroll_for(k)
     k_split = triton.cdiv(triton.cdiv(k, cfg.split_k), unroll) * unroll
@@ -234,8 +306,8 @@ def triton_lut_matmul(a: torch.Tensor, tables: TritonTables, config: Config | No
     if split > 1:
         out.zero_()
     grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(n, cfg.block_n), g * split)
-    _kernel_for(a.device)[grid](
-        a,
+    _kernel_for(src.device)[grid](
+        src,
         t,
         tables.c if linear else dummy,
         tables.bias if linear else dummy,
@@ -243,16 +315,19 @@ def triton_lut_matmul(a: torch.Tensor, tables: TritonTables, config: Config | No
         m,
         n,
         k,
-        a.stride(0),
-        a.stride(1),
-        a.stride(2),
+        *strides,
         k_split,
+        rows_per_image,
+        *out_strides,
+        *conv,
         BLOCK_M=cfg.block_m,
         BLOCK_N=cfg.block_n,
         LINEAR=linear,
         EVEN_N=n % cfg.block_n == 0,
         UNROLL=unroll,
         SPLIT_K=split,
+        CONV=conv[0] != 0,
+        KH=kernel[0],
+        KW=kernel[1],
         num_warps=cfg.num_warps,
     )
-    return out

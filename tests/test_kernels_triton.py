@@ -85,3 +85,33 @@ def test_triton_tile_configs_split_k_and_table_formats_match_reference(device):
         assert (tables.t.dtype == torch.int16) == (lut is evolved)
         for cfg in (Config(16, 16, 2), Config(32, 32, 4, 2, True, 3), Config(64, 16, 2, 3, False, 7)):
             assert torch.equal(triton_lut_matmul(a.to(device), tables, cfg).cpu(), ref), cfg
+
+
+def test_triton_implicit_im2col_conv_matches_reference(device):
+    """Groups of >= DIRECT_CONV_MIN_N output channels take the implicit-im2col kernel (codes gathered from x,
+    output written in NCHW order): plain, grouped, strided, dilated, padded with a non-zero code, candidates."""
+    from dse.kernels.api import DIRECT_CONV_MIN_N
+
+    g = torch.Generator().manual_seed(3)
+    v = torch.arange(256)
+    lut = (v[:, None] * v[None, :] + torch.randint(-300, 301, (256, 256), generator=g)).to(torch.int32)
+    wide = torch.randint(-(2**30), 2**30, (256, 256), generator=g, dtype=torch.int32)
+    x = codes((2, 4, 7, 6), torch.uint8, g)
+    for w_shape, stride, pad, dil, groups in [
+        ((8, 4, 3, 3), 1, 1, 1, 1),
+        ((16, 2, 3, 2), (2, 1), (1, 2), (2, 1), 2),
+    ]:
+        assert w_shape[0] // groups >= DIRECT_CONV_MIN_N
+        w = codes(w_shape, torch.int8, g)
+        for t in (lut, wide):
+            ref = approx_conv2d_reference(x, w, t, stride, pad, dil, groups, pad_code=200)
+            out = approx_conv2d(
+                x.to(device), w.to(device), t, stride, pad, dil, groups, pad_code=200, backend="triton"
+            )
+            assert torch.equal(out.cpu(), ref), (w_shape, t is wide)
+    w1, w2 = codes((8, 4, 3, 3), torch.int8, g), codes((12, 4, 3, 3), torch.int8, g)
+    outs = approx_conv2d_multi(
+        x.to(device), [(w1.to(device), lut), (w2.to(device), lut)], 1, 1, 1, 1, backend="triton"
+    )
+    assert torch.equal(outs[0].cpu(), approx_conv2d_reference(x, w1, lut, 1, 1))
+    assert torch.equal(outs[1].cpu(), approx_conv2d_reference(x, w2, lut, 1, 1))
