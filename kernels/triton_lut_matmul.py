@@ -2,11 +2,11 @@
 
 Design. For weights B [G, K, N] and a table L the launcher builds a weight-stationary table
 T[g, k, a, n] = L[a, B[g, k, n]] once per (weights, table) pair. Each program owns a BLOCK_M × BLOCK_N output
-tile and walks k: it loads the BLOCK_M activation codes of column k (one coalesced load: the activations are
-passed k-major) and gathers the rows T[g, k, a_m, n0:n0+BLOCK_N]. Each row is BLOCK_N contiguous entries (one
-coalesced segment) instead of scattered reads of a 256 KB table, and every program at the same k reads the same
-256·BLOCK_N slice, so the gathers hit L1/L2; tall tiles (BLOCK_M >> 256) make each slice row serve many rows
-of the tile, so the L2 traffic per lookup falls well below the entry size.
+tile and walks k: it loads the BLOCK_M activation codes of column k and gathers the rows
+T[g, k, a_m, n0:n0+BLOCK_N]. Each row is BLOCK_N contiguous entries (one coalesced segment) instead of
+scattered reads of a 256 KB table, and every program at the same k reads the same 256·BLOCK_N slice, so the
+gathers hit L1/L2. Convolutions can skip im2col: with CONV the codes of output row m = (image, position) and
+k = (channel, tap) are gathered from x itself (pad code outside) and the output is stored in NCHW order.
 
 Narrow entries. The table is stored as *residuals* in 16 bits whenever it fits: per weight code b the launcher
 fits L[a, b] ≈ a·c(b) + off(b) and keeps R[a, b] = L[a, b] − a·c(b) − off(b) ∈ [0, 65535], stored as the int16
