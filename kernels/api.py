@@ -33,9 +33,8 @@ CUDA_LOWRANK_MAX_COST = 2.0  # H100: lowrank at rank 7 ran 40-57 G/s against tri
 # (exact products) were not timed apart: the race decides
 # below this K the plane transform dominates: bitplane never won (0.2-0.5x cpu at K <= 25)
 BITPLANE_MIN_K = 32
-DIRECT_CONV_MIN_N = (
-    8  # triton: implicit im2col for groups with at least this many output channels (+ candidates)
-)
+# triton: implicit im2col for groups with at least this many output channels (candidates included)
+DIRECT_CONV_MIN_N = 8
 CPU_GATHER_MAX_M = 48  # one-off call with fewer activation rows: direct gather beats building weight tables
 
 
@@ -64,6 +63,11 @@ class _Plan:
 
     def apply(self, a: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def apply_conv(self, x: torch.Tensor, geometry: ConvGeometry) -> torch.Tensor | None:
+        """A convolution straight from x [B, C, H, W] (int32 [B, G, N_total, Ho·Wo]), or None: the caller
+        runs `apply` on the im2col of x instead (what every backend but triton does)."""
+        return None
 
     nbytes = 0
 
@@ -331,11 +335,11 @@ class _MultiPlan:
         """x [B, C, H, W] uint8 codes -> [int32 [B, C_out_i, Ho, Wo]] per candidate: backends with an
         implicit-im2col kernel read x directly, the others share one im2col."""
         b = x.shape[0]
-        ho, wo = geometry.output_size(x.shape[2], x.shape[3])
+        ho, wo = geometry.checked_output_size(x.shape[2], x.shape[3])
         outs: list[torch.Tensor | None] = [None] * self.count
         a = None
         for ix, plan in self.parts:
-            y = plan.apply_conv(x, geometry) if isinstance(plan, _TritonPlan) else None
+            y = plan.apply_conv(x, geometry)
             if y is not None:  # [B, G, N_total, Ho·Wo]
                 for i, part in zip(ix, torch.split(y, list(plan.widths), dim=2)):
                     outs[i] = part.reshape(b, -1, ho, wo)
@@ -552,7 +556,6 @@ class PreparedConv2d(_Prepared):
         check_codes(x, "x", 4)
         if x.shape[1] != self.in_channels:
             raise KernelInputError(f"x: expected {self.in_channels} channels, got {x.shape[1]}")
-        self.geometry.checked_output_size(x.shape[2], x.shape[3])
         return self.plan.apply_conv(_codes(x), self.geometry)
 
 

@@ -299,7 +299,6 @@ def _launch(src, tables, out, g, m, k, strides, rows_per_image, out_strides, con
     if k * 256 * n >= 2**31:
         raise ValueError(f"triton backend: K·256·N = {k * 256 * n} table entries per group exceed 2^31")
     linear = tables.c is not None
-    dummy = t if not linear else None
     unroll = cfg.unroll_for(k)
     k_split = triton.cdiv(triton.cdiv(k, cfg.split_k), unroll) * unroll
     split = triton.cdiv(k, k_split)
@@ -309,8 +308,8 @@ def _launch(src, tables, out, g, m, k, strides, rows_per_image, out_strides, con
     _kernel_for(src.device)[grid](
         src,
         t,
-        tables.c if linear else dummy,
-        tables.bias if linear else dummy,
+        tables.c if linear else t,  # not read without LINEAR: any valid pointer
+        tables.bias if linear else t,
         out,
         m,
         n,
