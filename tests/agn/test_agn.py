@@ -1,4 +1,4 @@
-"""`dse agn` and `dse analyze` end to end on a tiny digits run (tiny budgets), and their bad inputs."""
+"""`dse agn` end to end on a tiny digits run (tiny budgets), and its bad inputs."""
 
 from __future__ import annotations
 
@@ -80,41 +80,6 @@ def test_agn_end_to_end_and_cached(run_dir: Path):
     assert again.exit_code == 0 and json.loads(again.stdout)["results"] == doc["results"]  # from the cache
 
 
-def test_analyze_end_to_end(run_dir: Path):
-    res = _invoke(["analyze", str(run_dir), "--json", "--images", "100", "--layer-images", "60"])
-    assert res.exit_code == 0, res.output
-    doc = json.loads(res.stdout)
-    for key in (
-        "sigma_median_rel_error",
-        "sigma_median_rel_error_by_predictor",
-        "distortion_accuracy_spearman",
-        "distortion_logit_spearman",
-    ):
-        assert key in doc
-    assert set(doc["sigma_median_rel_error_by_predictor"]) == {"sampled", "weight-aware", "p3"}
-    assert doc["sigma_median_rel_error"] == doc["sigma_median_rel_error_by_predictor"]["sampled"]
-    assert doc["sigma_median_rel_error"] < 0.1  # the sampled predictor on images it never saw
-    assert len(doc["network"]) == 6 and len(doc["layers"]) == 4
-    exact = next(n for n in doc["network"] if n["multiplier"] == "exact_u8")
-    assert exact["logit_distortion"] == 0 and exact["accuracy_drop"] == 0
-    assert doc["distortion_logit_spearman"] > 0.8
-    sub = _invoke(
-        [
-            "analyze",
-            str(run_dir),
-            "--json",
-            "--multipliers",
-            "trunc*",
-            "--images",
-            "50",
-            "--layer-images",
-            "30",
-        ]
-    )
-    assert sub.exit_code == 0, sub.output
-    assert [n["multiplier"] for n in json.loads(sub.stdout)["network"]] == ["trunc6_u8", "trunc8_u8"]
-
-
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -125,20 +90,3 @@ def test_analyze_end_to_end(run_dir: Path):
 def test_agn_bad_settings(run_dir: Path, args, message):
     res = _invoke(["agn", str(run_dir), *args])
     assert res.exit_code == 2 and message in res.output
-
-
-def test_analyze_bad_input(run_dir: Path, tmp_path: Path):
-    res = _invoke(["analyze", str(tmp_path)])
-    assert res.exit_code == 2 and "dse prepare" in res.output  # says which command makes the stage
-    res = _invoke(["analyze", str(run_dir), "--multipliers", "nothing_like_this*"])
-    assert res.exit_code == 2 and "matches nothing" in res.output
-
-
-def test_library_in_another_format_is_refused(run_dir: Path):
-    from dse.errors.predict import check_formats
-    from dse.multipliers.library import load_library
-    from dse.quant import QuantFormat
-    from dse.util import UserError
-
-    with pytest.raises(UserError, match="operand format is unsigned"):
-        check_formats([load_library().get("exact_s8")], QuantFormat(False, "sign-magnitude", True))

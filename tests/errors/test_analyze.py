@@ -1,0 +1,113 @@
+"""`dse analyze` end to end on a tiny digits run (tiny budgets), and its bad inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from dse.cli import cli
+
+pytestmark = pytest.mark.slow
+
+SPACE = """
+name = "tiny_space"
+format = "unsigned"
+weight_scheme = "sign-magnitude"
+multipliers = ["exact_u8", "trunc6_u8", "trunc8_u8", "bam_h3_v9_u8", "drum4_u8", "mitchell_u8"]
+"""
+
+STUDY = """
+name = "tiny_agn"
+search_space = "{space}"
+[model]
+name = "digits_cnn"
+[data]
+name = "digits"
+train_size = 300
+val_size = 200
+test_size = 97
+[train]
+epochs = 3
+qat_epochs = 1
+batch_size = 64
+lr = 0.01
+calibration_batches = 2
+[agn]
+lambdas = [0.5]
+epochs = 1
+"""
+
+
+def _invoke(args):
+    return CliRunner().invoke(cli, args, env={"DSE_NO_PROGRESS": "1"})
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    tmp = tmp_path_factory.mktemp("agn")
+    (tmp / "space.toml").write_text(SPACE)
+    study = tmp / "study.toml"
+    study.write_text(STUDY.format(space=(tmp / "space.toml").as_posix()))
+    from dse.rundir import prepare
+
+    prepare(study, out=tmp / "run", device="cpu")
+    yield tmp / "run"
+    torch.set_num_threads(n)
+
+
+def test_analyze_end_to_end(run_dir: Path):
+    res = _invoke(["analyze", str(run_dir), "--json", "--images", "100", "--layer-images", "60"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    for key in (
+        "sigma_median_rel_error",
+        "sigma_median_rel_error_by_predictor",
+        "distortion_accuracy_spearman",
+        "distortion_logit_spearman",
+    ):
+        assert key in doc
+    assert set(doc["sigma_median_rel_error_by_predictor"]) == {"sampled", "weight-aware", "p3"}
+    assert doc["sigma_median_rel_error"] == doc["sigma_median_rel_error_by_predictor"]["sampled"]
+    assert doc["sigma_median_rel_error"] < 0.1  # the sampled predictor on images it never saw
+    assert len(doc["network"]) == 6 and len(doc["layers"]) == 4
+    exact = next(n for n in doc["network"] if n["multiplier"] == "exact_u8")
+    assert exact["logit_distortion"] == 0 and exact["accuracy_drop"] == 0
+    assert doc["distortion_logit_spearman"] > 0.8
+    sub = _invoke(
+        [
+            "analyze",
+            str(run_dir),
+            "--json",
+            "--multipliers",
+            "trunc*",
+            "--images",
+            "50",
+            "--layer-images",
+            "30",
+        ]
+    )
+    assert sub.exit_code == 0, sub.output
+    assert [n["multiplier"] for n in json.loads(sub.stdout)["network"]] == ["trunc6_u8", "trunc8_u8"]
+
+
+def test_analyze_bad_input(run_dir: Path, tmp_path: Path):
+    res = _invoke(["analyze", str(tmp_path)])
+    assert res.exit_code == 2 and "dse prepare" in res.output  # says which command makes the stage
+    res = _invoke(["analyze", str(run_dir), "--multipliers", "nothing_like_this*"])
+    assert res.exit_code == 2 and "matches nothing" in res.output
+
+
+def test_library_in_another_format_is_refused(run_dir: Path):
+    from dse.errors.predict import check_formats
+    from dse.multipliers.library import load_library
+    from dse.quant import QuantFormat
+    from dse.util import UserError
+
+    with pytest.raises(UserError, match="operand format is unsigned"):
+        check_formats([load_library().get("exact_s8")], QuantFormat(False, "sign-magnitude", True))
