@@ -30,9 +30,11 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any
+from enum import Enum
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -51,7 +53,35 @@ from dse.quant import (
 )
 from dse.util import UserError
 
-MODES = ("float", "quant", "lut", "agn", "errmodel")
+if TYPE_CHECKING:
+    from dse.multipliers.core import Multiplier
+
+
+class Mode(str, Enum):
+    """What an approximate layer computes (see the module docstring); equal to its string value."""
+
+    FLOAT = "float"
+    QUANT = "quant"
+    LUT = "lut"
+    AGN = "agn"
+    ERRMODEL = "errmodel"
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+MODES = tuple(m.value for m in Mode)
+
+
+def _as_mode(mode: Mode | str) -> Mode:
+    if mode not in MODES:
+        raise ValueError(f"mode: expected one of {', '.join(MODES)}, got {mode!r}")
+    return Mode(mode)
+
+
 _F32_EXACT = 2**24  # integer sums below this are exact in float32
 
 
@@ -130,7 +160,7 @@ class ApproxLayer(nn.Module):
         self.bias = bias
         self.fmt = fmt
         self.name = name
-        self._mode = "float"
+        self._mode = Mode.FLOAT
         self.multiplier: Any = None
         self.freeze_ranges = False
         self.act_quant = ActivationQuantizer(fmt)
@@ -146,14 +176,12 @@ class ApproxLayer(nn.Module):
 
     # ----------------------------------------------------------------------------------- description
     @property
-    def mode(self) -> str:
+    def mode(self) -> Mode:
         return self._mode
 
     @mode.setter
-    def mode(self, mode: str) -> None:
-        if mode not in MODES:
-            raise ValueError(f"mode: expected one of {', '.join(MODES)}, got {mode!r}")
-        self._mode = mode
+    def mode(self, mode: Mode | str) -> None:
+        self._mode = _as_mode(mode)
 
     @property
     def weight_shape(self) -> tuple[int, ...]:
@@ -342,11 +370,13 @@ class ApproxLayer(nn.Module):
         aq = self.act_quant
         if aq.calibrating:
             aq.observe(x)
-        if self._mode == "float":
+        if self._mode is Mode.FLOAT:
             y = self._float_forward(x)
             self._record_positions(x, y)
             return y
-        observing = self.training and self._mode == "quant" and not self.freeze_ranges and not aq.calibrating
+        observing = (
+            self.training and self._mode is Mode.QUANT and not self.freeze_ranges and not aq.calibrating
+        )
         if observing:
             aq.observe(x)
         need_grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
@@ -367,7 +397,7 @@ class ApproxLayer(nn.Module):
         st = self._qstate(x.device)
         self._count_negative(x, st)
         xq = self.act_quant.float_codes(x, st.s_a, st.z_a)
-        if self._mode == "lut":
+        if self._mode is Mode.LUT:
             ls = self._lut_state(st, self.multiplier, x.device)
             acc = self._lut_acc(xq.to(self.fmt.act_dtype), st, ls)
         else:
@@ -388,7 +418,7 @@ class ApproxLayer(nn.Module):
         wc, s_w, _ = centred_weight_codes_ste(self.weight, self.fmt)
         acc = self._exact_acc(xc, wc)
         y = acc.to(torch.float32) * self._chan_view((s_a * s_w).to(torch.float32))
-        if self._mode == "lut":
+        if self._mode is Mode.LUT:
             with torch.no_grad():
                 st = self._qstate(x.device)
                 ls = self._lut_state(st, self.multiplier, x.device)
@@ -399,9 +429,9 @@ class ApproxLayer(nn.Module):
         return self._add_noise(y)
 
     def _add_noise(self, y: torch.Tensor) -> torch.Tensor:
-        if self._mode == "agn" and self.training:
+        if self._mode is Mode.AGN and self.training:
             return y + torch.randn_like(y) * y.std() * self.agn_sigma
-        if self._mode == "errmodel" and self.errmodel is not None:
+        if self._mode is Mode.ERRMODEL and self.errmodel is not None:
             return y + self.errmodel(y)
         return y
 
@@ -652,10 +682,9 @@ def approx_layers(model: nn.Module) -> dict[str, ApproxLayer]:
     return out
 
 
-def set_mode(model: nn.Module, mode: str) -> nn.Module:
-    """Set every approximate layer's mode (float | quant | lut | agn | errmodel)."""
-    if mode not in MODES:
-        raise ValueError(f"mode: expected one of {', '.join(MODES)}, got {mode!r}")
+def set_mode(model: nn.Module, mode: Mode | str) -> nn.Module:
+    """Set every approximate layer's mode: a `Mode` or its value (float | quant | lut | agn | errmodel)."""
+    mode = _as_mode(mode)
     for layer in approx_layers(model).values():
         layer.mode = mode
     return model
@@ -679,6 +708,26 @@ def assign(model: nn.Module, assignment: Mapping[str, Any]) -> nn.Module:
             layer.multiplier = mult
             layer.invalidate()
     return model
+
+
+@contextmanager
+def approximated(model: nn.Module, assignment: Mapping[str, Multiplier]) -> Iterator[nn.Module]:
+    """Simulate `assignment` ({layer: Multiplier}; layers not named get exact): inside the block every
+    approximate layer is in `Mode.LUT` with its assigned multiplier; on exit (also on an exception) each
+    layer gets back the mode and multiplier it had before."""
+    layers = approx_layers(model)
+    before = {n: (layer.mode, layer.multiplier) for n, layer in layers.items()}
+    try:
+        assign(model, assignment)
+        set_mode(model, Mode.LUT)
+        yield model
+    finally:
+        for n, layer in layers.items():
+            mode, mult = before[n]
+            if layer.multiplier is not mult:
+                layer.multiplier = mult
+                layer.invalidate()
+            layer.mode = mode
 
 
 def _batches(batches: Any) -> Iterable:
@@ -708,7 +757,7 @@ def calibrate(
         layer.act_quant.calibrating = True
         layer.act_quant.percentile = percentile
         layer.negative_clipped.zero_()
-        layer.mode = "float"
+        layer.mode = Mode.FLOAT
         layer.invalidate()
     model.eval()
     try:

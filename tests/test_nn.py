@@ -16,7 +16,9 @@ from dse.nn import (
     ApproxConv2d,
     ApproxLayer,
     ApproxLinear,
+    Mode,
     approx_layers,
+    approximated,
     assign,
     calibrate,
     convert,
@@ -83,7 +85,6 @@ def reference_acc(layer: ApproxLayer, codes: torch.Tensor, mult: Multiplier | No
         acc = prod.sum(dim=3) - zw * a.sum(-1, keepdim=True) - z_a * b.sum(1)[:, None, None] + k * z_a * zw
     if isinstance(layer, ApproxLinear):
         return acc[0, :, 0, :].reshape(*lead, n_out)
-    ho = int(round((layer.out_positions.item()) ** 0.5)) if False else None  # noqa: F841 (shape from output)
     out = acc.permute(1, 0, 3, 2).reshape(n, g * n_out, ell)  # [N, C_out, L]
     return out
 
@@ -367,6 +368,51 @@ def test_assign_rejects_unknown_layers_and_wrong_signedness():
         assign(model, {"nope": _mult(True)})
     with pytest.raises(UserError, match="unsigned"):
         assign(model, {"0": _mult(False)})
+
+
+def test_modes_are_an_enum_equal_to_their_strings():
+    model = convert(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2)), FORMATS["signed"])
+    set_mode(model, Mode.AGN)
+    assert all(layer.mode is Mode.AGN and layer.mode == "agn" for layer in approx_layers(model).values())
+    set_mode(model, "lut")
+    assert all(layer.mode is Mode.LUT for layer in approx_layers(model).values())
+    assert f"{Mode.ERRMODEL}" == str(Mode.ERRMODEL) == "errmodel"
+    with pytest.raises(ValueError, match="mode: expected one of float, quant, lut, agn, errmodel"):
+        set_mode(model, "table")
+
+
+def test_approximated_simulates_the_assignment_and_restores_modes_and_multipliers():
+    torch.manual_seed(0)
+    model = convert(nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)), FORMATS["signed"]).eval()
+    x = torch.randn(8, 6)
+    calibrate(model, [x])
+    layers = approx_layers(model)
+    approx, other = _mult(True), _mult(True, seed=1)
+    set_mode(model, "quant")
+    layers["2"].mode = Mode.AGN
+    layers["2"].multiplier = other
+    with torch.no_grad():
+        assign(layers["0"], {})
+        set_mode(layers["0"], "lut")
+        y_exact_lut = model[0](x)
+        with approximated(model, {"0": approx}) as m:
+            assert m is model
+            assert layers["0"].mode is Mode.LUT and layers["2"].mode is Mode.LUT
+            assert layers["0"].multiplier is approx and layers["2"].multiplier is None  # unnamed: exact
+            y_inside = model(x)
+            assert not torch.equal(model[0](x), y_exact_lut)
+        assert layers["0"].mode is Mode.LUT and layers["0"].multiplier is None
+        assert layers["2"].mode is Mode.AGN and layers["2"].multiplier is other
+        set_mode(model, "quant")
+        assign(model, {})
+        with pytest.raises(KeyError), approximated(model, {"0": approx, "2": approx}):
+            assert not torch.equal(model(x), y_inside)  # "2" approximated too
+            raise KeyError("boom")
+        assert all(layer.mode is Mode.QUANT for layer in layers.values())
+        assert all(layer.multiplier is None for layer in layers.values())
+        with pytest.raises(UserError, match="unknown layer"), approximated(model, {"nope": approx}):
+            pass
+        assert all(layer.mode is Mode.QUANT for layer in layers.values())
 
 
 def test_uncalibrated_quant_mode_says_what_to_do():
