@@ -12,7 +12,6 @@ stay light, the CLI imports it for its options).
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import sys
 import typing
@@ -179,32 +178,7 @@ class SearchSpace(_Section):
         return QuantFormat(signed=self.signed, weight_scheme=self.weight_scheme, per_channel=per_channel)
 
     def _select(self, library, patterns: list[str], where: str) -> list:
-        candidates = list(library.multipliers(signed=self.signed))
-        chosen, seen = [], set()
-        for pattern in patterns:
-            hits = [m for m in candidates if fnmatch.fnmatchcase(m.name, pattern)]
-            if not hits:
-                other = [
-                    m.name
-                    for m in library.multipliers(signed=not self.signed)
-                    if fnmatch.fnmatchcase(m.name, pattern)
-                ]
-                why = (
-                    f" ({', '.join(other[:3])} {'is' if len(other) == 1 else 'are'} not {self.format})"
-                    if other
-                    else ""
-                )
-                raise UserError(
-                    f"search space {self.name}: {where}: {pattern!r} matches no {self.format} multiplier in the "
-                    f"library{why}; see `dse multipliers list`"
-                )
-            for m in hits:
-                if m.name not in seen:
-                    seen.add(m.name)
-                    chosen.append(m)
-        # library order, so that the genome's multiplier indices do not depend on pattern order
-        order = {m.name: i for i, m in enumerate(candidates)}
-        return sorted(chosen, key=lambda m: order[m.name])
+        return library.select(patterns, self.signed, where=f"search space {self.name}: {where}")
 
     def resolve(self, library) -> list:
         """The allowed multipliers (library order), each pattern matching at least one -> list[Multiplier]."""

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import pytest
 import tomllib
 
+from dse.multipliers.library import Library
 from dse.study import (
     Study,
     builtin_search_spaces,
@@ -121,12 +122,11 @@ class FakeMult:
     signed: bool
 
 
-class FakeLibrary:
-    def __init__(self, names):
-        self._m = [FakeMult(n, n.endswith("_s8")) for n in names]
+class FakeLibrary(Library):
+    """A Library of name-only multipliers (selecting reads only `name` and `signed`)."""
 
-    def multipliers(self, signed=None):
-        return [m for m in self._m if signed is None or m.signed == signed]
+    def __init__(self, names):
+        super().__init__([FakeMult(n, n.endswith("_s8")) for n in names])
 
 
 LIB = FakeLibrary(["exact_u8", "bam_a_u8", "bam_b_u8", "trunc4_u8", "exact_s8", "drum4_s8"])

@@ -13,27 +13,17 @@ relative distortions, `Predictions.network_distortion`).
 
 from __future__ import annotations
 
-import fnmatch
 import time
 
 import numpy as np
 
 from dse.errors.predict import PREDICTORS, check_formats, get_predictions
 from dse.errors.profiles import calibration_images, capture_layer_inputs, float_output
+from dse.multipliers.library import select
 from dse.util import UserError, progress
 
 DEFAULT_PREDICTOR = "sampled"
 LAYER_IMAGES = 500
-
-
-def _select(space, patterns):
-    if not patterns:
-        return list(space)
-    out = [m for m in space if any(fnmatch.fnmatchcase(m.name, p) for p in patterns)]
-    if not out:
-        names = ", ".join(m.name for m in space)
-        raise UserError(f"--multipliers: {', '.join(patterns)} matches nothing in the search space ({names})")
-    return out
 
 
 def _median_rel_error(pred: np.ndarray, meas: np.ndarray) -> float | None:
@@ -141,7 +131,18 @@ def analyze(
     predictors = list(predictors or PREDICTORS)
     if default_predictor not in predictors:
         predictors.insert(0, default_predictor)
-    mults = _select(prepared.space, multipliers)
+    space = list(prepared.space)
+    mults = (
+        select(
+            space,
+            multipliers,
+            where="--multipliers",
+            nothing="nothing in the search space",
+            hint=lambda _: f" ({', '.join(m.name for m in space)})",
+        )
+        if multipliers
+        else space
+    )
     check_formats(mults, prepared.fmt)
     preds, pred_seconds = {}, {}
     for p in predictors:

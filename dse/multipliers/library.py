@@ -12,7 +12,7 @@ import difflib
 import fnmatch
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,29 @@ def default_library_dir() -> Path:
         return Path(env).expanduser()
     data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return Path(data) / "dse" / "multipliers"
+
+
+def select(
+    pool: Sequence[Multiplier],
+    patterns: Iterable[str],
+    *,
+    where: str,
+    nothing: str = "no multiplier in the library",
+    hint: Callable[[str], str] = lambda pattern: "",
+) -> list[Multiplier]:
+    """The multipliers of `pool` whose names match any of the fnmatch patterns, in pool order, each once.
+
+    Pool order (not pattern order) keeps a search genome's multiplier indices independent of how the
+    patterns are written. A pattern that matches nothing is the UserError
+    `f"{where}: {pattern!r} matches {nothing}{hint(pattern)}"` (a typo must not silently shrink a search
+    space)."""
+    chosen: set[str] = set()
+    for pattern in patterns:
+        hits = [m.name for m in pool if fnmatch.fnmatchcase(m.name, pattern)]
+        if not hits:
+            raise UserError(f"{where}: {pattern!r} matches {nothing}{hint(pattern)}")
+        chosen.update(hits)
+    return [m for m in pool if m.name in chosen]
 
 
 class Library:
@@ -62,23 +85,28 @@ class Library:
         """All multipliers, or only the signed (True) / unsigned (False) ones, in library order."""
         return [m for m in self._items.values() if signed is None or m.signed == signed]
 
-    def select(self, patterns: Iterable[str], signed: bool | None) -> list[Multiplier]:
-        """The multipliers whose names match any fnmatch pattern (and the format), in library order.
+    def select(
+        self, patterns: Iterable[str], signed: bool | None, *, where: str = "multipliers"
+    ) -> list[Multiplier]:
+        """`select` over the multipliers of one format (None: all), in library order.
 
-        A pattern that matches nothing of that format is a UserError (a typo must not silently shrink a
-        search space)."""
-        patterns = list(patterns)
+        The error of a pattern that matches nothing names close names, and the multipliers of the other
+        format that it does match."""
         pool = self.multipliers(signed)
-        chosen: set[str] = set()
-        for p in patterns:
-            hits = [m.name for m in pool if fnmatch.fnmatchcase(m.name, p)]
-            if not hits:
-                fmt = {None: "", True: "signed ", False: "unsigned "}[signed]
-                close = difflib.get_close_matches(p, [m.name for m in pool], n=5, cutoff=0.5)
-                hint = f"; close names: {', '.join(close)}" if close else ""
-                raise UserError(f"multipliers: pattern {p!r} matches no {fmt}multiplier in the library{hint}")
-            chosen.update(hits)
-        return [m for m in pool if m.name in chosen]
+        fmt = {None: "", True: "signed ", False: "unsigned "}[signed]
+        other = [] if signed is None else self.multipliers(not signed)
+
+        def hint(pattern: str) -> str:
+            wrong = [m.name for m in other if fnmatch.fnmatchcase(m.name, pattern)]
+            why = (
+                f" ({', '.join(wrong[:3])} {'is' if len(wrong) == 1 else 'are'} not {fmt.strip()})"
+                if wrong
+                else ""
+            )
+            close = difflib.get_close_matches(pattern, [m.name for m in pool], n=5, cutoff=0.5)
+            return f"{why}{'; close names: ' + ', '.join(close) if close else ''}; see `dse multipliers list`"
+
+        return select(pool, patterns, where=where, nothing=f"no {fmt}multiplier in the library", hint=hint)
 
     def __iter__(self) -> Iterator[Multiplier]:
         return iter(self._items.values())
