@@ -1,55 +1,44 @@
-"""The run directory and the prepare stage: float training, BatchNorm folding, conversion to approximate
-layers, calibration and QAT, and the accuracies every later stage starts from.
+"""The run directory: the one place that knows where each stage's files live, and the stage cache.
 
-Layout (docs/ARCHITECTURE.md): study.toml (validated, paths absolute), splits.json, prepare/float.pt,
-prepare/qat.pt, prepare/result.json, then the later stages' folders. Each stage stores the sha256 of its
-inputs (`stage_key`) next to its output; a stage whose key is unchanged is loaded, not recomputed, and an
-interrupted training resumes from its last finished epoch (prepare/*.partial.pt).
+Layout (docs/ARCHITECTURE.md):
+
+    study.toml            the study, validated, every path absolute (later commands need only the run dir)
+    splits.json           seed, sizes and sha256 of the data and of each split's indices
+    prepare/              float.pt, qat.pt, result.json (`dse.prepare`); *.partial.pt while training
+    profiles/             profiles.npz, predictions.json (`dse.errors`)
+    agn/                  lambda_<λ>.json per λ, result.json (`dse.agn`); *.partial.pt while training
+    search/optuna.db      the search's trials (`dse.search`)
+    summary.json          the search's result
+    report.html           the Pareto page (`dse.report`)
+    configs/              exported hardware configs
+    retrain/<hash>/       retraining of one assignment (`dse.retrain`)
+
+Each stage stores the sha256 of its inputs (`stage_key`) next to its output; a stage whose key is unchanged
+is loaded, not recomputed (`read_stage_json` / `read_stage_checkpoint`).
 """
 
 from __future__ import annotations
 
-import copy
-import functools
 import hashlib
 import json
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from dse.data import Splits, load_splits
-from dse.models import build_model, fold_batchnorm, load_checkpoint
 from dse.study import Study, load_study
-from dse.train import dataset_tensors, evaluate_accuracy, fit
-from dse.util import (
-    UserError,
-    atomic_torch_save,
-    atomic_write_json,
-    atomic_write_text,
-    log,
-    resolve_device,
-    sha256_file,
-)
+from dse.util import UserError, atomic_write_json, atomic_write_text
 
-__all__ = [
-    "RunDir",
-    "Prepared",
-    "prepare",
-    "load_prepared",
-    "is_prepared",
-    "open_run",
-    "evaluate_accuracy",
-    "stage_key",
-]
+__all__ = ["RunDir", "stage_key"]
 
 
 def stage_key(*parts: Any) -> str:
     """sha256 of the canonical JSON of a stage's inputs (config sections, data identity, upstream keys)."""
     text = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def lambda_tag(lam: float) -> str:
+    """How a λ appears in file names: `0.5`, `1e-05`; a minus sign becomes `m`."""
+    return f"{lam:g}".replace("-", "m")
 
 
 class RunDir:
@@ -64,21 +53,107 @@ class RunDir:
     def __fspath__(self) -> str:
         return str(self.path)
 
-    study_toml = property(lambda self: self.path / "study.toml")
-    splits_json = property(lambda self: self.path / "splits.json")
-    prepare_dir = property(lambda self: self.path / "prepare")
-    float_ckpt = property(lambda self: self.path / "prepare" / "float.pt")
-    qat_ckpt = property(lambda self: self.path / "prepare" / "qat.pt")
-    result_json = property(lambda self: self.path / "prepare" / "result.json")
-    profiles_dir = property(lambda self: self.path / "profiles")
-    agn_dir = property(lambda self: self.path / "agn")
-    search_dir = property(lambda self: self.path / "search")
-    optuna_db = property(lambda self: self.path / "search" / "optuna.db")
-    summary_json = property(lambda self: self.path / "summary.json")
-    report_html = property(lambda self: self.path / "report.html")
-    configs_dir = property(lambda self: self.path / "configs")
-    retrain_dir = property(lambda self: self.path / "retrain")
+    # ---- top level
+    @property
+    def study_toml(self) -> Path:
+        return self.path / "study.toml"
 
+    @property
+    def splits_json(self) -> Path:
+        return self.path / "splits.json"
+
+    @property
+    def summary_json(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def report_html(self) -> Path:
+        return self.path / "report.html"
+
+    # ---- prepare/
+    @property
+    def prepare_dir(self) -> Path:
+        return self.path / "prepare"
+
+    @property
+    def float_ckpt(self) -> Path:
+        return self.prepare_dir / "float.pt"
+
+    @property
+    def qat_ckpt(self) -> Path:
+        return self.prepare_dir / "qat.pt"
+
+    @property
+    def float_partial(self) -> Path:
+        """Float training's resume checkpoint (exists only while it runs or after a kill)."""
+        return self.prepare_dir / "float.partial.pt"
+
+    @property
+    def qat_partial(self) -> Path:
+        """QAT's resume checkpoint (exists only while it runs or after a kill)."""
+        return self.prepare_dir / "qat.partial.pt"
+
+    @property
+    def result_json(self) -> Path:
+        """The prepare stage's result (`dse.prepare.PrepareResult`)."""
+        return self.prepare_dir / "result.json"
+
+    # ---- profiles/
+    @property
+    def profiles_dir(self) -> Path:
+        return self.path / "profiles"
+
+    @property
+    def profiles_npz(self) -> Path:
+        return self.profiles_dir / "profiles.npz"
+
+    @property
+    def predictions_json(self) -> Path:
+        return self.profiles_dir / "predictions.json"
+
+    # ---- agn/
+    @property
+    def agn_dir(self) -> Path:
+        return self.path / "agn"
+
+    @property
+    def agn_result_json(self) -> Path:
+        return self.agn_dir / "result.json"
+
+    def agn_lambda_json(self, lam: float) -> Path:
+        """One λ's AGN point."""
+        return self.agn_dir / f"lambda_{lambda_tag(lam)}.json"
+
+    def agn_partial(self, lam: float) -> Path:
+        """One λ's AGN-training resume checkpoint (exists only while it runs or after a kill)."""
+        return self.agn_dir / f"lambda_{lambda_tag(lam)}.partial.pt"
+
+    # ---- search, configs, retrain
+    @property
+    def search_dir(self) -> Path:
+        return self.path / "search"
+
+    @property
+    def optuna_db(self) -> Path:
+        return self.search_dir / "optuna.db"
+
+    @property
+    def configs_dir(self) -> Path:
+        return self.path / "configs"
+
+    def config_json(self, trial: int | None = None) -> Path:
+        """An exported config: configs/trial_<n>.json, or configs/config.json for one not from a trial."""
+        return self.configs_dir / (f"trial_{trial}.json" if trial is not None else "config.json")
+
+    @property
+    def retrain_dir(self) -> Path:
+        return self.path / "retrain"
+
+    def retrain_run_dir(self, config_hash: str) -> Path:
+        """The retraining of one assignment (checkpoint, result, error statistics)."""
+        return self.retrain_dir / config_hash
+
+    # ---- the study
     def is_run_dir(self) -> bool:
         return self.study_toml.is_file()
 
@@ -90,7 +165,8 @@ class RunDir:
     def write_study(self, study: Study) -> None:
         atomic_write_text(self.study_toml, study.to_toml())
 
-    def read_stage_json(self, path: Path, key: str) -> dict | None:
+    # ---- the stage cache
+    def read_stage_json(self, path: Path, key: str) -> dict[str, Any] | None:
         """The JSON a stage stored at `path`, if its `inputs_sha256` equals `key` (else None)."""
         try:
             obj = json.loads(Path(path).read_text())
@@ -98,11 +174,13 @@ class RunDir:
             return None
         return obj if isinstance(obj, dict) and obj.get("inputs_sha256") == key else None
 
-    def write_stage_json(self, path: Path, key: str, obj: dict) -> None:
+    def write_stage_json(self, path: Path, key: str, obj: dict[str, Any]) -> None:
         atomic_write_json(path, {**obj, "inputs_sha256": key})
 
-    def read_stage_checkpoint(self, path: Path, key: str) -> dict | None:
+    def read_stage_checkpoint(self, path: Path, key: str) -> dict[str, Any] | None:
         """A torch checkpoint dict a stage stored at `path`, if its `inputs_sha256` equals `key`."""
+        import torch
+
         if not Path(path).is_file():
             return None
         try:
@@ -110,373 +188,3 @@ class RunDir:
         except Exception:
             return None
         return obj if isinstance(obj, dict) and obj.get("inputs_sha256") == key else None
-
-
-@dataclass
-class Prepared:
-    """A prepared run: the converted, calibrated, QAT-trained model (eval, mode `quant`) and its context."""
-
-    study: Study
-    model: torch.nn.Module
-    splits: Splits
-    layers: list  # list[dse.nn.LayerInfo], forward order
-    fmt: Any  # dse.quant.QuantFormat
-    quant_accuracy: float
-    float_accuracy: float
-    run_dir: RunDir
-    device: torch.device
-    result: dict = field(default_factory=dict)
-
-    @functools.cached_property
-    def search_space(self):
-        """The study's search space config (`dse.study.SearchSpace`)."""
-        return self.study.load_search_space()
-
-    @functools.cached_property
-    def library(self):
-        from dse.multipliers.library import load_library
-
-        return load_library()
-
-    @functools.cached_property
-    def space(self) -> list:
-        """The search space resolved against the library: list[Multiplier] (library order)."""
-        return self.search_space.resolve(self.library)
-
-    @functools.cached_property
-    def layer_space(self) -> dict[str, list]:
-        """Allowed multipliers per layer (the space, or the layer's restriction)."""
-        return self.search_space.resolve_layers(self.library, [info.name for info in self.layers])
-
-    @property
-    def inputs_sha256(self) -> str:
-        """Key of the prepared state (QAT weights + evaluation): an upstream key for later stages' caches."""
-        return str(self.result.get("inputs_sha256", ""))
-
-    @property
-    def layer_names(self) -> list[str]:
-        return [info.name for info in self.layers]
-
-
-# ----------------------------------------------------------------------------------------------- helpers
-
-
-def _layer_json(info) -> dict:
-    return {
-        "name": info.name,
-        "kind": info.kind,
-        "macs": int(info.macs),
-        "fan_in": int(info.fan_in),
-        "weight_shape": list(info.weight_shape),
-    }
-
-
-def _calibration_batches(splits: Splits, study: Study, device: torch.device) -> list:
-    x, y = dataset_tensors(splits.train)
-    bs = study.train.batch_size
-    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(study.train.seed + 7))
-    idx = perm[: bs * study.train.calibration_batches]
-    return [(x[idx[i : i + bs]].to(device), y[idx[i : i + bs]].to(device)) for i in range(0, len(idx), bs)]
-
-
-def _fold_checked(model: torch.nn.Module, sample: torch.Tensor) -> list[str]:
-    """Fold BatchNorm into the preceding convs if the folded network computes the same outputs on
-    `sample` (eval mode); otherwise leave the model alone (BN then stays a float layer). -> folded names."""
-    model.eval()
-    trial = copy.deepcopy(model)
-    names = fold_batchnorm(trial)
-    if not names:
-        return []
-    with torch.no_grad():
-        ref, got = model(sample), trial(sample)
-    err = float((ref - got).abs().max())
-    tol = 1e-3 * max(1.0, float(ref.abs().max()))
-    if err > tol:
-        log(f"prepare: BatchNorm not folded (folded outputs differ by {err:.3g}); BN stays in float")
-        return []
-    fold_batchnorm(model)
-    return names
-
-
-def _quantized_model(study: Study, splits: Splits, fmt, folded: list[str]):
-    """A fresh model, folded like the prepared one and converted: ready for the QAT state_dict."""
-    from dse.nn import convert
-
-    model = build_model(
-        study.model.name,
-        input_shape=splits.input_shape,
-        num_classes=splits.num_classes,
-        base_dir=study.base_dir,
-    )
-    if folded:
-        fold_batchnorm(model)
-    return convert(model, fmt)
-
-
-def _train_kwargs(study: Study, device: torch.device) -> dict:
-    t = study.train
-    return dict(
-        batch_size=t.batch_size,
-        device=device,
-        seed=t.seed,
-        optimizer=t.optimizer,
-        weight_decay=t.weight_decay,
-        eval_batch_size=t.eval_batch_size,
-    )
-
-
-# ----------------------------------------------------------------------------------------------- prepare
-
-
-def _run_dir_target(target) -> RunDir | None:
-    """`target` as a run directory, if it is one. A bare built-in study name ("digits") always means the
-    study, even when the current folder holds a run directory of that name; "./digits" means the folder."""
-    if target is None or isinstance(target, Study):
-        return None
-    from dse.study import builtin_studies
-
-    if isinstance(target, str) and "/" not in target and target in builtin_studies():
-        return None
-    run = RunDir(target)
-    return run if run.is_run_dir() else None
-
-
-def prepare(
-    study: Study | str | Path | None = None,
-    out: str | Path | None = None,
-    data: str | Path | None = None,
-    device: str = "auto",
-) -> dict:
-    """Float training (or the study's checkpoint), BN folding, conversion, calibration, QAT, and the
-    float / quantized / exact-table accuracies on the validation split. Returns (and stores in
-    prepare/result.json) what `dse prepare --json` prints. Stages whose inputs did not change are loaded."""
-    from dse.nn import assign, calibrate, layer_infos, set_mode
-
-    t_start = time.perf_counter()
-    if not isinstance(study, Study):
-        if _run_dir_target(study) is not None:  # `dse prepare runs/digits`
-            out = out if out is not None else study
-            study = RunDir(study).read_study()
-        else:
-            study = load_study(study)
-    study = study.resolved(data)
-    run = RunDir(out if out is not None else Path("runs") / study.name)
-    dev = resolve_device(device)
-    space_cfg = study.load_search_space()
-    fmt = space_cfg.quant_format(study.train.per_channel)
-
-    splits = load_splits(study.data, base_dir=study.base_dir)
-    run.prepare_dir.mkdir(parents=True, exist_ok=True)
-    run.write_study(study)
-    atomic_write_json(run.splits_json, splits.info)
-    data_id = {k: splits.info[k] for k in ("data_sha256", "index_sha256", "seed")}
-    stages: dict[str, str] = {}
-    seconds: dict[str, float] = {}
-
-    # ---- float stage
-    t = study.train
-    ckpt_path = Path(study.model.checkpoint) if study.model.checkpoint else None
-    checkpoint_sha = sha256_file(ckpt_path) if ckpt_path is not None and ckpt_path.is_file() else None
-    float_key = stage_key(
-        "float", study.model.model_dump(), checkpoint_sha, data_id, study.data.augment, t.epochs, t.batch_size, t.lr,
-        t.optimizer, t.weight_decay, t.seed,
-    )  # fmt: skip
-    torch.manual_seed(t.seed)
-    model = build_model(
-        study.model.name,
-        input_shape=splits.input_shape,
-        num_classes=splits.num_classes,
-        base_dir=study.base_dir,
-    )
-    t0 = time.perf_counter()
-    cached = run.read_stage_checkpoint(run.float_ckpt, float_key)
-    if cached is not None:
-        model.load_state_dict(cached["state_dict"])
-        stages["float"] = "cached"
-    else:
-        if study.model.checkpoint:
-            load_checkpoint(model, Path(study.model.checkpoint))
-            stages["float"] = "checkpoint"
-        else:
-            fit(
-                model,
-                splits.train,
-                splits.val,
-                epochs=t.epochs,
-                lr=t.lr,
-                augment=splits.augment,
-                desc="float",
-                resume_path=run.prepare_dir / "float.partial.pt",
-                resume_key=float_key,
-                **_train_kwargs(study, dev),
-            )
-            stages["float"] = "trained"
-        atomic_torch_save({"state_dict": model.state_dict(), "inputs_sha256": float_key}, run.float_ckpt)
-    model.to(dev).eval()
-    float_accuracy = evaluate_accuracy(model, splits.val, t.eval_batch_size, dev)
-    float_test_accuracy = evaluate_accuracy(model, splits.test, t.eval_batch_size, dev)
-    seconds["float"] = time.perf_counter() - t0
-
-    # ---- QAT stage
-    qat_lr = t.qat_lr if t.qat_lr is not None else t.lr / 10
-    qat_key = stage_key(
-        "qat", float_key, space_cfg.format, space_cfg.weight_scheme, t.per_channel, t.qat_epochs, qat_lr,
-        t.calibration_batches,
-    )  # fmt: skip
-    t0 = time.perf_counter()
-    cached = run.read_stage_checkpoint(run.qat_ckpt, qat_key)
-    if cached is not None:
-        folded = cached["folded_batchnorm"]
-        model = _quantized_model(study, splits, fmt, folded)
-        model.load_state_dict(cached["state_dict"])
-        model.to(dev)
-        stages["qat"] = "cached"
-    else:
-        sample = dataset_tensors(splits.val)[0][: t.eval_batch_size].to(dev)
-        folded = _fold_checked(model, sample)
-        from dse.nn import convert
-
-        convert(model, fmt)
-        model.to(dev)
-        set_mode(model, "quant")
-        calibrate(model, _calibration_batches(splits, study, dev))
-        if t.qat_epochs > 0:
-            fit(
-                model,
-                splits.train,
-                splits.val,
-                epochs=t.qat_epochs,
-                lr=qat_lr,
-                augment=splits.augment,
-                desc="qat",
-                resume_path=run.prepare_dir / "qat.partial.pt",
-                resume_key=qat_key,
-                **_train_kwargs(study, dev),
-            )
-        atomic_torch_save(
-            {"state_dict": model.state_dict(), "folded_batchnorm": folded, "inputs_sha256": qat_key},
-            run.qat_ckpt,
-        )
-        stages["qat"] = "trained"
-    seconds["qat"] = time.perf_counter() - t0
-
-    # ---- accuracies
-    result_key = stage_key("result", qat_key)
-    cached_result = run.read_stage_json(run.result_json, result_key)
-    if cached_result is not None and stages["qat"] == "cached":
-        cached_result.pop("inputs_sha256", None)
-        cached_result["stages"] = {**stages, "evaluate": "cached"}
-        cached_result["seconds"] = {**seconds, "total": time.perf_counter() - t_start}
-        return cached_result
-    t0 = time.perf_counter()
-    model.eval()
-    set_mode(model, "quant")
-    quant_accuracy = evaluate_accuracy(model, splits.val, t.eval_batch_size, dev)
-    quant_test_accuracy = evaluate_accuracy(model, splits.test, t.eval_batch_size, dev)
-    assign(model, {})
-    set_mode(model, "lut")
-    lut_exact_accuracy = evaluate_accuracy(model, splits.val, t.eval_batch_size, dev)
-    set_mode(model, "quant")
-    stages["evaluate"] = "computed"
-    seconds["evaluate"] = time.perf_counter() - t0
-    seconds["total"] = time.perf_counter() - t_start
-    layers = [_layer_json(info) for info in layer_infos(model)]
-    result = {
-        "study": study.name,
-        "run_dir": str(run.path),
-        "format": {
-            "format": space_cfg.format,
-            "weight_scheme": space_cfg.weight_scheme,
-            "per_channel": t.per_channel,
-        },
-        "float_accuracy": float_accuracy,
-        "quant_accuracy": quant_accuracy,
-        "lut_exact_accuracy": lut_exact_accuracy,
-        "float_test_accuracy": float_test_accuracy,
-        "quant_test_accuracy": quant_test_accuracy,
-        "splits": splits.info["sizes"],
-        "folded_batchnorm": folded,
-        "layers": layers,
-        "total_macs": sum(layer["macs"] for layer in layers),
-        "device": str(dev),
-        "stages": stages,
-        "seconds": seconds,
-    }
-    run.write_stage_json(run.result_json, result_key, result)
-    return result
-
-
-def is_prepared(run_dir: str | Path | RunDir) -> bool:
-    """True when the run directory holds a finished prepare stage (QAT checkpoint + its evaluation)."""
-    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    try:
-        result = json.loads(run.result_json.read_text())
-        key = torch.load(run.qat_ckpt, map_location="cpu", weights_only=False).get("inputs_sha256")
-    except Exception:
-        return False
-    return isinstance(result, dict) and result.get("inputs_sha256") == stage_key("result", key)
-
-
-def load_prepared(
-    run_dir: str | Path | RunDir, data: str | Path | None = None, device: str = "cpu"
-) -> Prepared:
-    """The prepared model of a run directory (after `prepare`): converted, QAT state loaded, eval, mode
-    `quant`; with the splits checked against splits.json (`data` overrides the stored data path)."""
-    from dse.nn import layer_infos, set_mode
-
-    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    study = run.read_study()
-    if data not in (None, ""):
-        study = study.resolved(data)
-    if not is_prepared(run):
-        raise UserError(f"{run.path}: not prepared (or prepare did not finish); run `dse prepare {run.path}`")
-    result = json.loads(run.result_json.read_text())
-    dev = resolve_device(device)
-    splits = load_splits(study.data, base_dir=study.base_dir)
-    stored = json.loads(run.splits_json.read_text()) if run.splits_json.is_file() else {}
-    for k in ("data_sha256", "index_sha256"):
-        if stored.get(k) not in (None, splits.info[k]):
-            raise UserError(
-                f"data.path: the data at {study.data.path or study.data.name} is not the data {run.path} was "
-                f"prepared on ({k} differs from splits.json); give the original with --data or prepare again"
-            )
-    fmt = study.load_search_space().quant_format(study.train.per_channel)
-    ckpt = torch.load(run.qat_ckpt, map_location="cpu", weights_only=False)
-    model = _quantized_model(study, splits, fmt, ckpt.get("folded_batchnorm", []))
-    model.load_state_dict(ckpt["state_dict"])
-    model.to(dev).eval()
-    set_mode(model, "quant")
-    with torch.no_grad():  # one forward so that every layer knows its MACs
-        model(dataset_tensors(splits.val)[0][:2].to(dev))
-    return Prepared(
-        study=study,
-        model=model,
-        splits=splits,
-        layers=list(layer_infos(model)),
-        fmt=fmt,
-        quant_accuracy=float(result["quant_accuracy"]),
-        float_accuracy=float(result["float_accuracy"]),
-        run_dir=run,
-        device=dev,
-        result=result,
-    )
-
-
-def open_run(
-    target: str | Path | None = None,
-    out: str | Path | None = None,
-    data: str | Path | None = None,
-    device: str = "auto",
-) -> Prepared:
-    """What every later command starts with: `target` is a run directory (holding study.toml), a built-in
-    study name or a study TOML (None: the default study). Prepares first where needed (cached), then
-    loads. A study's run directory is `out` or runs/<study name>."""
-    if _run_dir_target(target) is not None:
-        run = RunDir(target)
-        if not is_prepared(run):
-            prepare(run.read_study(), out=run.path, data=data, device=device)
-        return load_prepared(run, data=data, device=device)
-    study = load_study(target)
-    run = RunDir(out if out is not None else Path("runs") / study.name)
-    prepare(study, out=run.path, data=data, device=device)
-    return load_prepared(run, data=data, device=device)

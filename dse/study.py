@@ -1,13 +1,13 @@
-"""The study config and the search space (validated TOML), and the click options every command shares.
+"""The study config and the search space: validated TOML (pydantic), built-in ones found by name.
 
 A study names the model, the data, the training budgets, the search space and the search settings.
 `load_study("digits")` resolves a built-in study from the package data `dse.studies` (also after a
 non-editable install); `load_study("my_study.toml")` reads a file, and relative paths in it (data path,
-checkpoint, search-space file, `file.py:function` hooks) are relative to that file's folder.
+checkpoint, search-space file, `file.py:function` hooks) are relative to that file's folder. `to_toml`
+writes a study back (the run directory's study.toml).
 
-The run directory and the prepare stage live in `dse.rundir`; `prepare`, `load_prepared`, `Prepared`,
-`RunDir`, `open_run` and `evaluate_accuracy` are re-exported here (imported lazily: this module must
-stay light, the CLI imports it for its options).
+Light on purpose (no torch): the CLI and the report import it. The run directory is `dse.rundir`, the
+prepare stage `dse.prepare`, the commands' shared options `dse.cli.options`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-import click
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from dse.util import UserError
@@ -337,91 +336,3 @@ def to_toml(d: dict, prefix: str = "") -> str:
         if isinstance(v, dict):
             lines.append(to_toml(v, f"{prefix}{k}.").rstrip("\n"))
     return "\n".join(lines).lstrip("\n") + "\n" if not prefix else "\n".join(lines) + "\n"
-
-
-# ------------------------------------------------------------------------------- shared click options
-
-
-def data_option(f):
-    return click.option(
-        "--data",
-        "data",
-        type=click.Path(path_type=Path),
-        default=None,
-        help="Dataset location (file or directory); overrides the study's data.path.",
-    )(f)
-
-
-def device_option(f):
-    return click.option(
-        "--device",
-        default="auto",
-        show_default=True,
-        help="cpu | cuda | cuda:N | auto (cuda when available).",
-    )(f)
-
-
-def out_option(f):
-    return click.option(
-        "--out",
-        "out",
-        type=click.Path(path_type=Path, file_okay=False),
-        default=None,
-        help="Run directory (default runs/<study name>).",
-    )(f)
-
-
-def json_option(f):
-    return click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")(f)
-
-
-def threads_option(f):
-    return click.option(
-        "--threads", type=int, default=None, help="CPU threads for torch (default: 1 on <= 2 cores)."
-    )(f)
-
-
-def set_threads(threads: int | None = None) -> None:
-    """CPU threads for torch; BLAS (numpy/scipy) always one. Every compute command calls this first.
-
-    Default: one torch thread on machines with at most 2 cores — measured on the shared 2-core machine, a
-    second OpenMP thread made im2col 8x slower (and `dse prepare` ~10x slower) as soon as anything else
-    ran, and gains little on a quiet one. More cores: torch's own default."""
-    import os
-
-    try:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(1, user_api="blas")
-    except Exception:  # threadpoolctl missing: keep the defaults
-        pass
-    if threads is not None and threads <= 0:
-        raise UserError(f"--threads {threads}: expected a positive number")
-    if threads is None and (os.cpu_count() or 1) <= 2:
-        threads = 1
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(int(threads))
-
-
-# --------------------------------------------------- lazy re-exports of the run directory (torch-heavy)
-
-_RUNDIR_NAMES = (
-    "RunDir",
-    "Prepared",
-    "prepare",
-    "load_prepared",
-    "is_prepared",
-    "open_run",
-    "evaluate_accuracy",
-    "stage_key",
-)
-
-
-def __getattr__(name: str):
-    if name in _RUNDIR_NAMES:
-        from dse import rundir
-
-        return getattr(rundir, name)
-    raise AttributeError(f"module 'dse.study' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""Small shared helpers: user-facing errors, atomic writes, JSON output, progress bars, devices."""
+"""Small shared helpers: user-facing errors, atomic writes, JSON output, progress bars, devices, threads."""
 
 from __future__ import annotations
 
@@ -132,3 +132,25 @@ def resolve_device(name: str = "auto"):
     if name not in ("cpu",) and not name.startswith("cuda"):
         raise UserError(f"--device {name}: expected cpu, cuda or auto")
     return torch.device(name)
+
+
+def set_threads(threads: int | None = None) -> None:
+    """CPU threads for torch; BLAS (numpy/scipy) always one. Every compute command calls this first.
+
+    Default: one torch thread on machines with at most 2 cores — measured on the shared 2-core machine, a
+    second OpenMP thread made im2col 8x slower (and `dse prepare` ~10x slower) as soon as anything else
+    ran, and gains little on a quiet one. More cores: torch's own default."""
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1, user_api="blas")
+    except Exception:  # threadpoolctl missing: keep the defaults
+        pass
+    if threads is not None and threads <= 0:
+        raise UserError(f"--threads {threads}: expected a positive number")
+    if threads is None and (os.cpu_count() or 1) <= 2:
+        threads = 1
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(int(threads))

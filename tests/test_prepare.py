@@ -12,10 +12,7 @@ from click.testing import CliRunner
 
 from dse.cli import cli
 
-pytestmark = pytest.mark.slow
-
-
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 
 TINY = """
@@ -78,7 +75,8 @@ def test_prepare_json_run_directory_and_resume(tmp_path):
         assert again[key] == first[key]
 
     # the run directory remembers its study: a run dir alone is enough for later commands
-    from dse.study import evaluate_accuracy, load_prepared, open_run
+    from dse.prepare import load_prepared, open_run
+    from dse.train import evaluate_accuracy
 
     prepared = load_prepared(out, device="cpu")
     assert prepared.study.name == "tiny" and prepared.study.data.train_size == 300
@@ -100,9 +98,10 @@ def test_prepare_json_run_directory_and_resume(tmp_path):
 def test_interrupted_prepare_resumes_from_the_last_epoch(tmp_path, monkeypatch):
     """A kill during float training leaves prepare/float.partial.pt; the rerun continues from it and
     ends with the weights of an uninterrupted run."""
-    import dse.rundir
+    import dse.prepare
     import dse.train
-    from dse.study import load_study, prepare
+    from dse.prepare import prepare
+    from dse.study import load_study
 
     study = load_study(tiny_study(tmp_path, epochs=3, qat_epochs=0))
     prepare(study, out=tmp_path / "ref", device="cpu")
@@ -122,11 +121,11 @@ def test_interrupted_prepare_resumes_from_the_last_epoch(tmp_path, monkeypatch):
 
         return real_fit(*args, **kwargs, extra_loss=extra)
 
-    monkeypatch.setattr(dse.rundir, "fit", killing_fit)
+    monkeypatch.setattr(dse.prepare, "fit", killing_fit)
     with pytest.raises(Killed):
         prepare(study, out=tmp_path / "run", device="cpu")
     assert (tmp_path / "run" / "prepare" / "float.partial.pt").is_file()
-    monkeypatch.setattr(dse.rundir, "fit", real_fit)
+    monkeypatch.setattr(dse.prepare, "fit", real_fit)
     prepare(study, out=tmp_path / "run", device="cpu")
     got = torch.load(tmp_path / "run" / "prepare" / "float.pt", weights_only=False)["state_dict"]
     assert all(torch.equal(got[k], ref[k]) for k in ref)
@@ -134,11 +133,11 @@ def test_interrupted_prepare_resumes_from_the_last_epoch(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("space", ["signed", "unsigned_affine"])
 def test_exact_table_equals_quant_in_every_format(tmp_path, space):
-    from dse.study import prepare
+    from dse.prepare import prepare
 
     result = prepare(tiny_study(tmp_path, space=space, qat_epochs=0), out=tmp_path / "run", device="cpu")
-    assert result["lut_exact_accuracy"] == result["quant_accuracy"]
-    assert result["quant_accuracy"] > 0.5  # a trained network, not a constant one
+    assert result.lut_exact_accuracy == result.quant_accuracy
+    assert result.quant_accuracy > 0.5  # a trained network, not a constant one
 
 
 def test_bad_input_exits_2_with_one_line(tmp_path):
@@ -163,7 +162,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path):
 def test_batchnorm_models_are_folded_before_quantization(tmp_path):
     """ResNet / MobileNet carry BatchNorm: prepare folds it into the convs (checked equal in float) and
     the exact table still reproduces the quantized network."""
-    from dse.study import load_prepared, prepare
+    from dse.prepare import load_prepared, prepare
 
     (tmp_path / "blobs.py").write_text(
         "import numpy as np\n"
@@ -179,9 +178,9 @@ def test_batchnorm_models_are_folded_before_quantization(tmp_path):
         "[train]\nepochs = 1\nqat_epochs = 1\nbatch_size = 32\nlr = 0.01\ncalibration_batches = 2\n"
     )
     result = prepare(tmp_path / "s.toml", out=tmp_path / "run", device="cpu")
-    assert len(result["folded_batchnorm"]) == 9  # stem + 6 in blocks + 2 shortcuts
-    assert result["lut_exact_accuracy"] == result["quant_accuracy"]
-    assert len(result["layers"]) == 10  # 9 convs + fc
+    assert len(result.folded_batchnorm) == 9  # stem + 6 in blocks + 2 shortcuts
+    assert result.lut_exact_accuracy == result.quant_accuracy
+    assert len(result.layers) == 10  # 9 convs + fc
     prepared = load_prepared(tmp_path / "run")
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in prepared.model.modules())
 
@@ -208,7 +207,7 @@ def test_run_directory_remembers_the_data_given_with_data(tmp_path, monkeypatch)
     assert stored["data"]["path"] == str((tmp_path / "digits.npz").resolve())
     again = run_json(["prepare", str(tmp_path / "run"), "--device", "cpu", "--json"])  # the run dir alone
     assert again["stages"]["float"] == "cached" and again["quant_accuracy"] == first["quant_accuracy"]
-    from dse.study import load_prepared
+    from dse.prepare import load_prepared
 
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
@@ -219,7 +218,7 @@ def test_run_directory_remembers_the_data_given_with_data(tmp_path, monkeypatch)
 
 
 def test_a_builtin_name_is_the_study_even_next_to_a_run_dir_of_that_name(tmp_path, monkeypatch):
-    from dse.rundir import _run_dir_target
+    from dse.prepare import _run_dir_target
 
     (tmp_path / "digits").mkdir()
     (tmp_path / "digits" / "study.toml").write_text('name = "digits"\n')

@@ -179,7 +179,7 @@ def test_compute_commands_share_the_thread_setting(monkeypatch):
     from click.testing import CliRunner
 
     from dse.cli import cli
-    from dse.study import set_threads
+    from dse.util import set_threads
 
     n = torch.get_num_threads()
     try:

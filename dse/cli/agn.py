@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from dse.study import data_option, device_option, json_option, out_option, threads_option
+from dse.cli.options import data_option, device_option, json_option, out_option, threads_option
 
 
 @click.command("agn")
@@ -68,9 +68,8 @@ def agn(
       dse agn runs/digits --rule sigma
     """
     from dse.errors.agn import check_agn_settings, get_agn_results
-    from dse.rundir import open_run
-    from dse.study import set_threads
-    from dse.util import emit_json
+    from dse.prepare import open_run
+    from dse.util import emit_json, set_threads
 
     set_threads(threads)
     if lambdas or sigma_max is not None:  # bad values fail before any training

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from dse.study import data_option, device_option, json_option
+from dse.cli.options import data_option, device_option, json_option
 
 
 @click.command("analyze")
@@ -62,7 +62,7 @@ def analyze(
       dse analyze runs/digits --multipliers 'trunc*' --predictor p3
     """
     from dse.errors.analyze import analyze as run_analyze
-    from dse.rundir import load_prepared
+    from dse.prepare import load_prepared
     from dse.util import UserError, emit_json
 
     for name, v in (("--images", images), ("--layer-images", layer_images)):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from dse.study import data_option, device_option, json_option, out_option, threads_option
+from dse.cli.options import data_option, device_option, json_option, out_option, threads_option
 
 
 @click.command("prepare")
@@ -32,22 +32,19 @@ def prepare(
       dse prepare mnist_lenet5 --data mnist10k.npz --json
       dse prepare cifar10_resnet20 --data cifar-10-batches-py --device cuda
     """
-    from dse.rundir import prepare as run_prepare
-    from dse.study import set_threads
-    from dse.util import emit_json, log
+    from dse.prepare import prepare as run_prepare
+    from dse.util import emit_json, log, set_threads
 
     set_threads(threads)
     result = run_prepare(study, out=out, data=data, device=device)
     if as_json:
-        emit_json(result)
+        emit_json(result.to_json())
         return
-    log(f"run directory: {result['run_dir']}")
+    log(f"run directory: {result.run_dir}")
     click.echo(
-        f"{result['study']}: float {result['float_accuracy']:.4f}, quantized {result['quant_accuracy']:.4f}, "
-        f"exact table {result['lut_exact_accuracy']:.4f} (validation, {result['splits']['val']} images)"
+        f"{result.study}: float {result.float_accuracy:.4f}, quantized {result.quant_accuracy:.4f}, "
+        f"exact table {result.lut_exact_accuracy:.4f} (validation, {result.splits['val']} images)"
     )
-    for layer in result["layers"]:
-        click.echo(
-            f"  {layer['name']:<24} {layer['kind']:<6} fan-in {layer['fan_in']:>6}  MACs {layer['macs']:>12,}"
-        )
-    click.echo(f"  total MACs per sample: {result['total_macs']:,}; {result['seconds']['total']:.1f} s")
+    for layer in result.layers:
+        click.echo(f"  {layer.name:<24} {layer.kind:<6} fan-in {layer.fan_in:>6}  MACs {layer.macs:>12,}")
+    click.echo(f"  total MACs per sample: {result.total_macs:,}; {result.seconds['total']:.1f} s")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from dse.study import data_option
+from dse.cli.options import data_option
 from dse.util import emit_json, log
 
 

@@ -23,7 +23,9 @@ import hashlib
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -32,10 +34,23 @@ from dse.util import UserError
 BUILTIN_DATASETS = ("digits", "npz", "cifar10", "mnist_idx")
 
 
+class Split(str, Enum):
+    """The three disjoint splits. A str: `Split.VAL == "val"`, and the plain strings work wherever a
+    Split is expected (`Split("val")`)."""
+
+    TRAIN = "train"
+    VAL = "val"
+    TEST = "test"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass
 class Splits:
     """train / val / test as TensorDatasets (x float32 [N,C,H,W], y int64), plus what describes them.
-    `augment(x, generator) -> x` is applied by training to train batches only (None: no augmentation)."""
+    `augment(x, generator) -> x` is applied by training to train batches only (None: no augmentation).
+    `splits[Split.VAL]` (or `splits["val"]`) is `splits.val`."""
 
     train: object
     val: object
@@ -44,6 +59,9 @@ class Splits:
     input_shape: tuple[int, ...]
     augment: Callable | None = None
     info: dict = field(default_factory=dict)  # seed, sizes, index sha256, data sha256 (splits.json)
+
+    def __getitem__(self, split: Split | str) -> Any:
+        return getattr(self, Split(split).value)
 
 
 # ---------------------------------------------------------------------------------------------- loaders

@@ -56,7 +56,8 @@ def evaluate_config(
 
     from dse.energy import energy_rel
     from dse.nn import assign, set_mode
-    from dse.study import evaluate_accuracy, load_prepared
+    from dse.prepare import load_prepared
+    from dse.train import evaluate_accuracy
 
     prepared = load_prepared(run_dir, data=data, device=device)
     names = [info.name for info in prepared.layers]

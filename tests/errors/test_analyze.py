@@ -54,7 +54,7 @@ def run_dir(tmp_path_factory):
     (tmp / "space.toml").write_text(SPACE)
     study = tmp / "study.toml"
     study.write_text(STUDY.format(space=(tmp / "space.toml").as_posix()))
-    from dse.rundir import prepare
+    from dse.prepare import prepare
 
     prepare(study, out=tmp / "run", device="cpu")
     yield tmp / "run"

@@ -1,0 +1,50 @@
+"""The click options several commands share (`--data`, `--device`, `--out`, `--json`, `--threads`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def data_option(f: F) -> F:
+    return click.option(
+        "--data",
+        "data",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Dataset location (file or directory); overrides the study's data.path.",
+    )(f)
+
+
+def device_option(f: F) -> F:
+    return click.option(
+        "--device",
+        default="auto",
+        show_default=True,
+        help="cpu | cuda | cuda:N | auto (cuda when available).",
+    )(f)
+
+
+def out_option(f: F) -> F:
+    return click.option(
+        "--out",
+        "out",
+        type=click.Path(path_type=Path, file_okay=False),
+        default=None,
+        help="Run directory (default runs/<study name>).",
+    )(f)
+
+
+def json_option(f: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")(f)
+
+
+def threads_option(f: F) -> F:
+    return click.option(
+        "--threads", type=int, default=None, help="CPU threads for torch (default: 1 on <= 2 cores)."
+    )(f)
