@@ -1,14 +1,19 @@
-"""`dse retrain`: recover accuracy lost to an assignment by a short retraining (dse.retrain)."""
+"""`dse retrain`: recover accuracy lost to an assignment by a short retraining (`dse.retrain`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from dse.study import data_option, json_option
+from dse.cli.options import data_option, json_option
 from dse.util import UserError
 
+if TYPE_CHECKING:
+    from dse.retrain.compare import CrossEvaluation, MethodComparison
+
+# the CLI starts without torch: `dse.retrain.surrogates.METHODS`, repeated (a test checks they agree)
 METHOD_NAMES = ("behavioral", "errmodel", "multiplicative", "awgn", "agn")
 
 
@@ -87,7 +92,9 @@ def retrain(
       dse retrain runs/digits --config cfg.json --method all     # the methods side by side
       dse retrain runs/digits --cross --multipliers bam_h2_v6_u8,bam_h4_v8_u8
     """
-    from dse import retrain as rt
+    from dse.retrain.assignment import read_assignment_file
+    from dse.retrain.compare import compare_methods, cross_evaluate
+    from dse.retrain.loop import retrain as run_retrain
     from dse.util import emit_json, resolve_device
 
     dev = str(resolve_device(device))
@@ -101,7 +108,7 @@ def retrain(
         raise UserError(f"--calibration-samples {calibration_samples}: expected at least 2")
     assignment, raw = ({}, {})
     if config_path is not None:
-        assignment, raw = rt.read_assignment_file(config_path)
+        assignment, raw = read_assignment_file(config_path)
     elif not (cross and multiplier_list):
         raise UserError('--config: required (a configuration JSON or {"layer": "multiplier"} object)')
     common = dict(
@@ -123,22 +130,22 @@ def retrain(
             if multiplier_list
             else list(dict.fromkeys(assignment.values()))
         )
-        out = rt.cross_evaluate(run_dir, names, method=method, **common)
+        matrix = cross_evaluate(run_dir, names, method=method, **common)
         if as_json:
-            emit_json(out)
+            emit_json(matrix.to_json())
         else:
-            click.echo(format_matrix(out))
+            click.echo(format_matrix(matrix))
         return
     if len(methods) > 1:
-        out = rt.compare_methods(
+        comparison = compare_methods(
             run_dir, assignment, methods, where=str(config_path), raw_config=raw, **common
         )
         if as_json:
-            emit_json(out)
+            emit_json(comparison.to_json())
         else:
-            click.echo(format_comparison(out))
+            click.echo(format_comparison(comparison))
         return
-    result = rt.retrain(run_dir, assignment, methods[0], where=str(config_path), raw_config=raw, **common)
+    result = run_retrain(run_dir, assignment, methods[0], where=str(config_path), raw_config=raw, **common)
     if as_json:
         emit_json(result.to_json())
         return
@@ -150,30 +157,30 @@ def retrain(
     click.echo(f"checkpoint        {result.checkpoint}")
 
 
-def format_matrix(out: dict) -> str:
-    cols = out["columns"]
+def format_matrix(out: CrossEvaluation) -> str:
+    cols = out.columns
     width = max(12, *(len(c) for c in cols)) + 2
     head = "retrained \\ evaluated".ljust(24) + "".join(c.rjust(width) for c in cols)
     lines = [
-        f"cross-evaluation ({out['method']}, {out['epochs']} epochs; validation accuracy by simulation)",
+        f"cross-evaluation ({out.method}, {out.epochs} epochs; validation accuracy by simulation)",
         head,
     ]
-    for row, accs in zip(out["rows"], out["accuracy"]):
+    for row, accs in zip(out.rows, out.accuracy):
         lines.append(row.ljust(24) + "".join(f"{a:.4f}".rjust(width) for a in accs))
     return "\n".join(lines)
 
 
-def format_comparison(out: dict) -> str:
+def format_comparison(out: MethodComparison) -> str:
     head = f"{'method':16}{'before':>9}{'after':>9}{'s/epoch':>10}{'CPU s/epoch':>13}"
     lines = [head + "   (validation accuracy by simulation)"]
-    for r in out["results"]:
+    for r in out.results:
         lines.append(
-            f"{r['method']:16}{r['accuracy_before']:9.4f}{r['accuracy_after']:9.4f}"
-            f"{r['seconds_per_epoch']:10.3f}{r['cpu_seconds_per_epoch']:13.3f}"
+            f"{r.method:16}{r.accuracy_before:9.4f}{r.accuracy_after:9.4f}"
+            f"{r.seconds_per_epoch:10.3f}{r.cpu_seconds_per_epoch:13.3f}"
         )
-    if out.get("errmodel_speedup_vs_behavioral"):
+    if out.errmodel_speedup_vs_behavioral:
         lines.append(
-            f"errmodel epochs {out['errmodel_speedup_vs_behavioral']:.2f}x faster than behavioral "
-            f"(CPU time {out['errmodel_cpu_speedup_vs_behavioral']:.2f}x)"
+            f"errmodel epochs {out.errmodel_speedup_vs_behavioral:.2f}x faster than behavioral "
+            f"(CPU time {out.errmodel_cpu_speedup_vs_behavioral:.2f}x)"
         )
     return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""Analytic error propagation through a GEMM (SCIENCE.md §1, our derivation of P1's abstract).
+"""Analytic error propagation through a GEMM (P1, our derivation of its abstract; docs/REFERENCES.md).
 
 A GEMM Y = X W (X ∈ Z^{M×K}, W ∈ Z^{K×N}) computed with an approximate multiplier has the error
 ΔY_ij = Σ_k ε(x_ik, w_kj), ε = approximate − exact. With operand pairs drawn i.i.d. from p_x(a)·p_w(b)
@@ -91,35 +91,6 @@ def bias_fraction(mu: float, var: float, fan_in) -> np.ndarray | float:
     return float(out) if out.ndim == 0 else out
 
 
-def output_energy(
-    hist_x: np.ndarray, hist_w: np.ndarray, values_x: np.ndarray, values_w: np.ndarray, fan_in: int
-) -> float:
-    """E[Y_ij²] per entry for i.i.d. operands: K·Var(xw) + K²·(E[x]E[w])² (x, w the operand *values*)."""
-    hx = np.asarray(hist_x, np.float64) / np.sum(hist_x)
-    hw = np.asarray(hist_w, np.float64) / np.sum(hist_w)
-    vx = np.asarray(values_x, np.float64)
-    vw = np.asarray(values_w, np.float64)
-    ex, ew = hx @ vx, hw @ vw
-    exw2 = (hx @ vx**2) * (hw @ vw**2)
-    var_xw = exw2 - (ex * ew) ** 2
-    return float(fan_in * var_xw + fan_in**2 * (ex * ew) ** 2)
-
-
-def relative_distortion(distortion: Distortion, output_sq_per_entry: float) -> float:
-    """D = ‖ΔY‖_F / ‖Y‖_F from the expected squared norms (per entry, so M·N cancels)."""
-    if output_sq_per_entry <= 0:
-        return float("inf") if distortion.frob_sq > 0 else 0.0
-    return float(np.sqrt(distortion.frob_sq / distortion.entries / output_sq_per_entry))
-
-
-def heterogeneous_distortion(mean_terms: np.ndarray, var_terms: np.ndarray) -> float:
-    """E‖ΔY‖_F² = Σ_ij [Σ_k Var ε_ijk + (Σ_k E ε_ijk)²]; arrays [..., K] (last axis summed within a dot
-    product, the K terms independent)."""
-    m = np.asarray(mean_terms, np.float64)
-    v = np.asarray(var_terms, np.float64)
-    return float(v.sum() + (m.sum(axis=-1) ** 2).sum())
-
-
 def relative_model_distortion(x: np.ndarray, w: np.ndarray, mu_r: float, sigma_r: float) -> float:
     """Relative-error multipliers m̃ = ab(1+δ), δ independent with mean μ_r and std σ_r:
     E‖ΔY‖_F² = μ_r²‖XW‖_F² + σ_r² Σ_ijk (x_ik w_kj)²."""
@@ -128,18 +99,3 @@ def relative_model_distortion(x: np.ndarray, w: np.ndarray, mu_r: float, sigma_r
     y = x @ w
     sq = (x * x) @ (w * w)
     return float(mu_r**2 * (y * y).sum() + sigma_r**2 * sq.sum())
-
-
-def p2_error_generator(y, mu_eps, sigma_eps, rho, s2=None):
-    """P2's per-neuron error generator (SCIENCE.md §2, Eq. 11), in torch so it stays in the graph:
-    ξ = σ_ε·(ρ·s₁ + √(1−ρ²)·s₂) + μ_ε with s₁ = (y − mean(y))/std(y) over the batch axis 0 and s₂ ~ N(0,1).
-    The gradient flows through s₁ (∂ξ/∂y = σ_ε·ρ/σ_y, with the batch statistics held fixed)."""
-    import torch
-
-    mean = y.mean(dim=0, keepdim=True).detach()
-    std = y.std(dim=0, keepdim=True).detach().clamp_min(1e-12)
-    s1 = (y - mean) / std
-    if s2 is None:
-        s2 = torch.randn_like(y)
-    rho = torch.as_tensor(rho, dtype=y.dtype)
-    return sigma_eps * (rho * s1 + torch.sqrt(1 - rho * rho) * s2) + mu_eps

@@ -5,7 +5,7 @@ Inputs are byte-indexed (value & 0xFF) 8-bit codes and *effective* error tables 
 see `error_tables`). Outputs are in accumulator units times `col_scale` (the per-output-column float
 scale), i.e. float output units before bias when `col_scale` is the layer's output scale.
 
-Three predictors (SCIENCE.md §3 and §6):
+Three predictors (P3 and two refinements of it; docs/REFERENCES.md):
 - `predict_p3`: P3's published population model: local activation histograms of sampled receptive
   fields against one global weight histogram, pooled by the law of total variance:
   σ = √(K·mean_i σ_i² + K²·Var_i μ_i).
@@ -71,16 +71,6 @@ def exact_effective_table(signed: bool, weight_scheme: str) -> np.ndarray:
 def _scale_stats(col_scale, n_cols: int) -> np.ndarray:
     s = np.ones(n_cols) if col_scale is None else np.asarray(col_scale, np.float64).reshape(-1)
     return np.broadcast_to(s, (n_cols,)) if s.size == 1 else s
-
-
-def predict_global(hist_x, hist_w, err: np.ndarray, fan_in: int, col_scale=None):
-    """√K·σ_e and K·μ_e from global histograms (the single-distribution model). Returns (σ [M], mean [M])."""
-    from dse.errors.analytic import error_moments
-
-    mu, var = error_moments(err, hist_x, hist_w)
-    s = np.atleast_1d(np.asarray(1.0 if col_scale is None else col_scale, np.float64))
-    rms_s, mean_s = np.sqrt(np.mean(s * s)), np.mean(s)
-    return np.sqrt(fan_in * var) * rms_s, fan_in * mu * mean_s
 
 
 def predict_p3(local_hists: np.ndarray, hist_w: np.ndarray, err: np.ndarray, fan_in: int, col_scale=None):

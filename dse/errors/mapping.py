@@ -1,4 +1,4 @@
-"""Mapping learned tolerances to multipliers (SCIENCE.md §3, P3's select_layer_multiplier).
+"""Mapping learned tolerances to multipliers (P3's select_layer_multiplier; docs/REFERENCES.md).
 
 Per layer, independently: the lowest-energy multiplier whose predicted error fits under the layer's
 tolerance |σ_l|·std(exact layer output). Rules:

@@ -1,33 +1,38 @@
-"""Error surrogates for retraining: the per-neuron statistical error model (SCIENCE.md §2, P2) and the
-published baselines it is compared with.
+"""Error surrogates for retraining: P2's per-neuron statistical error model and the published baselines
+it is compared with (P2 Eqs. 11–15, see docs/REFERENCES.md), and `build_surrogates`, which makes one per
+approximated layer from the measured statistics (`dse.retrain.statistics`).
 
-Every surrogate is a small torch module that a layer in `errmodel` mode calls on its output y (float units,
-accumulator · output_scale) and whose return value the layer adds to y before the activation:
+Every output surrogate is a small torch module that a layer in `errmodel` mode calls on its output y (float
+units, accumulator · output_scale) and whose return value the layer adds to y before the activation:
 
 - `PerNeuronErrorModel`: ξ = σ_ε (ρ s₁ + √(1−ρ²) s₂) + μ_ε with s₁ = (y − μ_y)/σ_y kept in the autograd
   graph (so ∂ξ/∂y = σ_ε ρ / σ_y, P2 Eqs. 11–15) and s₂ ~ N(0, 1) drawn fresh; μ, σ, ρ per output neuron
-  ([C, H, W] position for conv, unit for linear), measured offline by `NeuronStatsAccumulator`.
+  ([C, H, W] position for conv, unit for linear), measured offline (`LayerErrorStats`).
 - `AwgnNoise`: white Gaussian noise at a fixed SNR relative to the batch's own output power (Hanif et al.).
 - `GaussianNoise`: plain additive Gaussian noise with a given σ (and mean) in output units (AGN).
 - `MultiplicativeWeightNoise`: Hammad et al.'s W ⊙ Err with Err ~ N(1 + μ_rel, σ_rel²) from the
-  multiplier's relative error; it perturbs weights, not outputs (see `dse.retrain`).
-
-Statistics and their calibration from behavioural simulation live here too (`LayerErrorStats`,
-`measure_error_stats`), so retraining only has to choose and attach a surrogate.
+  multiplier's relative error; it perturbs weights, not outputs (`dse.retrain.loop` applies it).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
-# A neuron whose exact output never varies over the calibration sample has no s₁; it gets ρ = 0.
-_MIN_STD = 1e-12
+from dse.errors.predict import get_predictions
+from dse.multipliers.core import Multiplier, exact_table, operand_values
+from dse.retrain.statistics import MIN_STD, LayerErrorStats
+from dse.util import UserError
+
+if TYPE_CHECKING:
+    from dse.prepare import Prepared
+
+METHODS = ("behavioral", "errmodel", "multiplicative", "awgn", "agn")
 
 
 class _NoiseBank:
@@ -65,120 +70,6 @@ class _NoiseBank:
 _NOISE = _NoiseBank()
 
 
-@dataclass(frozen=True)
-class LayerErrorStats:
-    """Per-neuron moments of one layer's output y and its approximation error ε = ỹ − y.
-
-    Tensors have the per-sample output shape ([C, H, W] for conv, [N_out] for linear), float32, in the
-    layer's float output units before bias. The layer-wide figures feed the baselines: `snr_db` =
-    10·log10(E[y²]/E[ε²]), `sigma_err` / `mean_err_layer` the pooled std / mean of ε over all neurons.
-    """
-
-    mean_y: torch.Tensor
-    std_y: torch.Tensor
-    mean_err: torch.Tensor
-    std_err: torch.Tensor
-    corr: torch.Tensor
-    samples: int
-    power_y: float
-    power_err: float
-    sigma_err: float
-    mean_err_layer: float
-
-    @property
-    def snr_db(self) -> float:
-        if self.power_err <= 0:
-            return math.inf
-        if self.power_y <= 0:
-            return -math.inf
-        return 10.0 * math.log10(self.power_y / self.power_err)
-
-    def to_dict(self) -> dict:
-        return {
-            "mean_y": self.mean_y,
-            "std_y": self.std_y,
-            "mean_err": self.mean_err,
-            "std_err": self.std_err,
-            "corr": self.corr,
-            "samples": self.samples,
-            "power_y": self.power_y,
-            "power_err": self.power_err,
-            "sigma_err": self.sigma_err,
-            "mean_err_layer": self.mean_err_layer,
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> LayerErrorStats:
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
-
-
-class NeuronStatsAccumulator:
-    """Streams (y_exact, y_approx) batches [B, *shape] into per-neuron sums (float64), then `finish()`."""
-
-    def __init__(self) -> None:
-        self.n = 0
-        self._sums: dict[str, torch.Tensor] | None = None
-
-    def add(self, y_exact: torch.Tensor, y_approx: torch.Tensor) -> None:
-        if y_exact.shape != y_approx.shape:
-            raise ValueError(f"shapes differ: {list(y_exact.shape)} vs {list(y_approx.shape)}")
-        y = y_exact.detach().to(torch.float64)
-        e = y_approx.detach().to(torch.float64) - y
-        batch = {
-            "y": y.sum(0),
-            "yy": (y * y).sum(0),
-            "e": e.sum(0),
-            "ee": (e * e).sum(0),
-            "ye": (y * e).sum(0),
-        }
-        if self._sums is None:
-            self._sums = batch
-        else:
-            if batch["y"].shape != self._sums["y"].shape:
-                raise ValueError("per-sample output shape changed between batches")
-            for k, v in batch.items():
-                self._sums[k] += v
-        self.n += y.shape[0]
-
-    def finish(self) -> LayerErrorStats:
-        if self._sums is None or self.n < 2:
-            raise ValueError("need at least two calibration samples")
-        s, n = self._sums, self.n
-        mean_y, mean_e = s["y"] / n, s["e"] / n
-        var_y = (s["yy"] / n - mean_y**2).clamp_min(0)
-        var_e = (s["ee"] / n - mean_e**2).clamp_min(0)
-        cov = s["ye"] / n - mean_y * mean_e
-        std_y, std_e = var_y.sqrt(), var_e.sqrt()
-        denom = std_y * std_e
-        corr = torch.where(denom > _MIN_STD, cov / denom.clamp_min(_MIN_STD), torch.zeros_like(cov))
-        corr = corr.clamp(-1.0, 1.0)
-        cells = n * mean_y.numel()
-        power_y = float(s["yy"].sum() / cells)
-        power_err = float(s["ee"].sum() / cells)
-        mean_layer = float(s["e"].sum() / cells)
-        sigma_layer = math.sqrt(max(power_err - mean_layer**2, 0.0))
-        f32 = torch.float32
-        return LayerErrorStats(
-            mean_y=mean_y.to(f32),
-            std_y=std_y.to(f32),
-            mean_err=mean_e.to(f32),
-            std_err=std_e.to(f32),
-            corr=corr.to(f32),
-            samples=n,
-            power_y=power_y,
-            power_err=power_err,
-            sigma_err=sigma_layer,
-            mean_err_layer=mean_layer,
-        )
-
-
-def neuron_stats(y_exact: torch.Tensor, y_approx: torch.Tensor) -> LayerErrorStats:
-    """Per-neuron statistics of a whole sample at once (first dimension = samples)."""
-    acc = NeuronStatsAccumulator()
-    acc.add(y_exact, y_approx)
-    return acc.finish()
-
-
 class PerNeuronErrorModel(nn.Module):
     """P2's generator: returns ξ = σ_ε (ρ s₁ + √(1−ρ²) s₂) + μ_ε for a batch y [B, *shape].
 
@@ -198,9 +89,9 @@ class PerNeuronErrorModel(nn.Module):
     ) -> None:
         super().__init__()
         self.reuse_noise = reuse_noise  # s₂ from the shared bank (`_NoiseBank`) instead of randn each call
-        live = std_y > _MIN_STD
+        live = std_y > MIN_STD
         rho = torch.where(live, corr, torch.zeros_like(corr)).clamp(-1.0, 1.0)
-        inv_std_y = torch.where(live, 1.0 / std_y.clamp_min(_MIN_STD), torch.zeros_like(std_y))
+        inv_std_y = torch.where(live, 1.0 / std_y.clamp_min(MIN_STD), torch.zeros_like(std_y))
         slope = std_err * rho * inv_std_y  # σ_ε ρ / σ_y = ∂ξ/∂y
         # ξ = slope·y + offset + a2·s₂ is the same generator with s₁ expanded: two fused ops per call
         self.register_buffer("slope", slope.detach().float().clone())
@@ -281,8 +172,6 @@ def relative_error_moments(
 
     `weight_magnitude_only`: for sign-magnitude weights the table sees |w| ≤ 127 only.
     """
-    from dse.multipliers.core import exact_table, operand_values
-
     lut = np.asarray(lut, dtype=np.int64)
     exact = exact_table(signed).astype(np.int64)
     mask = exact != 0
@@ -291,3 +180,49 @@ def relative_error_moments(
         mask &= ((w >= 0) & (w <= 127))[None, :]
     rel = (lut[mask] - exact[mask]) / exact[mask]
     return float(rel.mean()), float(rel.std())
+
+
+def predicted_sigma(
+    prepared: Prepared, multipliers: Mapping[str, Multiplier]
+) -> dict[str, tuple[float, float]]:
+    """(σ, mean) per layer from the run's σ predictions (`dse.errors.predict`); {} when the run has none, or
+    when they do not cover this assignment (another search space), so that the caller measures σ instead."""
+    if not (prepared.run_dir.profiles_dir / "predictions.json").exists():
+        return {}
+    try:
+        pred = get_predictions(prepared)
+        out = {}
+        for name, m in multipliers.items():
+            li, mi = pred.layers.index(name), pred.multipliers.index(m.name)
+            out[name] = (float(pred.sigma[li][mi]), float(pred.mean[li][mi]))
+        return out
+    except (UserError, ValueError, KeyError, OSError):  # not this run's space, or not readable
+        return {}
+
+
+def build_surrogates(
+    method: str,
+    prepared: Prepared,
+    multipliers: Mapping[str, Multiplier],
+    stats: Mapping[str, LayerErrorStats],
+) -> dict[str, nn.Module]:
+    """{layer: module} for the output-noise methods (errmodel, awgn, agn) or the weight-noise one
+    (multiplicative), one per layer of `stats` (the approximated layers)."""
+    if method == "errmodel":
+        return {n: PerNeuronErrorModel.from_stats(s) for n, s in stats.items()}
+    if method == "awgn":
+        return {n: AwgnNoise(s.snr_db) for n, s in stats.items()}
+    if method == "agn":
+        predicted = predicted_sigma(prepared, {n: multipliers[n] for n in stats})
+        return {
+            n: GaussianNoise(predicted[n][0] if n in predicted else s.sigma_err) for n, s in stats.items()
+        }
+    if method == "multiplicative":
+        sign_magnitude = prepared.fmt.weight_scheme == "sign-magnitude"
+        out: dict[str, nn.Module] = {}
+        for n in stats:
+            m = multipliers[n]
+            mean, std = relative_error_moments(m.lut, bool(m.signed), weight_magnitude_only=sign_magnitude)
+            out[n] = MultiplicativeWeightNoise(mean, std)
+        return out
+    raise UserError(f"--method {method}: expected one of {', '.join(METHODS)}")

@@ -1,4 +1,4 @@
-"""The per-neuron error model and the baselines against Monte Carlo (SCIENCE.md §4 T8, T9)."""
+"""The per-neuron error model and the baselines against Monte Carlo (T8, T9 of docs/REFERENCES.md)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from dse.errmodel import (
+from dse.multipliers.core import exact_table
+from dse.retrain.statistics import NeuronStatsAccumulator, neuron_stats
+from dse.retrain.surrogates import (
     AwgnNoise,
     GaussianNoise,
     MultiplicativeWeightNoise,
-    NeuronStatsAccumulator,
     PerNeuronErrorModel,
-    neuron_stats,
     relative_error_moments,
 )
-from dse.multipliers.core import exact_table
 
 N = 40_000  # Monte-Carlo samples per neuron
 SHAPE = (3, 2, 2)  # a conv-like [C, H, W] per-sample output
@@ -37,6 +36,37 @@ def _corr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     a = a - a.mean(0)
     b = b - b.mean(0)
     return (a * b).mean(0) / (a.std(0, unbiased=False) * b.std(0, unbiased=False))
+
+
+def _generator_on_batch_stats(y: torch.Tensor, mu_eps: float, sigma_eps: float, rho: float):
+    """P2's generator with the calibration moments μ_y, σ_y taken from the batch y itself (axis 0)."""
+    mean_y, std_y = y.detach().mean(0), y.detach().std(0)
+    return PerNeuronErrorModel(
+        mean_y,
+        std_y,
+        torch.full_like(mean_y, mu_eps),
+        torch.full_like(mean_y, sigma_eps),
+        torch.full_like(mean_y, rho),
+    )
+
+
+def test_t8_p2_generator():
+    torch.manual_seed(8)
+    y = torch.randn(200_000, 1) * 3 + 1
+    for rho in (0.0, 0.6, -0.8):
+        xi = _generator_on_batch_stats(y, 0.7, 2.0, rho)(y)
+        assert float(xi.mean()) == pytest.approx(0.7, abs=0.02)
+        assert float(xi.std()) == pytest.approx(2.0, rel=0.01)
+        c = float(torch.corrcoef(torch.stack([xi[:, 0], y[:, 0]]))[0, 1])
+        assert c == pytest.approx(rho, abs=0.01)
+    xi = _generator_on_batch_stats(y, 0.7, 2.0, -1.0)(y)
+    fit = np.polyfit(y[:, 0].numpy(), xi[:, 0].numpy(), 1)
+    assert np.abs(np.polyval(fit, y[:, 0].numpy()) - xi[:, 0].numpy()).max() < 1e-4  # affine in y
+    yg = (torch.randn(1000, 3) * torch.tensor([1.0, 2.0, 5.0])).requires_grad_()
+    xi = _generator_on_batch_stats(yg, 0.0, 2.0, 0.5)(yg)
+    xi.sum().backward()
+    expected = 2.0 * 0.5 / yg.detach().std(dim=0)
+    assert torch.allclose(yg.grad, expected.expand_as(yg), rtol=1e-5)
 
 
 @pytest.mark.parametrize("reuse_noise", [True, False])

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from dse.cli import cli
 from dse.multipliers.library import load_library
 from dse.quant import QuantFormat
-from dse.retrain import read_assignment_file, resolve_assignment
+from dse.retrain.assignment import read_assignment_file, resolve_assignment
 from dse.util import UserError
 
 LAYERS = ["conv1", "conv2", "fc1", "fc2"]
@@ -95,3 +95,10 @@ def test_cli_bad_inputs_exit_2_with_one_line(tmp_path):
     bad.write_text("[1, 2]")
     result = runner.invoke(cli, ["retrain", str(tmp_path), "--config", str(bad)])
     assert result.exit_code == 2 and "bad.json" in result.output
+
+
+def test_cli_method_names_are_the_library_methods():
+    from dse.cli.retrain import METHOD_NAMES
+    from dse.retrain.surrogates import METHODS
+
+    assert METHOD_NAMES == METHODS

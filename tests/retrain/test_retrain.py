@@ -36,7 +36,8 @@ lr = 0.005
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    from dse.study import load_study, prepare
+    from dse.prepare import prepare
+    from dse.study import load_study
 
     root = tmp_path_factory.mktemp("retrain")
     (root / "tiny.toml").write_text(STUDY)
@@ -48,7 +49,8 @@ def run_dir(tmp_path_factory) -> Path:
 def _lut_accuracy(run_dir: Path, checkpoint: Path | None, assignment: dict[str, str]) -> float:
     """An independent behavioural evaluation: fresh prepared model, weights from the checkpoint."""
     from dse.nn import assign, set_mode
-    from dse.study import evaluate_accuracy, load_prepared
+    from dse.prepare import load_prepared
+    from dse.train import evaluate_accuracy
 
     prepared = load_prepared(run_dir, device="cpu")
     model = prepared.model
@@ -60,7 +62,7 @@ def _lut_accuracy(run_dir: Path, checkpoint: Path | None, assignment: dict[str, 
 
 
 def test_reported_accuracies_are_behavioural_simulations_of_the_saved_network(run_dir):
-    from dse.retrain import retrain
+    from dse.retrain.loop import retrain
 
     res = retrain(run_dir, ASSIGNMENT, "errmodel", epochs=1, calibration_samples=128)
     ckpt = Path(res.checkpoint)
@@ -81,7 +83,9 @@ def test_reported_accuracies_are_behavioural_simulations_of_the_saved_network(ru
 def test_errmodel_statistics_match_the_simulated_error(run_dir):
     """μ_ε, σ_ε per neuron are the moments of (lut-mode output − quant-mode output) of that neuron."""
     from dse.nn import approx_layers, assign, set_mode
-    from dse.retrain import load_run, measure_error_stats, resolve_assignment
+    from dse.retrain.assignment import resolve_assignment
+    from dse.retrain.loop import load_run
+    from dse.retrain.statistics import measure_error_stats
     from dse.train import dataset_tensors
 
     prepared = load_run(run_dir)
@@ -123,10 +127,10 @@ def test_every_method_runs_and_cli_round_trip(run_dir, tmp_path):
 
 
 def test_cross_matrix(run_dir):
-    from dse.retrain import cross_evaluate
+    from dse.retrain.compare import cross_evaluate
 
     out = cross_evaluate(run_dir, ["trunc9_u8"], epochs=1, calibration_samples=64)
-    assert out["rows"] == ["none", "trunc9_u8"] and out["columns"] == ["exact_u8", "trunc9_u8"]
+    assert out.rows == ["none", "trunc9_u8"] and out.columns == ["exact_u8", "trunc9_u8"]
     everywhere = {name: "trunc9_u8" for name in ("conv1", "conv2", "fc1", "fc2")}
-    assert out["accuracy"][0][1] == _lut_accuracy(run_dir, None, everywhere)
-    assert out["accuracy"][0][0] == _lut_accuracy(run_dir, None, {})
+    assert out.accuracy[0][1] == _lut_accuracy(run_dir, None, everywhere)
+    assert out.accuracy[0][0] == _lut_accuracy(run_dir, None, {})
