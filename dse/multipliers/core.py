@@ -1,8 +1,8 @@
 """The `Multiplier`: an 8-bit approximate multiplier as a 256x256 table plus an energy figure.
 
-Conventions (DESIGN.md §4): `lut[a_byte, w_byte]` is the approximate product of the activation operand
-(first index) and the weight operand (second index); signed tables are indexed by the two's-complement
-byte (value & 0xFF). Error ε(a, w) = approximate − exact.
+Conventions (docs/REFERENCES.md, Conventions): `lut[a_byte, w_byte]` is the approximate product of the
+activation operand (first index) and the weight operand (second index); signed tables are indexed by the
+two's-complement byte (value & 0xFF). Error ε(a, w) = approximate − exact.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from functools import cached_property
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 METRIC_NAMES = (
     "mae",
@@ -39,13 +40,13 @@ def exact_table(signed: bool) -> np.ndarray:
     return np.outer(v, v).astype(np.int32)
 
 
-def table_sha256(lut) -> str:
+def table_sha256(lut: npt.ArrayLike) -> str:
     """sha256 of a table as int32 little-endian, C order: the identity of a multiplier's table."""
     return hashlib.sha256(np.ascontiguousarray(lut, dtype="<i4").tobytes()).hexdigest()
 
 
 def table_metrics(lut: np.ndarray, signed: bool) -> dict[str, float]:
-    """EvoApprox metric definitions over all 2^16 operand pairs (DESIGN.md §4)."""
+    """EvoApprox metric definitions over all 2^16 operand pairs (docs/REFERENCES.md, Multiplier metrics)."""
     exact = exact_table(signed).astype(np.int64)
     err = lut.astype(np.int64) - exact
     abs_err = np.abs(err)

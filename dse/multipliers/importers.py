@@ -1,7 +1,7 @@
 """Importers: EvoApprox-style C models, TFApprox `.bin` tables and `.npy` / `.npz` tables -> `Multiplier`.
 
-Orientation (DESIGN.md §4): the table comes out as `lut[activation_byte, weight_byte]`, the first C argument
-(or the first array index) being the activation. `swap_operands=True` transposes, i.e. makes the first C
+Orientation (docs/REFERENCES.md, Conventions): the table comes out as `lut[activation_byte, weight_byte]`,
+the first C argument (or the first array index) being the activation. `swap_operands=True` transposes, i.e. makes the first C
 argument the *weight*. EvoApprox's evolved unsigned models are declared `f(uint8_t B, uint8_t A)`; whether
 to swap is the user's choice (a multiplier used as f(weight, activation) is a different hardware mapping).
 

@@ -1,7 +1,7 @@
 """The multiplier library a command sees: the built-ins plus the user library directory.
 
 The user library directory holds one pair of files per imported multiplier: `<name>.npz` (array `lut`,
-int32 [256, 256], DESIGN.md §4 orientation) and `<name>.json` (metadata: name, signed, energy_rel,
+int32 [256, 256], lut[activation_byte, weight_byte]) and `<name>.json` (metadata: name, signed, energy_rel,
 energy_method, source, params, lut_sha256). It is chosen by `--library DIR`, else the environment variable
 `DSE_LIBRARY`, else `$XDG_DATA_HOME/dse/multipliers` (default `~/.local/share/dse/multipliers`).
 """

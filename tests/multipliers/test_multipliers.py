@@ -6,9 +6,18 @@ import re
 import numpy as np
 import pytest
 
-from dse.multipliers import Multiplier, exact_table, load_library, operand_values, table_metrics
-from dse.multipliers import builtin as B
-from dse.multipliers.builtin import builtin_multipliers
+from dse.multipliers import (
+    Multiplier,
+    circuits,
+    energy_model,
+    exact_table,
+    formulas,
+    load_library,
+    operand_values,
+    table_metrics,
+)
+from dse.multipliers.builtin import builtin_multipliers, unsigned_entries
+from dse.multipliers.catalogue import UNSIGNED_SPECS
 from dse.util import UserError
 
 U = np.arange(256, dtype=np.int64)
@@ -139,7 +148,9 @@ def test_builtin_tables_are_distinct_within_a_format():
 
 def test_gate_cost_table_applied_to_the_exact_array():
     # ariths-gen's 8x8 unsigned array multiplier: 168 AND, 104 XOR, 48 OR
-    assert B.gate_cost(B._array(8, 8)) == pytest.approx(168 * 1.0 + 104 * 1.5 + 48 * 1.0)
+    assert energy_model.gate_cost(circuits.array_multiplier(8, 8)) == pytest.approx(
+        168 * 1.0 + 104 * 1.5 + 48 * 1.0
+    )
 
 
 def test_truncation_trades_error_for_energy_monotonically():
@@ -198,7 +209,7 @@ def test_recursive_multiplier_is_the_sum_of_its_blocks(name):
 
 
 def test_all_exact_recursive_circuit_is_exact():
-    assert np.array_equal(B.circuit_table(B._recursive(None, -1)), exact_table(False))
+    assert np.array_equal(circuits.circuit_table(circuits.recursive(None, -1)), exact_table(False))
 
 
 @pytest.mark.parametrize("k", [3, 4, 6])
@@ -210,7 +221,7 @@ def test_drum_is_rank_one_nearly_unbiased_and_exact_on_small_operands(k):
         assert np.linalg.matrix_rank(t.astype(np.float64)) == 1
     # unbiased up to half an LSB per operand: the mean operand error is at most 0.5, so the product's bias
     # stays below 1 % of the mean exact product (127.5^2) although the MAE is much larger for small k
-    operand_err = B.drum_operand(U, k) - U
+    operand_err = formulas.drum_operand(U, k) - U
     assert 0 <= operand_err.mean() <= 0.5
     assert abs(m.metrics["mean_error"]) < 0.01 * 127.5**2
     small = 1 << k
@@ -260,28 +271,28 @@ def test_signed_variants_are_sign_magnitude_wrappers_with_their_own_metrics():
         assert m.metrics["mean_error"] == pytest.approx(0, abs=1.0)  # sign symmetry cancels the core's bias
         assert 0 < m.energy_rel < 1.5
     exact_core = by["trunc8_u8"]
-    assert by["trunc8_s8"].energy_rel == pytest.approx(B.signed_energy(exact_core.energy_rel))
-    assert B.signed_energy(1.0) == pytest.approx(1.0)
+    assert by["trunc8_s8"].energy_rel == pytest.approx(energy_model.signed_energy(exact_core.energy_rel))
+    assert energy_model.signed_energy(1.0) == pytest.approx(1.0)
     # a signed table must be signed indeed: the exact wrapper reproduces the exact signed product
-    assert np.array_equal(B.sign_magnitude_table(exact_table(False)), exact_table(True))
+    assert np.array_equal(formulas.sign_magnitude_table(exact_table(False)), exact_table(True))
 
 
 def test_disk_cache_round_trip_and_corruption(tmp_path, monkeypatch):
     library_table = lib_by_name()["bam_h2_v6_u8"].lut  # before the patching below
-    few = [spec for spec in B._unsigned_specs() if spec[0] in ("exact_u8", "bam_h2_v6_u8", "drum4_u8")]
-    monkeypatch.setattr(B, "_unsigned_specs", lambda: few)
+    few = [spec for spec in UNSIGNED_SPECS if spec.name in ("exact_u8", "bam_h2_v6_u8", "drum4_u8")]
     monkeypatch.setenv("DSE_CACHE_DIR", str(tmp_path))
-    fresh = B.unsigned_entries(use_cache=True)  # computes and writes the cache
+    fresh = unsigned_entries(few, use_cache=True)  # computes and writes the cache
     files = list(tmp_path.glob("*.npz"))
-    assert len(files) == 1 and [e[0] for e in fresh] == ["exact_u8", "bam_h2_v6_u8", "drum4_u8"]
-    cached = B.unsigned_entries(use_cache=True)
-    for (_, p1, t1, e1, m1), (_, p2, t2, e2, m2) in zip(fresh, cached, strict=True):
-        assert np.array_equal(t1, t2) and e1 == e2 and m1 == m2 and p1 == p2
+    assert len(files) == 1 and [e.name for e in fresh] == ["exact_u8", "bam_h2_v6_u8", "drum4_u8"]
+    cached = unsigned_entries(few, use_cache=True)
+    for a, b in zip(fresh, cached, strict=True):
+        assert np.array_equal(a.lut, b.lut) and a.energy_rel == b.energy_rel
+        assert a.energy_method == b.energy_method and a.params == b.params
     files[0].write_bytes(b"garbage")
-    again = B.unsigned_entries(use_cache=True)
-    assert all(np.array_equal(a[2], b[2]) for a, b in zip(fresh, again, strict=True))
+    again = unsigned_entries(few, use_cache=True)
+    assert all(np.array_equal(a.lut, b.lut) for a, b in zip(fresh, again, strict=True))
     # the library the rest of the project sees (maybe from a cache) equals a fresh circuit evaluation
-    assert np.array_equal(library_table, fresh[1][2])
+    assert np.array_equal(library_table, fresh[1].lut)
 
 
 # ---------------------------------------------------------------- Library API ------------------------------
