@@ -95,9 +95,9 @@ def bench_model(
 
 def _layer_backends(layer) -> list[str]:
     """Backends of the kernel the layer prepared for its current multiplier (empty if none yet)."""
-    from dse.nn import _table_key
+    from dse.nn import table_key
 
-    state = layer._luts.get(_table_key(layer.multiplier))
+    state = layer._luts.get(table_key(layer.multiplier))
     return list(getattr(getattr(state, "prepared", None), "backends", []))
 
 

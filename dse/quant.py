@@ -1,12 +1,12 @@
 """8-bit quantization: operand formats, activation observers, weight quantizers, effective tables.
 
-Three operand formats (DESIGN.md §4), all 8-bit:
+Three operand formats, all 8-bit:
 - `signed` / `symmetric`: int8 activations (zero point 0, codes -128..127) × int8 weights (-127..127).
 - `unsigned` / `sign-magnitude`: uint8 activations × int8 weight codes in [-127, 127]; the multiplier sees
   (activation, |w|) through its unsigned table and the weight's sign is applied to the product. The kernel
   gets the *effective table* T[a, w & 0xFF] = sign(w)·lut[a, |w|] (`effective_lut`).
 - `unsigned` / `affine`: uint8 activations × uint8 weights with zero points (weights per channel or per
-  tensor); the zero-point corrections are exact integer terms in the accumulator (see `dse.nn`).
+  tensor); the zero-point corrections are exact integer terms in the accumulator (see `dse.nn.layer`).
 
 Activations are quantized per tensor from an observed range [min, max] (always widened to contain 0, so
 that real zero has an exact code, which padding feeds). In the unsigned formats the activation rule of a
@@ -33,8 +33,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from dse.multipliers.core import table_sha256
+from dse.multipliers.core import Multiplier, exact_table, table_sha256
 from dse.util import UserError
+
+MultiplierOrTable = Multiplier | np.ndarray | torch.Tensor  # a raw table: [256, 256] of the format
 
 WEIGHT_SCHEMES = ("symmetric", "sign-magnitude", "affine")
 FORMAT_NAMES = ("signed", "unsigned")
@@ -106,9 +108,9 @@ class QuantFormat:
 # Effective tables
 
 
-def _raw_table(multiplier: Any) -> tuple[np.ndarray, bool | None, str]:
+def _raw_table(multiplier: MultiplierOrTable) -> tuple[np.ndarray, bool | None, str]:
     """(table int32 [256,256], signedness or None if unknown, identity) of a Multiplier or a raw table."""
-    if hasattr(multiplier, "lut") and hasattr(multiplier, "signed"):
+    if isinstance(multiplier, Multiplier):
         return np.asarray(multiplier.lut, dtype=np.int32), bool(multiplier.signed), multiplier.sha256
     lut = (
         multiplier.detach().cpu().numpy() if isinstance(multiplier, torch.Tensor) else np.asarray(multiplier)
@@ -119,13 +121,14 @@ def _raw_table(multiplier: Any) -> tuple[np.ndarray, bool | None, str]:
     return lut, None, table_sha256(lut)
 
 
-def check_multiplier_format(multiplier: Any, fmt: QuantFormat, where: str = "multiplier") -> None:
-    """UserError if a Multiplier's signedness does not match the operand format."""
-    signed = getattr(multiplier, "signed", None)
-    if signed is not None and bool(signed) != fmt.signed:
-        name = getattr(multiplier, "name", "?")
+def check_multiplier_format(
+    multiplier: MultiplierOrTable, fmt: QuantFormat, where: str = "multiplier"
+) -> None:
+    """UserError if a Multiplier's signedness does not match the operand format (raw tables pass)."""
+    if isinstance(multiplier, Multiplier) and multiplier.signed != fmt.signed:
+        signed = multiplier.signed
         raise UserError(
-            f"{where}: multiplier {name} is {'signed' if signed else 'unsigned'}, "
+            f"{where}: multiplier {multiplier.name} is {'signed' if signed else 'unsigned'}, "
             f"but the operand format is {fmt.format} ({fmt.weight_scheme})"
         )
 
@@ -144,7 +147,7 @@ def _effective(lut: np.ndarray, scheme: str) -> torch.Tensor:
     return eff.to(torch.int32).contiguous()
 
 
-def effective_lut(multiplier: Any, fmt: QuantFormat) -> torch.Tensor:
+def effective_lut(multiplier: MultiplierOrTable, fmt: QuantFormat) -> torch.Tensor:
     """The table the kernel gets, int32 [256, 256], indexed [activation_byte, weight_byte].
 
     signed / affine: the multiplier's table itself. sign-magnitude: T[a, w & 0xFF] = sign(w)·lut[a, |w|]
@@ -165,8 +168,6 @@ def effective_lut(multiplier: Any, fmt: QuantFormat) -> torch.Tensor:
 
 def exact_lut(fmt: QuantFormat) -> torch.Tensor:
     """The effective table of the exact multiplier of the format (T[a, w] = a·w in operand values)."""
-    from dse.multipliers.core import exact_table
-
     return effective_lut(exact_table(fmt.signed), fmt)
 
 
@@ -213,7 +214,9 @@ def _safe_scale(s: torch.Tensor) -> torch.Tensor:
     return torch.where(s > 0, s, torch.ones_like(s))
 
 
-def range_qparams(lo_val: torch.Tensor, hi_val: torch.Tensor, symmetric: bool, qmax_sym: int = 127):
+def range_qparams(
+    lo_val: torch.Tensor, hi_val: torch.Tensor, symmetric: bool, qmax_sym: int = 127
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(scale, zero_point) float tensors for a real range [lo_val, hi_val] (widened to contain 0).
 
     symmetric: scale = max|·| / qmax_sym, zero point 0. Otherwise uint8 affine: scale = (hi - lo) / 255,
@@ -262,6 +265,10 @@ class ActivationQuantizer(nn.Module):
     average (QAT), after the first batch initialises it.
     """
 
+    running_min: torch.Tensor
+    running_max: torch.Tensor
+    observed: torch.Tensor
+
     def __init__(self, fmt: QuantFormat) -> None:
         super().__init__()
         self.fmt = fmt
@@ -303,9 +310,9 @@ class ActivationQuantizer(nn.Module):
             self._observed_py = int(self.observed) > 0
         return self._observed_py
 
-    def _load_from_state_dict(self, *args, **kwargs):
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         self._observed_py = None
-        return super()._load_from_state_dict(*args, **kwargs)
+        super()._load_from_state_dict(*args, **kwargs)
 
     @property
     def rule(self) -> str:
@@ -319,6 +326,7 @@ class ActivationQuantizer(nn.Module):
         return range_qparams(self.running_min, self.running_max, symmetric=self.fmt.signed, qmax_sym=127)
 
     def float_codes(self, x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor) -> torch.Tensor:
+        """Activation codes of x as a float tensor of integers (with the STE gradient when x needs one)."""
         lo, hi = self.fmt.act_range
         if torch.is_grad_enabled() and x.requires_grad:
             return quantize_codes(x, scale, zp, lo, hi)
