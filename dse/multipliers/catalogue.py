@@ -47,8 +47,8 @@ Build: TypeAlias = Callable[[], tuple[np.ndarray, float]]  # -> (table, energy_r
 class BuiltinSpec:
     """One unsigned built-in multiplier: name, family and parameters, and how to compute it.
 
-    `build()` -> (table int32 [256, 256], energy_rel); it evaluates a circuit for the circuit families
-    (about a second each), which is why the built-in library caches its results on disk."""
+    `build()` -> (table int32 [256, 256], energy_rel). Building all of them takes seconds (the circuits are
+    evaluated gate by gate), which is why `dse.multipliers.builtin` caches the results on disk."""
 
     name: str
     family: str

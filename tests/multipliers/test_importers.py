@@ -12,7 +12,8 @@ from click.testing import CliRunner
 
 from dse.cli import cli
 from dse.multipliers import exact_table, load_library
-from dse.multipliers.importers import find_functions, import_multiplier, parse_header
+from dse.multipliers.c_models import find_functions, parse_header
+from dse.multipliers.importers import import_multiplier
 
 U = np.arange(256, dtype=np.int64)
 ASYM = np.outer(U, U) + (U[:, None] >> 4)  # depends on which operand is first: proves orientation
@@ -128,7 +129,7 @@ def test_c_function_chosen_by_name_when_several(tmp_path):
 
 def test_find_functions_and_header_parsing():
     fns = find_functions(EVO_UNSIGNED)
-    assert [f["name"] for f in fns] == ["mul8u_TST"] and fns[0]["arg_names"] == ["B", "A"]
+    assert [f.name for f in fns] == ["mul8u_TST"] and fns[0].arg_names == ("B", "A")
     h = parse_header(EVO_UNSIGNED)
     assert h["PDK45_AREA"] == pytest.approx(717.5) and h["WCE%"] == pytest.approx(0.0061)
 
