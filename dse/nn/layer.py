@@ -344,7 +344,7 @@ class ApproxLayer(nn.Module):
         # deepcopy / pickle: caches (prepared kernel objects) are rebuilt on demand
         state = dict(
             super().__getstate__()  # type: ignore[no-untyped-call]
-            if hasattr(super(), "__getstate__")
+            if hasattr(super(), "__getstate__")  # object.__getstate__ exists from Python 3.11 on
             else self.__dict__
         )
         state["_state"] = None
