@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 
 from dse.util import UserError
 
+if TYPE_CHECKING:
+    from dse.multipliers.core import Multiplier
+
+F = TypeVar("F", bound=Callable[..., object])
+
 LIBRARY_HELP = "User library directory (imported multipliers). Default: $DSE_LIBRARY, else ~/.local/share/dse/multipliers."
 
 
-def _library_option(f):
+def _library_option(f: F) -> F:
     return click.option(
         "--library", "library", type=click.Path(file_okay=False, path_type=Path), help=LIBRARY_HELP
     )(f)
@@ -60,7 +67,7 @@ _COLUMNS = (
 )
 
 
-def _table_rows(mults) -> list[str]:
+def _table_rows(mults: Sequence[Multiplier]) -> list[str]:
     head = "  ".join(
         f"{name:<22}"
         if i == 0
@@ -144,7 +151,7 @@ def show_cmd(ctx: click.Context, name: str, as_json: bool, library: Path | None)
     click.echo(_describe(m))
 
 
-def _describe(m) -> str:
+def _describe(m: Multiplier) -> str:
     lines = [
         f"{m.name}  ({m.format}, {m.source})",
         f"  energy_rel     {m.energy_rel:.4f}   ({m.energy_method})",
