@@ -9,7 +9,7 @@
 
 from dse.retrain.assignment import read_assignment_file, resolve_assignment
 from dse.retrain.compare import CrossEvaluation, MethodComparison, compare_methods, cross_evaluate
-from dse.retrain.loop import RetrainResult, load_retrained, load_run, retrain, validation_accuracy
+from dse.retrain.loop import RetrainResult, load_retrained, load_run, retrain
 from dse.retrain.statistics import CALIBRATION_SAMPLES, LayerErrorStats, measure_error_stats
 from dse.retrain.surrogates import METHODS, build_surrogates
 
@@ -29,5 +29,4 @@ __all__ = [
     "read_assignment_file",
     "resolve_assignment",
     "retrain",
-    "validation_accuracy",
 ]

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dse.hwconfig import read_assignment
 from dse.multipliers.core import Multiplier
+from dse.prepare import Prepared
 from dse.util import UserError, read_json
-
-if TYPE_CHECKING:
-    from dse.prepare import Prepared
 
 
 def read_assignment_file(path: Path) -> tuple[dict[str, str], dict[str, Any]]:

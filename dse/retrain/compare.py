@@ -9,10 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dse.data import Split
 from dse.retrain.assignment import resolve_assignment
-from dse.retrain.loop import RetrainResult, load_retrained, load_run, retrain, validation_accuracy
+from dse.retrain.loop import RetrainResult, load_retrained, load_run, retrain
 from dse.retrain.statistics import CALIBRATION_SAMPLES
 from dse.retrain.surrogates import METHODS
+from dse.simulation import simulate_accuracy
 from dse.util import UserError
 
 
@@ -137,7 +139,7 @@ def cross_evaluate(
     model = prepared.model
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
     rows, matrix = ["none"], []
-    matrix.append([validation_accuracy(prepared, homog[c], device) for c in columns])
+    matrix.append([simulate_accuracy(prepared, homog[c], Split.VAL, device=device) for c in columns])
     for name in columns[1:]:
         res = retrain(
             run_dir,
@@ -154,7 +156,7 @@ def cross_evaluate(
             prepared=prepared,
         )
         load_retrained(prepared, Path(res.checkpoint))
-        matrix.append([validation_accuracy(prepared, homog[c], device) for c in columns])
+        matrix.append([simulate_accuracy(prepared, homog[c], Split.VAL, device=device) for c in columns])
         model.load_state_dict(initial)
         rows.append(name)
     return CrossEvaluation(method=method, epochs=epochs, rows=rows, columns=columns, accuracy=matrix)

@@ -14,8 +14,8 @@ Methods (P2 and the baselines it is compared with; see docs/REFERENCES.md):
 
 The epochs are `dse.train.fit`, the one training loop, called once per epoch (the learning rate follows
 a cosine by epoch, and the statistics are refreshed between epochs). Whatever the method trained with,
-accuracies reported here are always measured by behavioural simulation (`lut` mode with the assignment) on
-the validation split, before and after.
+accuracies reported here are always measured by behavioural simulation (`dse.simulation.simulate_accuracy`:
+`lut` mode with the assignment) on the validation split, before and after.
 
 Run directory: `retrain/<config-hash>/errstats.pt` (the calibration statistics: a rerun reuses them),
 `retrain/<config-hash>/<method>.pt` (retrained state_dict + what produced it) and `<method>.json`
@@ -31,23 +31,22 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
+from dse.data import Split
 from dse.multipliers.core import Multiplier
 from dse.nn import Mode, approx_layers, approximated, set_mode
-from dse.prepare import load_prepared
+from dse.prepare import Prepared, load_prepared
 from dse.retrain.assignment import resolve_assignment
 from dse.retrain.statistics import CALIBRATION_SAMPLES, STATS_VERSION, get_error_stats, measure_error_stats
 from dse.retrain.surrogates import METHODS, build_surrogates
 from dse.rundir import RunDir
-from dse.train import evaluate_accuracy, fit
+from dse.simulation import simulate_accuracy
+from dse.train import fit
 from dse.util import UserError, atomic_torch_save, atomic_write_json, sha256_bytes, sha256_file
-
-if TYPE_CHECKING:
-    from dse.prepare import Prepared
 
 
 @dataclass(frozen=True)
@@ -103,15 +102,6 @@ def config_hash(assignment: Mapping[str, Multiplier], run_dir: Path, calibration
         "version": STATS_VERSION,
     }
     return sha256_bytes(json.dumps(key, sort_keys=True).encode())[:12]
-
-
-def validation_accuracy(
-    prepared: Prepared, multipliers: Mapping[str, Multiplier], device: str = "cpu"
-) -> float:
-    """Validation accuracy by behavioural simulation with the assignment (the only accuracy we report)."""
-    with approximated(prepared.model, multipliers) as model:
-        model.eval()
-        return float(evaluate_accuracy(model, prepared.splits.val, device=device))
 
 
 # ---------------------------------------------------------------- training modes
@@ -265,9 +255,9 @@ def retrain(
     model = prepared.model
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
     chash = config_hash(multipliers, run_dir, calibration_samples)
-    out_dir = RunDir(run_dir).retrain_dir / chash
+    out_dir = RunDir(run_dir).retrain_run_dir(chash)
     try:
-        accuracy_before = validation_accuracy(prepared, multipliers, device)
+        accuracy_before = simulate_accuracy(prepared, multipliers, Split.VAL, device=device)
         stats_seconds = 0.0
         surrogates: dict[str, nn.Module] = {}
         refresh = None
@@ -290,7 +280,7 @@ def retrain(
         times, cpu_times = train_epochs(
             model, prepared, method, multipliers, surrogates, epochs, lr, bs, seed, device, resume, refresh
         )
-        accuracy_after = validation_accuracy(prepared, multipliers, device)
+        accuracy_after = simulate_accuracy(prepared, multipliers, Split.VAL, device=device)
         state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     finally:
         model.load_state_dict(initial)  # the prepared model stays as it was for the caller

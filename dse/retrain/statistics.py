@@ -13,18 +13,16 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from dse.multipliers.core import Multiplier
 from dse.nn import approx_layers, approximated
+from dse.prepare import Prepared
 from dse.train import dataset_tensors
 from dse.util import atomic_torch_save
-
-if TYPE_CHECKING:
-    from dse.prepare import Prepared
 
 CALIBRATION_SAMPLES = 512
 STATS_VERSION = 1

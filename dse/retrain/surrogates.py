@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -26,11 +25,9 @@ from torch import nn
 
 from dse.errors.predict import get_predictions
 from dse.multipliers.core import Multiplier, exact_table, operand_values
+from dse.prepare import Prepared
 from dse.retrain.statistics import MIN_STD, LayerErrorStats
 from dse.util import UserError
-
-if TYPE_CHECKING:
-    from dse.prepare import Prepared
 
 METHODS = ("behavioral", "errmodel", "multiplicative", "awgn", "agn")
 
@@ -187,7 +184,7 @@ def predicted_sigma(
 ) -> dict[str, tuple[float, float]]:
     """(σ, mean) per layer from the run's σ predictions (`dse.errors.predict`); {} when the run has none, or
     when they do not cover this assignment (another search space), so that the caller measures σ instead."""
-    if not (prepared.run_dir.profiles_dir / "predictions.json").exists():
+    if not prepared.run_dir.predictions_json.exists():
         return {}
     try:
         pred = get_predictions(prepared)
