@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import io
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -167,8 +168,6 @@ def save_user_multiplier(m: Multiplier, library_dir: Path, *, replace: bool = Fa
             f"--name {m.name}: already in the library {library_dir}; pass --replace to overwrite it "
             "or --name to choose another name"
         )
-    import io
-
     buf = io.BytesIO()
     np.savez(buf, lut=m.lut.astype(np.int32))
     meta = {

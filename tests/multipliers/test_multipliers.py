@@ -18,6 +18,7 @@ from dse.multipliers import (
 )
 from dse.multipliers.builtin import builtin_multipliers, unsigned_entries
 from dse.multipliers.catalogue import UNSIGNED_SPECS
+from dse.multipliers.library import select
 from dse.util import UserError
 
 U = np.arange(256, dtype=np.int64)
@@ -313,3 +314,16 @@ def test_library_get_names_select(tmp_path):
     with pytest.raises(UserError):
         lib.select(["exact_u8"], signed=True)  # exists, but not in that format
     assert all(not m.signed for m in lib.multipliers(False)) and len(lib.multipliers(True)) >= 11
+
+
+def test_select_keeps_pool_order_takes_each_once_and_refuses_a_pattern_that_matches_nothing(tmp_path):
+    pool = [Multiplier(n, False, exact_table(False), 1.0, "test") for n in ("b_u8", "a_u8", "c_u8")]
+    assert [m.name for m in select(pool, ["c*", "a*", "*_u8"], where="here")] == ["b_u8", "a_u8", "c_u8"]
+    assert [m.name for m in select(pool, ["c_u8", "b_u8"], where="here")] == ["b_u8", "c_u8"]
+    with pytest.raises(UserError, match=r"^layers\.x: 'd\*' matches nothing in the space \(b_u8\)$"):
+        select(pool, ["a*", "d*"], where="layers.x", nothing="nothing in the space", hint=lambda _: " (b_u8)")
+    lib = load_library(tmp_path / "none")
+    with pytest.raises(
+        UserError, match=r"^space s: 'exact_u8' matches no signed multiplier .*exact_u8 is not signed"
+    ):
+        lib.select(["exact_u8"], signed=True, where="space s")
