@@ -1,18 +1,22 @@
-"""Training loops shared by every stage: float training, QAT, and (through `extra_loss` / `params`) AGN
-training and retraining; plus `evaluate_accuracy`, the one accuracy measure everyone uses.
+"""The one training loop, `fit`, shared by every stage: float training, QAT, AGN training (its σ_l in
+their own parameter group, its regulariser through `extra_loss`) and retraining; plus `evaluate_accuracy`,
+the one accuracy measure everyone uses.
 
 Deterministic on CPU: the shuffle and the augmentation of epoch e use a generator seeded with
-(seed, e), and the global torch RNG (noise layers) is seeded once and saved in the resume checkpoint, so
-a run resumed after a kill ends with the same weights as one that was never interrupted.
+(seed, e) (or one generator seeded with `seed` for all epochs, `reseed_each_epoch=False`), and the global
+torch RNG (noise layers) is seeded once. Resuming is `fit`'s too: with `resume_path`, the state after each
+epoch (weights, optimizer, schedule, both RNG states) is saved, so a run resumed after a kill ends with the
+same weights as one that was never interrupted.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -30,6 +34,15 @@ class FitResult:
     @property
     def val_accuracy(self) -> float | None:
         return self.history[-1]["val_accuracy"] if self.history else None
+
+
+@dataclass(frozen=True)
+class ParamGroup:
+    """Parameters trained with their own learning rate (the schedule scales every group alike); those
+    that do not require grad are left out."""
+
+    params: Sequence[nn.Parameter]
+    lr: float
 
 
 def dataset_tensors(dataset) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,20 +97,26 @@ def fit(
     schedule: str = "cosine",
     augment: Callable | None = None,
     extra_loss: Callable[[nn.Module], torch.Tensor] | None = None,
-    params=None,
+    param_groups: Sequence[ParamGroup] | None = None,
+    reseed_each_epoch: bool = True,
+    status: Callable[[], str] | None = None,
     desc: str = "train",
+    lr_setting: str = "train.lr",
     resume_path: Path | None = None,
     resume_key: str = "",
     eval_batch_size: int = 512,
 ) -> FitResult:
     """Train `model` in place with cross-entropy (+ `extra_loss(model)` when given) for `epochs` epochs.
 
-    params: the parameters to optimise (default: all that require grad). optimizer: "adam" | "sgd"
-    (momentum, nesterov). schedule: "cosine" (per step, to 0) | "constant". augment(x, generator) -> x
-    is applied to train batches. With `resume_path`, the state after every epoch is saved there
-    (atomically) and a later call with the same `resume_key` continues from it; the file is removed
-    when training finishes. NaN/inf loss raises UserError naming the epoch. Seeds the global torch RNG
-    with `seed`; leaves the model in eval mode.
+    param_groups: the parameters to optimise, each group with its learning rate (default: one group, all
+    parameters that require grad, at `lr`). optimizer: "adam" | "sgd" (momentum, nesterov). schedule:
+    "cosine" (per step, to 0) | "constant". augment(x, generator) -> x is applied to train batches, with
+    the shuffle's generator. reseed_each_epoch: epoch e shuffles with a generator seeded (seed, e); False:
+    one generator seeded with `seed` shuffles every epoch in turn. status() -> text is appended to the
+    progress bar and to each epoch's log line. With `resume_path`, the state after every epoch is saved
+    there (atomically) and a later call with the same `resume_key` continues from it; the file is removed
+    when training finishes. NaN/inf loss raises UserError naming the epoch (and `lr_setting`, the setting
+    to lower). Seeds the global torch RNG with `seed`; leaves the model in eval mode.
     """
     device = torch.device(device)
     model.to(device)
@@ -107,12 +126,17 @@ def fit(
     if n == 0:
         raise UserError(f"{desc}: the training split is empty")
     steps_per_epoch = math.ceil(n / batch_size)
-    params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
+    if param_groups is None:
+        param_groups = [ParamGroup(list(model.parameters()), lr)]
+    groups: list[dict[str, Any]] = [
+        {"params": [p for p in g.params if p.requires_grad], "lr": g.lr} for g in param_groups
+    ]
+    opt: torch.optim.Optimizer
     if optimizer == "adam":
-        opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        opt = torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay)
     elif optimizer == "sgd":
         opt = torch.optim.SGD(
-            params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=momentum > 0
+            groups, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=momentum > 0
         )
     else:
         raise UserError(f"train.optimizer: expected 'adam' or 'sgd', got {optimizer!r}")
@@ -128,6 +152,7 @@ def fit(
 
     result = FitResult()
     start_epoch = 0
+    stream = None if reseed_each_epoch else torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     if resume_path is not None and Path(resume_path).exists():
         state = torch.load(resume_path, map_location=device, weights_only=False)
@@ -136,6 +161,8 @@ def fit(
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
             torch.set_rng_state(state["rng"])
+            if stream is not None:
+                stream.set_state(state["shuffle_rng"])
             start_epoch = state["epoch"]
             result.history = state["history"]
             log(f"{desc}: resuming after epoch {start_epoch}/{epochs}")
@@ -143,7 +170,7 @@ def fit(
     for epoch in range(start_epoch, epochs):
         t0 = time.perf_counter()
         model.train()
-        gen = _generator(seed, epoch)
+        gen = stream if stream is not None else _generator(seed, epoch)
         perm = torch.randperm(n, generator=gen).to(device)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
@@ -171,9 +198,12 @@ def fit(
                     bar.close()
                     raise UserError(
                         f"{desc}: the loss became {mean_loss} in epoch {epoch + 1} of {epochs}; "
-                        "lower the learning rate (train.lr) or check the data"
+                        f"lower the learning rate ({lr_setting}) or check the data"
                     )
-                bar.set_postfix(loss=f"{mean_loss:.4f}", acc=f"{int(correct) / seen:.3f}")
+                postfix = {"loss": f"{mean_loss:.4f}", "acc": f"{int(correct) / seen:.3f}"}
+                if status is not None:
+                    postfix["status"] = status()
+                bar.set_postfix(postfix)
         bar.close()
         val_acc = evaluate_accuracy(model, val_set, eval_batch_size, device) if val_set is not None else None
         seconds = time.perf_counter() - t0
@@ -186,8 +216,10 @@ def fit(
         }
         result.history.append(row)
         val_txt = f", val acc {val_acc:.4f}" if val_acc is not None else ""
+        status_txt = f", {status()}" if status is not None else ""
         log(
-            f"{desc} epoch {epoch + 1}/{epochs}: loss {row['loss']:.4f}, train acc {row['train_accuracy']:.4f}{val_txt} ({seconds:.1f} s)"
+            f"{desc} epoch {epoch + 1}/{epochs}: loss {row['loss']:.4f}, train acc {row['train_accuracy']:.4f}"
+            f"{val_txt}{status_txt} ({seconds:.1f} s)"
         )
         if resume_path is not None and epoch + 1 < epochs:
             atomic_torch_save(
@@ -198,6 +230,7 @@ def fit(
                     "optimizer": opt.state_dict(),
                     "scheduler": sched.state_dict(),
                     "rng": torch.get_rng_state(),
+                    "shuffle_rng": stream.get_state() if stream is not None else None,
                     "history": result.history,
                 },
                 Path(resume_path),

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from dse.train import evaluate_accuracy, fit
+from dse.train import ParamGroup, evaluate_accuracy, fit
 from dse.util import UserError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -84,6 +84,43 @@ def test_resume_after_interruption_gives_the_same_weights(tmp_path):
     fresh = toy_model()
     fit(fresh, data, epochs=5, resume_path=ckpt, resume_key="k", **kw)
     assert torch.equal(params(fresh), params(ref))
+
+
+def test_param_groups_and_one_shuffle_stream_resume_bit_for_bit(tmp_path):
+    """AGN training's settings: two parameter groups with their own lr, one shuffle generator for all
+    epochs, a constant schedule; a run killed in epoch 3 and resumed ends with the uninterrupted weights."""
+    data = toy_data()
+
+    def groups(model):
+        first, *rest = model.parameters()
+        return [ParamGroup([first], 0.05), ParamGroup(rest, 0.01)]
+
+    kw = dict(lr=0.01, batch_size=16, device="cpu", seed=4, schedule="constant", reseed_each_epoch=False)
+    ref = toy_model()
+    fit(ref, data, epochs=4, param_groups=groups(ref), **kw)
+    other = toy_model()
+    fit(other, data, epochs=4, **kw)
+    assert not torch.equal(params(ref), params(other))  # the groups' learning rates matter
+
+    class Stop(Exception):
+        pass
+
+    calls = {"n": 0}
+
+    def stop_in_epoch_3(model):
+        calls["n"] += 1
+        if calls["n"] > 2 * 6:
+            raise Stop
+        return torch.zeros(())
+
+    ckpt = tmp_path / "partial.pt"
+    m = toy_model()
+    with pytest.raises(Stop):
+        fit(m, data, epochs=4, param_groups=groups(m), extra_loss=stop_in_epoch_3, resume_path=ckpt,
+            resume_key="k", **kw)  # fmt: skip
+    resumed = toy_model(seed=99)
+    fit(resumed, data, epochs=4, param_groups=groups(resumed), resume_path=ckpt, resume_key="k", **kw)
+    assert torch.equal(params(resumed), params(ref))
 
 
 def test_nan_loss_names_the_epoch():

@@ -67,7 +67,7 @@ def agn(
       dse agn mnist_lenet5 --data mnist10k.npz --lambda 0.5 --lambda 0.05 --json
       dse agn runs/digits --rule sigma
     """
-    from dse.errors.agn import check_agn_settings, get_agn_results
+    from dse.agn import check_agn_settings, get_agn_results
     from dse.prepare import open_run
     from dse.util import emit_json, set_threads
 
