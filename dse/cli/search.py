@@ -1,4 +1,5 @@
-"""`dse search` and `dse worker`: thin wrappers around dse.search.run."""
+"""`dse search` and `dse worker`: thin wrappers around dse.search.run; `dse search` then writes the
+report (dse.report), which sits above the search."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from dse.study import data_option, device_option, json_option, out_option, threads_option
+from dse.cli.options import data_option, device_option, json_option, out_option, threads_option
 
 
 @click.command("search")
@@ -36,10 +37,11 @@ def search(study, out, storage, budget, study_name, seed, no_report, threads, da
       dse search mnist_lenet5 --data ../shared/data/mnist10k.npz
       dse search digits --storage postgresql://user:pw@host/db   # then: dse worker --storage … --study digits
     """
+    from dse.rundir import RunDir
     from dse.search.run import run_search
     from dse.util import emit_json, log
 
-    summary = run_search(
+    result = run_search(
         study,
         out=out,
         storage=storage,
@@ -48,23 +50,36 @@ def search(study, out, storage, budget, study_name, seed, no_report, threads, da
         data=data,
         study_name=study_name,
         seed=seed,
-        report=not no_report,
         threads=threads,
     )
+    if not no_report:
+        _write_report(result.run_dir)
+    summary = result.summary
     if as_json:
-        emit_json(summary)
+        emit_json(summary.to_json())
         return
-    t = summary.get("targets", {})
+    t = summary.targets
     log(
-        f"search {summary['study']}: {summary['evaluations']} simulations in {summary['seconds']:.1f} s, "
-        f"front {len(summary['front'])} points, hypervolume {summary['hypervolume']:.4f} "
-        f"(homogeneous {summary['baselines']['homogeneous']['hypervolume']:.4f})"
+        f"search {summary.study}: {summary.evaluations} simulations in {summary.seconds:.1f} s, "
+        f"front {len(summary.front)} points, hypervolume {summary.hypervolume:.4f} "
+        f"(homogeneous {summary.baselines['homogeneous'].hypervolume:.4f})"
     )
     click.echo(
-        f"best saving within 1 pp: {t.get('best_saving_within_1pp', 0):.3f} "
-        f"(homogeneous {t.get('best_homogeneous_saving_within_1pp', 0):.3f}); summary: "
-        f"{Path(out) if out else Path('runs') / summary['study']}/summary.json"
+        f"best saving within 1 pp: {t.best_saving_within_1pp if t else 0:.3f} "
+        f"(homogeneous {t.best_homogeneous_saving_within_1pp if t else 0:.3f}); summary: "
+        f"{RunDir(Path(out) if out else Path('runs') / summary.study).summary_json}"
     )
+
+
+def _write_report(run_dir: Path) -> None:
+    """The report after the search; a failing report never fails the search (logged)."""
+    from dse.report.html import write_report
+    from dse.util import log
+
+    try:
+        write_report(run_dir)
+    except Exception as e:
+        log(f"search: the report failed ({type(e).__name__}: {e}); summary.json is written")
 
 
 @click.command("worker")
@@ -87,9 +102,9 @@ def worker(storage, study_name, threads, out, data, device, as_json):
 
     result = run_worker(storage, study_name, out=out, data=data, device=device, threads=threads)
     if as_json:
-        emit_json(result)
+        emit_json(result.to_json())
     else:
         click.echo(
-            f"worker {study_name}: {result['simulated']} simulated, {result['cached']} from cache, "
-            f"{result['failed']} failed, {result['seconds']:.1f} s"
+            f"worker {study_name}: {result.simulated} simulated, {result.cached} from cache, "
+            f"{result.failed} failed, {result.seconds:.1f} s"
         )

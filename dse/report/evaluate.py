@@ -1,33 +1,38 @@
 """`dse evaluate`: rebuild a run's prepared model, apply a configuration's per-layer multipliers (each
 table checked against the library by sha256, the layers against the model) and re-measure its accuracy
-by behavioural simulation — the same `evaluate_accuracy` path the search's numbers come from."""
+by behavioural simulation — `dse.simulation.simulate_accuracy`, the same lut-mode path as the search's."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from dse.report.config import read_assignment, read_config
+from dse.data import Split
+from dse.energy import energy_rel
+from dse.hwconfig import read_assignment, read_config
+from dse.multipliers.core import Multiplier
+from dse.prepare import load_prepared
+from dse.rundir import RunDir
+from dse.search.records import Summary
+from dse.simulation import simulate_accuracy
 from dse.util import UserError, read_json
 
 
 def _recorded_from_summary(run_dir: Path, assignment: dict[str, str], split: str) -> float | None:
     """The accuracy the search recorded for this exact assignment, if it simulated it."""
-    path = run_dir / "summary.json"
+    path = RunDir(run_dir).summary_json
     if not path.is_file():
         return None
     try:
-        summary = json.loads(path.read_text())
-    except json.JSONDecodeError:
+        summary = Summary.from_json(read_json(path, "search summary"), where=str(path))
+    except UserError:
         return None
-    key = "accuracy" if split == "val" else "test_accuracy"
-    groups = [summary.get("points") or [], summary.get("front") or []]
-    groups += [(b or {}).get("points") or [] for b in (summary.get("baselines") or {}).values()]
+    groups = [summary.points, summary.front] + [b.points for b in summary.baselines.values()]
     for points in groups:
         for p in points:
-            if p.get("assignment") == assignment and p.get(key) is not None:
-                return float(p[key])
+            value = p.accuracy if split == "val" else p.test_accuracy
+            if dict(p.assignment) == assignment and value is not None:
+                return float(value)
     return None
 
 
@@ -54,11 +59,6 @@ def evaluate_config(
     if not run_dir.is_dir():
         raise UserError(f"--run {run_dir}: run directory not found")
 
-    from dse.energy import energy_rel
-    from dse.nn import assign, set_mode
-    from dse.prepare import load_prepared
-    from dse.train import evaluate_accuracy
-
     prepared = load_prepared(run_dir, data=data, device=device)
     names = [info.name for info in prepared.layers]
     macs = {info.name: int(info.macs) for info in prepared.layers}
@@ -71,7 +71,7 @@ def evaluate_config(
             f"{missing or 'none'}; the model's layers: {names})"
         )
     library = prepared.library
-    chosen = {}
+    chosen: dict[str, Multiplier] = {}
     for i, name in enumerate(names):
         if name not in assignment:
             continue
@@ -98,13 +98,8 @@ def evaluate_config(
                 raise UserError(
                     f"{path}: layers[{i}].macs: {layer['macs']} but the model's {layer['name']} has {macs[layer['name']]}"
                 )
-    model = prepared.model
-    assign(model, chosen)
-    set_mode(model, "lut")
-    dataset = prepared.splits.val if split == "val" else prepared.splits.test
-    batch = prepared.study.train.eval_batch_size
-    accuracy = float(evaluate_accuracy(model, dataset, batch_size=batch, device=prepared.device))
-    set_mode(model, "quant")
+    dataset = prepared.splits[Split(split)]
+    accuracy = simulate_accuracy(prepared, chosen, Split(split))
     if config is not None:
         recorded = config["totals"]["accuracy" if split == "val" else "test_accuracy"]
     else:

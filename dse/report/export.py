@@ -7,27 +7,30 @@ import math
 from pathlib import Path
 from typing import Any
 
-from dse.report.config import build_config, write_config
-from dse.report.run import RunData, load_run
+from dse.hwconfig import write_config
+from dse.multipliers.library import load_library
+from dse.report.config import MultiplierSource, build_config
+from dse.report.results import RunResults, read_results
+from dse.rundir import RunDir
+from dse.search.records import SearchPoint
 from dse.util import UserError
 
 
-def load_library_for(run: RunData):
+def load_library_for(run: RunResults) -> MultiplierSource:
     """The multiplier library the run's names refer to (the user library directory included)."""
-    from dse.multipliers.library import load_library
-
     return load_library()
 
 
 def select_point(
-    run: RunData, trial: int | None = None, max_accuracy_loss: float | None = None
-) -> dict[str, Any]:
+    run: RunResults, trial: int | None = None, max_accuracy_loss: float | None = None
+) -> SearchPoint:
     """A named trial, or the lowest-energy front point whose validation accuracy is at most
     `max_accuracy_loss` percentage points below the quantized accuracy."""
     if (trial is None) == (max_accuracy_loss is None):
         raise UserError("export: give exactly one of --trial N or --max-accuracy-loss PP")
     if trial is not None:
         return run.find_trial(trial)
+    assert max_accuracy_loss is not None
     if not math.isfinite(max_accuracy_loss) or max_accuracy_loss < 0:
         raise UserError(
             f"--max-accuracy-loss {max_accuracy_loss}: expected a number of percentage points ≥ 0"
@@ -35,24 +38,32 @@ def select_point(
     q = run.quant_accuracy
     if q is None:
         raise UserError(
-            f"{run.run_dir / 'summary.json'}: quant_accuracy: missing, cannot apply an accuracy budget"
+            f"{RunDir(run.run_dir).summary_json}: quant_accuracy: missing, cannot apply an accuracy budget"
         )
-    front = [p for p in run.summary.get("front") or [] if p.get("accuracy") is not None]
+    front = [p for p in run.summary.front if p.accuracy is not None]
     if not front:
         raise UserError(
-            f"{run.run_dir / 'summary.json'}: front: empty (the search has not simulated a point yet)"
+            f"{RunDir(run.run_dir).summary_json}: front: empty (the search has not simulated a point yet)"
         )
     floor = q - max_accuracy_loss / 100.0
-    ok = [p for p in front if p["accuracy"] >= floor - 1e-12]
+    ok = [p for p in front if _accuracy(p) >= floor - 1e-12]
     if not ok:
-        best = max(front, key=lambda p: (p["accuracy"], -p["energy_rel"]))
+        best = max(front, key=lambda p: (_accuracy(p), -p.energy_rel))
+        acc = _accuracy(best)
         raise UserError(
             f"--max-accuracy-loss {max_accuracy_loss:g}: no front point within {max_accuracy_loss:g} pp of the "
-            f"quantized accuracy {100 * q:.2f} %; the best available is trial {best.get('trial')} at "
-            f"{100 * best['accuracy']:.2f} % (loss {100 * (q - best['accuracy']):.2f} pp, energy saving "
-            f"{100 * (1 - best['energy_rel']):.1f} %)"
+            f"quantized accuracy {100 * q:.2f} %; the best available is trial {best.trial} at "
+            f"{100 * acc:.2f} % (loss {100 * (q - acc):.2f} pp, energy saving "
+            f"{100 * (1 - best.energy_rel):.1f} %)"
         )
-    return min(ok, key=lambda p: (p["energy_rel"], -p["accuracy"]))
+    return min(ok, key=lambda p: (p.energy_rel, -_accuracy(p)))
+
+
+def _accuracy(p: SearchPoint) -> float:
+    """A front point's validation accuracy (the front holds simulated points only)."""
+    if p.accuracy is None:
+        raise ValueError(f"front point of trial {p.trial} has no accuracy")
+    return p.accuracy
 
 
 def export_config(
@@ -61,16 +72,16 @@ def export_config(
     *,
     trial: int | None = None,
     max_accuracy_loss: float | None = None,
-    library=None,
+    library: MultiplierSource | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Write the chosen point's configuration (default `RUN_DIR/configs/trial_<N>.json`); return
     (path, configuration)."""
-    run = load_run(run_dir)
+    run = read_results(run_dir)
     point = select_point(run, trial, max_accuracy_loss)
     config = build_config(run, point, library if library is not None else load_library_for(run))
     if out is None:
-        tag = point.get("trial")
-        out = run.run_dir / "configs" / (f"trial_{tag}.json" if tag is not None else "config.json")
+        tag = point.trial
+        out = RunDir(run.run_dir).config_json(tag)
     out = Path(out)
     if out.exists() and out.is_dir():
         raise UserError(f"-o {out}: is a directory; expected a file name such as cfg.json")

@@ -11,26 +11,31 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dse.search.problem import Genome, SearchProblem
+from dse.search.problem import SearchProblem
+from dse.search.records import Genome, Origin, SearchPoint, SimulationFailure
 from dse.search.simulate import SimulationCache
 from dse.search.storage import requeue_stale_trials, worker_id
 from dse.util import UserError
 
+if TYPE_CHECKING:
+    import optuna
 
-def distributions(problem: SearchProblem) -> dict:
+
+def distributions(problem: SearchProblem) -> dict[str, optuna.distributions.BaseDistribution]:
     from optuna.distributions import CategoricalDistribution
 
     return {name: CategoricalDistribution(list(ch)) for name, ch in zip(problem.layers, problem.choices)}
 
 
-def trial_genome(problem: SearchProblem, trial) -> Genome:
+def trial_genome(problem: SearchProblem, trial: optuna.trial.FrozenTrial | optuna.Trial) -> Genome:
     return tuple(str(trial.params[name]) for name in problem.layers)
 
 
-def is_simulation(trial) -> bool:
+def is_simulation(trial: optuna.trial.FrozenTrial) -> bool:
     """Did this finished trial cost a simulation (and so count against the budget)?"""
     from optuna.trial import TrialState
 
@@ -41,11 +46,13 @@ def is_simulation(trial) -> bool:
     return False
 
 
-def simulated_count(trials) -> int:
+def simulated_count(trials: Sequence[optuna.trial.FrozenTrial]) -> int:
     return sum(1 for t in trials if is_simulation(t))
 
 
-def sync_cache(problem: SearchProblem, cache: SimulationCache, trials) -> None:
+def sync_cache(
+    problem: SearchProblem, cache: SimulationCache, trials: Sequence[optuna.trial.FrozenTrial]
+) -> None:
     """Put every completed trial's accuracy into the cache (trials of earlier runs and other workers)."""
     from optuna.trial import TrialState
 
@@ -66,7 +73,7 @@ class StageStats:
 
 
 def run_trials(
-    study,
+    study: optuna.Study,
     problem: SearchProblem,
     cache: SimulationCache,
     budget: int,
@@ -74,8 +81,8 @@ def run_trials(
     *,
     seed: int | None = 0,
     predict: Callable[[Sequence[Genome]], Sequence[float]] | None = None,
-    suggest: Callable[[list[tuple[Genome, float]], int], list[tuple[Genome, str]]] | None = None,
-    on_batch: Callable[[list], None] | None = None,
+    suggest: Callable[[list[tuple[Genome, float]], int], list[tuple[Genome, Origin]]] | None = None,
+    on_batch: Callable[[list[optuna.trial.FrozenTrial]], None] | None = None,
     stale_after_s: float = 3600.0,
     poll_s: float = 0.5,
     max_idle_batches: int = 20,
@@ -117,7 +124,9 @@ def run_trials(
                 if t.state == TrialState.COMPLETE
             ]
             for g, origin in suggest(complete, max(1, n // 3)):
-                study.enqueue_trial(problem.assignment(g), user_attrs={"origin": origin}, skip_if_exists=True)
+                study.enqueue_trial(
+                    problem.assignment(g), user_attrs={"origin": origin.to_json()}, skip_if_exists=True
+                )
         if idle >= 2:  # the sampler keeps proposing simulated genomes: inject fresh random ones
             for g in problem.random_genomes(rng, n):
                 if cache.known(g) is None:
@@ -173,7 +182,15 @@ def run_trials(
     return stats
 
 
-def _simulate_and_tell(study, problem, cache, asked, genomes, predicted, stats) -> set:
+def _simulate_and_tell(
+    study: optuna.Study,
+    problem: SearchProblem,
+    cache: SimulationCache,
+    asked: Sequence[optuna.Trial],
+    genomes: Sequence[Genome],
+    predicted: Sequence[float | None],
+    stats: StageStats,
+) -> set[Genome]:
     """Simulate the genomes not in the cache (each once), tell every trial; returns the new genomes."""
     from optuna.trial import TrialState
 
@@ -186,14 +203,14 @@ def _simulate_and_tell(study, problem, cache, asked, genomes, predicted, stats) 
         energy = problem.energy_rel(g)
         # params hold the assignment, values (energy_rel, accuracy); attributes the rest. Few of them:
         # optuna commits each attribute separately.
-        attrs: dict = {} if "origin" in t.user_attrs else {"origin": "nsga2"}
+        attrs: dict[str, object] = {} if "origin" in t.user_attrs else {"origin": "nsga2"}
         if p is not None:
             attrs["predicted_accuracy"] = float(p)
         first_time = g in new and g not in simulated_here
         simulated_here.add(g)
-        if isinstance(r, BaseException):
+        if isinstance(r, SimulationFailure):
             if first_time:
-                msg = f"{type(r).__name__}: {r}".splitlines()[0][:500]
+                msg = str(r)
                 t.set_user_attr("error", msg)
                 stats.failed += 1
                 stats.first_error = stats.first_error or msg
@@ -211,17 +228,23 @@ def _simulate_and_tell(study, problem, cache, asked, genomes, predicted, stats) 
     return new
 
 
-def _contested(problem, study, cache, asked, genomes) -> set:
+def _contested(
+    problem: SearchProblem,
+    study: optuna.Study,
+    cache: SimulationCache,
+    asked: Sequence[optuna.Trial],
+    genomes: Sequence[Genome],
+) -> set[Genome]:
     """Our genomes that another worker is simulating in a trial numbered before ours."""
     from optuna.trial import TrialState
 
-    mine: dict = {}
-    for t, g in zip(asked, genomes):
-        mine.setdefault(g, t.number)
-    own = {t.number for t in asked}
+    mine: dict[Genome, int] = {}
+    for a, g in zip(asked, genomes):
+        mine.setdefault(g, a.number)
+    own = {a.number for a in asked}
     trials = study.get_trials(deepcopy=False)
     sync_cache(problem, cache, trials)
-    out = set()
+    out: set[Genome] = set()
     for t in trials:
         if t.state != TrialState.RUNNING or t.number in own or len(t.params) != len(problem.layers):
             continue
@@ -231,7 +254,7 @@ def _contested(problem, study, cache, asked, genomes) -> set:
     return out
 
 
-def _drop_over_budget(study, asked: list, budget: int) -> list:
+def _drop_over_budget(study: optuna.Study, asked: list[optuna.Trial], budget: int) -> list[optuna.Trial]:
     """Several workers may ask at the same moment from the same snapshot: rank every trial that is or may
     become a simulation (finished simulations and running trials, by trial number) and give back our
     trials ranked beyond the budget (told FAIL with `skipped`, never simulated, not counted)."""
@@ -250,16 +273,24 @@ def _drop_over_budget(study, asked: list, budget: int) -> list:
     return keep
 
 
-def _wait_for_running_duplicates(problem, study, cache, asked, genomes, poll_s: float, timeout_s=300.0):
+def _wait_for_running_duplicates(
+    problem: SearchProblem,
+    study: optuna.Study,
+    cache: SimulationCache,
+    asked: Sequence[optuna.Trial],
+    genomes: Sequence[Genome],
+    poll_s: float,
+    timeout_s: float = 300.0,
+) -> None:
     """If another worker is simulating one of these genomes in a trial numbered before ours, wait
     (bounded) for its result instead of simulating it a second time. The lower number simulates, and a
     worker tells all its uncontested trials before it waits, so two workers never wait for each other."""
     from optuna.trial import TrialState
 
-    mine = {}
-    for t, g in zip(asked, genomes):
-        mine.setdefault(g, t.number)
-    own = {t.number for t in asked}
+    mine: dict[Genome, int] = {}
+    for a, g in zip(asked, genomes):
+        mine.setdefault(g, a.number)
+    own = {a.number for a in asked}
     deadline = time.monotonic() + timeout_s
     while True:
         trials = study.get_trials(deepcopy=False)
@@ -279,25 +310,24 @@ def _wait_for_running_duplicates(problem, study, cache, asked, genomes, poll_s: 
         time.sleep(poll_s)
 
 
-def completed_points(problem: SearchProblem, study) -> list[dict]:
+def completed_points(problem: SearchProblem, study: optuna.Study) -> list[SearchPoint]:
     """Every simulated candidate of the study (one per genome, first trial that simulated it)."""
     from optuna.trial import TrialState
 
-    out, seen = [], set()
+    out: list[SearchPoint] = []
+    seen: set[Genome] = set()
     for t in sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.number):
         g = trial_genome(problem, t)
         if g in seen:
             continue
         seen.add(g)
         out.append(
-            {
-                "trial": t.number,
-                "genome": g,
-                "energy_rel": float(t.values[0]),
-                "accuracy": float(t.values[1]),
-                "predicted_accuracy": t.user_attrs.get("predicted_accuracy"),
-                "origin": t.user_attrs.get("origin", "nsga2"),
-                "cached": bool(t.user_attrs.get("cached", False)),
-            }
+            problem.point(
+                g,
+                float(t.values[1]),
+                trial=t.number,
+                predicted=t.user_attrs.get("predicted_accuracy"),
+                origin=Origin.from_json(t.user_attrs.get("origin", "nsga2")),
+            )
         )
     return out

@@ -4,35 +4,38 @@ All go through the same simulation cache, so a baseline point the search already
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
-from dse.search.problem import Genome, SearchProblem
+from dse.search.problem import SearchProblem
+from dse.search.records import Genome, Origin, SearchPoint, SimulationFailure
 from dse.search.simulate import SimulationCache
 
 
 def _points(
-    problem: SearchProblem, cache: SimulationCache, genomes: list[Genome], origins: list[str]
-) -> list[dict]:
-    from dse.search.summary import point
-
+    problem: SearchProblem, cache: SimulationCache, genomes: Sequence[Genome], origins: Sequence[Origin]
+) -> list[SearchPoint]:
     accs = cache.evaluate(genomes, "val")
     return [
-        point(problem, g, a, origin=o)
+        problem.point(g, a, origin=o)
         for g, a, o in zip(genomes, accs, origins)
-        if not isinstance(a, BaseException)
+        if not isinstance(a, SimulationFailure)
     ]
 
 
-def homogeneous_points(problem: SearchProblem, cache: SimulationCache) -> list[dict]:
+def homogeneous_points(problem: SearchProblem, cache: SimulationCache) -> list[SearchPoint]:
     genomes = problem.homogeneous()
-    return _points(problem, cache, genomes, ["homogeneous"] * len(genomes))
+    return _points(problem, cache, genomes, [Origin("homogeneous")] * len(genomes))
 
 
-def agn_points(problem: SearchProblem, cache: SimulationCache, agn: list[tuple[Genome, str]]) -> list[dict]:
+def agn_points(
+    problem: SearchProblem, cache: SimulationCache, agn: Sequence[tuple[Genome, Origin]]
+) -> list[SearchPoint]:
     return _points(problem, cache, [g for g, _ in agn], [o for _, o in agn])
 
 
-def random_points(problem: SearchProblem, cache: SimulationCache, n: int, seed: int) -> list[dict]:
+def random_points(problem: SearchProblem, cache: SimulationCache, n: int, seed: int) -> list[SearchPoint]:
     """n distinct uniformly random assignments (fewer when the space is smaller)."""
     rng = np.random.default_rng(seed + 7919)
     seen: list[Genome] = []
@@ -46,4 +49,4 @@ def random_points(problem: SearchProblem, cache: SimulationCache, n: int, seed: 
                 seen.append(g)
                 if len(seen) >= n:
                     break
-    return _points(problem, cache, seen, ["random"] * len(seen))
+    return _points(problem, cache, seen, [Origin("random")] * len(seen))

@@ -12,22 +12,33 @@ in bytes.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 import torch
 
-from dse.search.problem import Genome, SearchProblem
+from dse.multipliers.core import Multiplier
+from dse.nn import ApproxLayer, Mode
+from dse.search.problem import SearchProblem
+from dse.search.records import Genome
+
+if TYPE_CHECKING:
+    from dse.prepare import Prepared
+
+# a layer output's cache key: (split, first row of the batch), multipliers of the layers executed so far
+CacheKey = tuple[tuple[str, int], tuple[str, ...]]
+Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
 class _LRU:
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.bytes = 0
-        self.items: OrderedDict = OrderedDict()
+        self.items: OrderedDict[CacheKey, torch.Tensor] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
-    def get(self, key):
+    def get(self, key: CacheKey) -> torch.Tensor | None:
         t = self.items.get(key)
         if t is None:
             self.misses += 1
@@ -36,7 +47,7 @@ class _LRU:
         self.hits += 1
         return t
 
-    def put(self, key, t: torch.Tensor) -> None:
+    def put(self, key: CacheKey, t: torch.Tensor) -> None:
         size = t.numel() * t.element_size()
         if size > self.max_bytes:
             return
@@ -52,9 +63,9 @@ class ModelSimulator:
 
     def __init__(
         self,
-        prepared,
+        prepared: Prepared,
         problem: SearchProblem,
-        multipliers: Mapping[str, object],
+        multipliers: Mapping[str, Multiplier],
         batch_size: int = 2048,
         cache_bytes: int = 512 * 2**20,
         prefix_cache: bool = True,
@@ -69,9 +80,9 @@ class ModelSimulator:
         self.device = prepared.device
         self.batch_size = batch_size
         self.layers = approx_layers(self.model)
-        self.data = {}
+        self.data: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for split in ("val", "test"):
-            ds = getattr(prepared.splits, split)
+            ds = prepared.splits[split]
             if ds is None or len(ds) == 0:
                 continue
             x, y = dataset_tensors(ds)
@@ -115,32 +126,35 @@ class ModelSimulator:
             original = layer.forward
             pos = self._position[name]
 
-            def forward(x, _orig=original, _layer=layer, _pos=pos):
+            def forward(
+                x: torch.Tensor, _orig: Forward = original, _layer: ApproxLayer = layer, _pos: int = pos
+            ) -> torch.Tensor:
                 return self._layer_forward(_orig, _layer, _pos, x)
 
-            layer.forward = forward
+            layer.forward = forward  # type: ignore[method-assign]  # the instance's forward, wrapped
 
-    def _layer_forward(self, original, layer, pos: int, x: torch.Tensor) -> torch.Tensor:
+    def _layer_forward(
+        self, original: Forward, layer: ApproxLayer, pos: int, x: torch.Tensor
+    ) -> torch.Tensor:
         genome = self._genome
         if genome is None:  # a forward outside accuracy() (profiling, AGN): the layer as it is
             return original(x)
         name = genome[pos]
         key = None
-        if self.cache is not None:
+        if self.cache is not None and self._key_positions is not None:
             key = (self._chunk, tuple(genome[p] for p in self._key_positions[pos]))
-        if key is not None:
             hit = self.cache.get(key)
             if hit is not None:
                 return hit.clone()  # later in-place ops must not touch the cached tensor
         mult = self.multipliers[name]
-        exact = getattr(mult, "is_exact", False)
+        exact = mult.is_exact
         target = None if exact else mult
         if target is not layer.multiplier:
             layer.multiplier = target
             layer.invalidate()
-        layer.mode = "quant" if exact else "lut"
+        layer.mode = Mode.QUANT if exact else Mode.LUT
         y = original(x)
-        if key is not None:
+        if key is not None and self.cache is not None:
             self.cache.put(key, y.clone())
         return y
 
@@ -159,5 +173,5 @@ class ModelSimulator:
         finally:
             self._genome = None
             for layer in self.layers.values():  # leave the model as prepared: quant mode
-                layer.mode = "quant"
+                layer.mode = Mode.QUANT
         return correct / max(1, len(x))

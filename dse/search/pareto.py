@@ -15,7 +15,7 @@ REFERENCE_ENERGY = 1.0
 REFERENCE_ACCURACY = 0.0
 
 
-def pareto_mask(energy: Sequence[float], accuracy: Sequence[float]) -> np.ndarray:
+def pareto_mask(energy: Sequence[float] | np.ndarray, accuracy: Sequence[float] | np.ndarray) -> np.ndarray:
     """Boolean mask of the non-dominated points (lower energy, higher accuracy). Of identical points
     only the first is kept."""
     e = np.asarray(energy, dtype=np.float64)

@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dse.energy import energy_rel_matrix
+from dse.search.records import Genome, Origin, SearchPoint
 from dse.util import UserError
-
-Genome = tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -109,19 +108,43 @@ class SearchProblem:
         return t
 
     def energy_rel_index(self, idx: np.ndarray) -> np.ndarray:
-        """Vectorised energy_rel of a population of index genomes [P, L] -> [P]."""
-        shares = np.asarray(self.macs, dtype=np.float64) / float(sum(self.macs))
+        """Vectorised energy_rel of a population of index genomes [P, L] -> [P] (`dse.energy`, on the
+        flattened energy table: entry l·max_choices + j is choice j of layer l)."""
         t = self.energy_table()
-        idx = np.asarray(idx)
-        return (t[np.arange(len(self.layers))[None, :], idx] * shares[None, :]).sum(axis=1)
+        flat = np.arange(len(self.layers))[None, :] * t.shape[1] + np.asarray(idx)
+        return energy_rel_matrix(np.asarray(self.macs), t.reshape(-1), flat)
 
     def energy_rel(self, genome: Sequence[str]) -> float:
+        """energy_rel of one genome (`dse.energy`)."""
         names = sorted(self.energies)
         col = {m: i for i, m in enumerate(names)}
         return float(
             energy_rel_matrix(
-                np.asarray(self.macs), np.array([self.energies[m] for m in names]), [[col[m] for m in genome]]
+                np.asarray(self.macs),
+                np.array([self.energies[m] for m in names]),
+                np.array([[col[m] for m in genome]]),
             )[0]
+        )
+
+    def point(
+        self,
+        genome: Sequence[str],
+        accuracy: float,
+        *,
+        trial: int | None = None,
+        predicted: float | None = None,
+        origin: Origin,
+        test_accuracy: float | None = None,
+    ) -> SearchPoint:
+        """The record of a simulated genome (energy from the problem, accuracy as simulated)."""
+        return SearchPoint(
+            trial=trial,
+            energy_rel=self.energy_rel(genome),
+            accuracy=float(accuracy),
+            test_accuracy=test_accuracy,
+            assignment=self.assignment(genome),
+            predicted_accuracy=None if predicted is None else float(predicted),
+            origin=origin,
         )
 
     # --- reference assignments -------------------------------------------------------------------

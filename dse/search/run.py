@@ -1,23 +1,27 @@
 """`dse search` and `dse worker`: run every missing stage, then the search, baselines and summary.
 
-Stages: prepare (dse.rundir), σ predictions and AGN tolerances (dse.errors), the surrogate (pymoo) and
-the accurate stage (optuna NSGA-II, every trial simulated), the baselines, the test-split re-measurement,
-summary.json, and the report when dse.report provides one.
+Stages: prepare, σ predictions and AGN tolerances (dse.errors), the surrogate (pymoo) and the accurate
+stage (optuna NSGA-II, every trial simulated), the baselines, the test-split re-measurement, and
+summary.json. The report is not written here: `dse search` (dse.cli.search) writes it afterwards.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from dse.search.accurate import completed_points, run_trials
-from dse.search.problem import Genome, SearchProblem
-from dse.search.simulate import SimulationCache
+from dse.search.accurate import completed_points, run_trials, simulated_count
+from dse.search.pareto import hypervolume
+from dse.search.problem import SearchProblem
+from dse.search.records import Summary
+from dse.search.seeding import first_generation, surrogate_callbacks
+from dse.search.setup import build_setup
 from dse.search.storage import (
     ATTR_BUDGET,
     ATTR_CONFIG,
@@ -27,101 +31,43 @@ from dse.search.storage import (
     load_existing_study,
     make_sampler,
     open_storage,
+    redact,
 )
 from dse.search.summary import build_summary
-from dse.search.surrogate import Surrogate
-from dse.study import set_threads
-from dse.util import UserError, atomic_write_json, log, progress, sha256_file
+from dse.util import UserError, atomic_write_json, log, progress, set_threads, sha256_file
+
+if TYPE_CHECKING:
+    import optuna
+    from tqdm import tqdm
+
+    from dse.prepare import Prepared
 
 
-@dataclass
-class Setup:
-    """What a search or a worker needs: the problem, the simulator behind a cache, and the seeds."""
+@dataclass(frozen=True)
+class SearchResult:
+    """A finished search: its summary (also in `run_dir`/summary.json) and the run directory."""
 
-    prepared: object
-    problem: SearchProblem
-    cache: SimulationCache
-    quant_genome: Genome
-    surrogate: Surrogate | None = None
-    agn: list[tuple[Genome, str]] = field(default_factory=list)
-    stage_seconds: dict = field(default_factory=dict)
+    summary: Summary
+    run_dir: Path
 
 
-def build_problem(prepared) -> tuple[SearchProblem, dict]:
-    """The search problem of a prepared run and the multipliers by name (search space + exact)."""
-    layer_space = prepared.layer_space
-    names = prepared.layer_names
-    macs = [int(info.macs) for info in prepared.layers]
-    mults = {m.name: m for ms in layer_space.values() for m in ms}
-    for m in prepared.space:
-        mults.setdefault(m.name, m)
-    exact = next((m.name for m in mults.values() if m.is_exact), None)
-    if exact is None:
-        ex = next((m for m in prepared.library.multipliers(signed=prepared.fmt.signed) if m.is_exact), None)
-        if ex is not None:
-            mults[ex.name] = ex
-            exact = ex.name
-    choices = [[m.name for m in layer_space.get(n, [])] for n in names]
-    energies = {name: float(m.energy_rel) for name, m in mults.items()}
-    return SearchProblem.build(names, macs, choices, energies, exact=exact), mults
+@dataclass(frozen=True)
+class WorkerResult:
+    """What one `dse worker` process did."""
+
+    study: str
+    simulated: int
+    cached: int
+    failed: int
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
-def build_setup(prepared, with_error_models: bool = True, device_batch: int = 2048) -> Setup:
-    from dse.search.model_sim import ModelSimulator
-
-    problem, mults = build_problem(prepared)
-    setup = Setup(
-        prepared=prepared,
-        problem=problem,
-        cache=SimulationCache(None),
-        quant_genome=tuple(problem.exact for _ in problem.layers),
-    )
-    if with_error_models:  # before the simulator wraps the layers' forward
-        _error_models(setup)
-    setup.cache.evaluator = ModelSimulator(prepared, problem, mults, batch_size=device_batch)
-    return setup
-
-
-def _error_models(setup: Setup) -> None:
-    """AGN mappings (-> the AGN seeds and baseline) and σ predictions (-> the surrogate's distortion
-    table: squared relative output error per layer and multiplier; normalising by the AGN tolerances
-    instead of the output std ranked worse, see dse.search.surrogate). Either stage failing leaves the
-    search running without it (logged)."""
-    prepared, problem = setup.prepared, setup.problem
-    t0 = time.perf_counter()
-    try:
-        from dse.errors.agn import get_agn_results
-
-        results = get_agn_results(prepared, prepared.study.agn.lambdas)
-        for r in results:
-            setup.agn.append((problem.genome(r.assignment), f"agn:{r.lam:g}"))
-    except Exception as e:  # the search still works without AGN
-        log(f"search: no AGN mappings ({type(e).__name__}: {e})")
-    setup.stage_seconds["agn"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    try:
-        from dse.errors.predict import get_predictions
-
-        pred = get_predictions(prepared)
-    except Exception as e:
-        log(f"search: no σ predictions ({type(e).__name__}: {e}); the surrogate stage is skipped")
-        return
-    setup.stage_seconds["predictions"] = time.perf_counter() - t0
-    row = {n: i for i, n in enumerate(pred.layers)}
-    col = {m: j for j, m in enumerate(pred.multipliers)}
-    std = np.asarray(pred.output_std, dtype=np.float64)
-    dist = np.zeros((len(problem.layers), int(problem.n_choices.max())))
-    for li, name in enumerate(problem.layers):
-        tol = max(std[row[name]], 1e-12)
-        for ci, m in enumerate(problem.choices[li]):
-            if m in col:
-                s, mu = pred.sigma[row[name], col[m]], pred.mean[row[name], col[m]]
-                dist[li, ci] = (s * s + mu * mu) / (tol * tol)
-    chance = 1.0 / max(2, int(getattr(prepared.splits, "num_classes", 10)))
-    setup.surrogate = Surrogate(problem, dist, prepared.quant_accuracy, chance)
-
-
-def _config_and_fingerprint(prepared, problem: SearchProblem, population: int, seed: int) -> tuple[dict, str]:
+def _config_and_fingerprint(
+    prepared: Prepared, problem: SearchProblem, population: int, seed: int
+) -> tuple[dict[str, Any], str]:
     study = prepared.study.model_dump()
     study["search"].pop("budget", None)  # a larger budget continues the same search
     ckpt = Path(prepared.run_dir.qat_ckpt)
@@ -137,11 +83,8 @@ def _config_and_fingerprint(prepared, problem: SearchProblem, population: int, s
     return config, fp
 
 
-def _hv_progress(problem, bar):
-    from dse.search.accurate import simulated_count
-    from dse.search.pareto import hypervolume
-
-    def on_batch(trials):
+def _hv_progress(bar: tqdm[Any]) -> Callable[[list[optuna.trial.FrozenTrial]], None]:
+    def on_batch(trials: list[optuna.trial.FrozenTrial]) -> None:
         done = [t for t in trials if t.state.name == "COMPLETE"]
         hv = hypervolume([t.values[0] for t in done], [t.values[1] for t in done])
         n = simulated_count(trials)
@@ -160,11 +103,10 @@ def run_search(
     data: str | Path | None = None,
     study_name: str | None = None,
     seed: int | None = None,
-    report: bool = True,
     threads: int | None = None,
-) -> dict:
-    """The whole pipeline; returns the summary (also written to <run>/summary.json)."""
-    from dse.study import open_run
+) -> SearchResult:
+    """The whole pipeline up to summary.json (written to the run directory and returned)."""
+    from dse.prepare import open_run
 
     set_threads(threads)
     if budget is not None and budget <= 0:
@@ -182,7 +124,7 @@ def run_search(
     setup = build_setup(prepared)
     problem = setup.problem
     stage_seconds = {"prepare": t_prepared - t_start, **setup.stage_seconds}
-    if url is None:
+    if url is None or storage_obj is None:
         url = default_storage_url(Path(prepared.run_dir.path))
         storage_obj = open_storage(url)
     name = study_name or prepared.study.name
@@ -191,12 +133,14 @@ def run_search(
     study.set_user_attr(ATTR_BUDGET, budget)
 
     t_search = time.perf_counter()
-    seeds = _seeds(setup, cfg.population, seed)
+    seeds = first_generation(setup, cfg.population, seed)
     if not study.user_attrs.get(ATTR_SEEDED):
         for g, origin in seeds[:budget]:
-            study.enqueue_trial(problem.assignment(g), user_attrs={"origin": origin}, skip_if_exists=True)
+            study.enqueue_trial(
+                problem.assignment(g), user_attrs={"origin": origin.to_json()}, skip_if_exists=True
+            )
         study.set_user_attr(ATTR_SEEDED, True)
-    suggest, predict = _surrogate_callbacks(setup, seeds, seed)
+    suggest, predict = surrogate_callbacks(setup, seeds, seed)
     with progress(total=budget, desc=f"search {name}") as bar:
         run_trials(
             study,
@@ -207,108 +151,27 @@ def run_search(
             seed=seed,
             predict=predict,
             suggest=suggest,
-            on_batch=_hv_progress(problem, bar),
+            on_batch=_hv_progress(bar),
         )
     points = completed_points(problem, study)
     stage_seconds["search"] = time.perf_counter() - t_search
-    summary = build_summary(setup, points, seeds, budget, seed, random_baseline=cfg.random_baseline)
-    summary["study"] = prepared.study.name
-    summary["seconds"] = time.perf_counter() - t_start
+    summary = build_summary(setup, points, budget, seed, random_baseline=cfg.random_baseline)
     search_wall = time.perf_counter() - t_search
     sim_s = setup.cache.seconds
     n_sims = sum(setup.cache.simulations.values())
-    summary["simulations_per_second"] = n_sims / sim_s if sim_s > 0 else None
-    summary["outside_simulation_share"] = max(0.0, 1.0 - sim_s / search_wall) if search_wall > 0 else None
-    summary["stage_seconds"] = stage_seconds
-    summary["storage"] = _redacted(url)
-    summary["optuna_study"] = name
+    summary = dataclasses.replace(
+        summary,
+        study=prepared.study.name,
+        seconds=time.perf_counter() - t_start,
+        simulations_per_second=n_sims / sim_s if sim_s > 0 else None,
+        outside_simulation_share=max(0.0, 1.0 - sim_s / search_wall) if search_wall > 0 else None,
+        stage_seconds=stage_seconds,
+        storage=redact(url),
+        optuna_study=name,
+    )
     run_dir = Path(prepared.run_dir.path)
-    atomic_write_json(run_dir / "summary.json", summary)
-    if report:
-        _write_report(run_dir)
-    return summary
-
-
-def _redacted(url: str) -> str:
-    from dse.search.storage import redact
-
-    return redact(url)
-
-
-def _seeds(setup: Setup, population: int, seed: int) -> list[tuple[Genome, str]]:
-    """First generation: all-exact, the AGN mappings, the surrogate front, the homogeneous assignments."""
-    problem = setup.problem
-    out: list[tuple[Genome, str]] = []
-    seen: set[Genome] = set()
-
-    def add(g, origin):
-        if g is not None and g not in seen:
-            seen.add(g)
-            out.append((g, origin))
-
-    add(problem.all_exact(), "exact")
-    for g, origin in setup.agn:
-        add(g, origin)
-    if setup.surrogate is not None:
-        anchors = problem.homogeneous() + [g for g, _ in setup.agn]
-        for g in setup.surrogate.suggest([], max(2, population // 2), seeds=anchors, seed=seed):
-            add(g, "surrogate")
-    for g in _spread(problem.homogeneous()):
-        add(g, "homogeneous")
-    return out
-
-
-def _spread(items: list) -> list:
-    """Reorder so that every prefix is spread over the list (bisection order): a small budget that cuts
-    the seeds still gets homogeneous points across the whole energy range."""
-    n = len(items)
-    if n <= 2:
-        return list(items)
-    order = [0, n - 1]
-    seen = {0, n - 1}
-    step = n - 1
-    while len(order) < n:
-        step = max(1, step // 2)
-        for i in range(0, n, step):
-            if i not in seen:
-                seen.add(i)
-                order.append(i)
-    return [items[i] for i in order]
-
-
-def _surrogate_callbacks(setup: Setup, seeds, seed: int):
-    sur = setup.surrogate
-    if sur is None:
-        return None, None
-    proposed = {g for g, _ in seeds}
-    anchors = [g for g, _ in seeds]
-
-    def suggest(complete, n):
-        genomes = sur.suggest(complete, n, exclude=proposed, seeds=anchors, seed=seed)
-        proposed.update(genomes)
-        return [(g, "surrogate") for g in genomes]
-
-    def predict(genomes):
-        return [float(v) for v in sur.predict(genomes)]
-
-    return suggest, predict
-
-
-def _write_report(run_dir: Path) -> None:
-    """Call dse.report's writer if it exists; a failing report never fails the search (logged)."""
-    try:
-        import dse.report as rep
-
-        writer = getattr(rep, "write_report", None)
-        if writer is None:
-            from dse.report import html
-
-            writer = getattr(html, "write_report", None)
-        if writer is None:
-            return
-        writer(run_dir)
-    except Exception as e:
-        log(f"search: the report failed ({type(e).__name__}: {e}); summary.json is written")
+    atomic_write_json(prepared.run_dir.summary_json, summary.to_json())
+    return SearchResult(summary, run_dir)
 
 
 def run_worker(
@@ -318,9 +181,10 @@ def run_worker(
     data: str | Path | None = None,
     device: str = "auto",
     threads: int | None = None,
-) -> dict:
+) -> WorkerResult:
     """Join a study that `dse search` started: same configuration, read from the storage."""
-    from dse.rundir import RunDir, load_prepared, prepare
+    from dse.prepare import load_prepared, prepare
+    from dse.rundir import RunDir
     from dse.study import Study
 
     set_threads(threads)
@@ -352,12 +216,12 @@ def run_worker(
             budget,
             population,
             seed=worker_seed,
-            on_batch=_hv_progress(setup.problem, bar),
+            on_batch=_hv_progress(bar),
         )
-    return {
-        "study": study_name,
-        "simulated": stats.simulated,
-        "cached": stats.cached,
-        "failed": stats.failed,
-        "seconds": time.perf_counter() - t0,
-    }
+    return WorkerResult(
+        study=study_name,
+        simulated=stats.simulated,
+        cached=stats.cached,
+        failed=stats.failed,
+        seconds=time.perf_counter() - t0,
+    )

@@ -3,8 +3,8 @@ no genome is simulated twice on a split and orders each batch so that candidates
 prefix run one after another (the simulator's layer-output cache then hits).
 
 `Evaluator` is anything with `accuracy(genome, split) -> float` (split "val" or "test"). The real one,
-`ModelSimulator` (in `dse.search.model_sim`), runs the prepared model in `lut` mode; `SyntheticEvaluator`
-is a cheap analytic stand-in for tests and engine benchmarks.
+`ModelSimulator` (in `dse.search.model_sim`), runs the prepared model in `lut` mode; the tests use a cheap
+analytic stand-in (`tests/search/synthetic.py`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
-from dse.search.problem import Genome, SearchProblem
+from dse.search.records import Genome, SimulationFailure
 
 
 class Evaluator(Protocol):
@@ -42,12 +42,12 @@ class SimulationCache:
         """Record a value simulated elsewhere (another worker, an earlier run)."""
         self.values[(split, tuple(genome))] = float(accuracy)
 
-    def evaluate(self, genomes: Sequence[Genome], split: str = "val") -> list[float | BaseException]:
-        """Accuracy of each genome (or the exception its simulation raised), in the order given.
+    def evaluate(self, genomes: Sequence[Genome], split: str = "val") -> list[float | SimulationFailure]:
+        """Accuracy of each genome (or the failure its simulation raised), in the order given.
         Unknown genomes are simulated once each, in lexicographic order so that shared prefixes meet."""
         genomes = [tuple(g) for g in genomes]
         todo = sorted({g for g in genomes if (split, g) not in self.values})
-        errors: dict[Genome, BaseException] = {}
+        errors: dict[Genome, SimulationFailure] = {}
         for g in todo:
             t0 = time.perf_counter()
             try:
@@ -55,7 +55,7 @@ class SimulationCache:
                 if not np.isfinite(acc):
                     raise ValueError(f"simulation returned accuracy {acc}")
             except Exception as e:  # one failing candidate must not stop the search
-                errors[g] = e
+                errors[g] = SimulationFailure.of(e)
                 continue
             finally:
                 dt = time.perf_counter() - t0
@@ -64,43 +64,3 @@ class SimulationCache:
             self.values[(split, g)] = acc
             self.seconds_by_genome[(split, g)] = dt
         return [errors[g] if g in errors else self.values[(split, g)] for g in genomes]
-
-
-class SyntheticEvaluator:
-    """Accuracy falls smoothly with each layer's relative error: a deterministic stand-in for the simulator
-    (no model, microseconds per call). Layer sensitivity and each multiplier's error grow with
-    1 - energy, so the problem has a real trade-off and a known structure."""
-
-    def __init__(
-        self, problem: SearchProblem, base_accuracy: float = 0.95, seed: int = 0, delay_s: float = 0.0
-    ):
-        rng = np.random.default_rng(seed)
-        self.problem = problem
-        self.base = base_accuracy
-        self.sensitivity = rng.uniform(0.2, 3.0, size=len(problem.layers))
-        self.delay_s = delay_s
-        self.calls: list[tuple[Genome, str]] = []
-
-    def error(self, genome: Genome) -> float:
-        e = np.array([self.problem.energies[m] for m in genome])
-        return float(np.sum(self.sensitivity * (1.0 - e) ** 3))
-
-    def accuracy(self, genome: Genome, split: str = "val") -> float:
-        if self.delay_s:
-            time.sleep(self.delay_s)
-        self.calls.append((tuple(genome), split))
-        drop = 1.0 - np.exp(-self.error(genome))
-        shift = 0.002 if split == "test" else 0.0
-        return float(max(0.1, self.base - 0.85 * drop - shift))
-
-
-def synthetic_problem(n_layers: int = 4, n_multipliers: int = 8) -> SearchProblem:
-    """A small problem for tests: layers with decreasing MACs, multipliers exact + evenly cheaper ones."""
-    names = ["exact"] + [f"m{i}" for i in range(1, n_multipliers)]
-    energies = {
-        "exact": 1.0,
-        **{f"m{i}": 1.0 - 0.8 * i / (n_multipliers - 1) for i in range(1, n_multipliers)},
-    }
-    layers = [f"layer{i}" for i in range(n_layers)]
-    macs = [1000 * (n_layers - i) for i in range(n_layers)]
-    return SearchProblem.build(layers, macs, [names] * n_layers, energies, exact="exact")

@@ -10,11 +10,15 @@ import re
 import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
+from dse.rundir import RunDir
 from dse.util import UserError
 
-DIRECTIONS = ["minimize", "maximize"]  # energy_rel, accuracy
+if TYPE_CHECKING:
+    import optuna
+
+DIRECTIONS: list[Literal["minimize", "maximize"]] = ["minimize", "maximize"]  # energy_rel, accuracy
 ATTR_CONFIG = "dse_config"
 ATTR_FINGERPRINT = "dse_fingerprint"
 ATTR_BUDGET = "dse_budget"
@@ -22,7 +26,7 @@ ATTR_SEEDED = "dse_seeded"
 
 
 def default_storage_url(run_dir: Path) -> str:
-    path = Path(run_dir).resolve() / "search" / "optuna.db"
+    path = RunDir(Path(run_dir).resolve()).optuna_db
     path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"
 
@@ -32,7 +36,7 @@ def redact(url: str) -> str:
     return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
 
 
-def open_storage(url: str):
+def open_storage(url: str) -> optuna.storages.RDBStorage:
     """An optuna RDBStorage for `url`; an unreachable or malformed URL is a UserError (one line)."""
     import optuna
 
@@ -61,7 +65,7 @@ def open_storage(url: str):
     return storage
 
 
-def _sqlite_fast_commits(storage) -> None:
+def _sqlite_fast_commits(storage: optuna.storages.RDBStorage) -> None:
     """WAL journal + synchronous=NORMAL: commits without an fsync each (optuna commits per attribute),
     still safe against a killed process (only a power loss can drop the last commits)."""
     from sqlalchemy import event
@@ -69,7 +73,7 @@ def _sqlite_fast_commits(storage) -> None:
     engine = storage.engine
 
     @event.listens_for(engine, "connect")
-    def _pragmas(dbapi_conn, _record):  # noqa: ANN001
+    def _pragmas(dbapi_conn: Any, _record: Any) -> None:
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
@@ -78,13 +82,20 @@ def _sqlite_fast_commits(storage) -> None:
     engine.dispose()  # connections opened before the listener get the pragmas on reconnect
 
 
-def make_sampler(population: int, seed: int | None):
+def make_sampler(population: int, seed: int | None) -> optuna.samplers.NSGAIISampler:
     import optuna
 
     return optuna.samplers.NSGAIISampler(population_size=max(2, int(population)), seed=seed)
 
 
-def create_or_load_study(storage, name: str, fingerprint: str, config: dict, sampler, url: str = ""):
+def create_or_load_study(
+    storage: optuna.storages.BaseStorage,
+    name: str,
+    fingerprint: str,
+    config: dict[str, Any],
+    sampler: optuna.samplers.BaseSampler | None,
+    url: str = "",
+) -> optuna.Study:
     """Create the optuna study `name`, or load it when it exists with the same fingerprint.
     A study of that name with another configuration is refused with a hint how to start fresh."""
     import optuna
@@ -112,7 +123,12 @@ def create_or_load_study(storage, name: str, fingerprint: str, config: dict, sam
     return study
 
 
-def load_existing_study(storage, name: str, sampler, url: str = ""):
+def load_existing_study(
+    storage: optuna.storages.BaseStorage,
+    name: str,
+    sampler: optuna.samplers.BaseSampler | None,
+    url: str = "",
+) -> optuna.Study:
     """Load a study that `dse search` created (for `dse worker`)."""
     import optuna
 
@@ -143,7 +159,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def is_stale(trial, stale_after_s: float) -> bool:
+def is_stale(trial: optuna.trial.FrozenTrial, stale_after_s: float) -> bool:
     """A RUNNING trial whose worker is gone: a dead process on this host, or older than `stale_after_s`."""
     wid = trial.user_attrs.get("worker")
     if wid:
@@ -161,7 +177,7 @@ def is_stale(trial, stale_after_s: float) -> bool:
     return False
 
 
-def requeue_stale_trials(study, stale_after_s: float = 3600.0) -> int:
+def requeue_stale_trials(study: optuna.Study, stale_after_s: float = 3600.0) -> int:
     """Fail the RUNNING trials whose worker died (e.g. after kill -9) and enqueue their parameters again,
     so the same candidates are asked next. Returns how many were re-queued."""
     from optuna.trial import TrialState

@@ -32,7 +32,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from dse.search.problem import Genome, SearchProblem
+from dse.search.problem import SearchProblem
+from dse.search.records import Genome
 
 A_PRIOR = 4.0  # slope of the logistic link in ln z
 B_PRIOR = float(np.log(0.7))  # ln z at which half of q − chance is lost
@@ -63,21 +64,21 @@ class Surrogate:
 
     @property
     def weights(self) -> np.ndarray:
-        return np.exp(self.theta)
+        return np.asarray(np.exp(self.theta))
 
     # --- prediction ------------------------------------------------------------------------------
     def features(self, idx: np.ndarray) -> np.ndarray:
         idx = np.asarray(idx, dtype=np.int64)
-        return self.distortion[np.arange(idx.shape[1])[None, :], idx]
+        return np.asarray(self.distortion[np.arange(idx.shape[1])[None, :], idx])
 
     def score_index(self, idx: np.ndarray) -> np.ndarray:
         """ln of the predicted summed relative distortion z (higher = worse), per index genome."""
-        return np.log(self.features(idx) @ self.weights + _TINY)
+        return np.asarray(np.log(self.features(idx) @ self.weights + _TINY))
 
-    def _accuracy(self, log_z: np.ndarray, a: float, b: float) -> np.ndarray:
+    def _accuracy(self, log_z: np.ndarray, a: float | np.ndarray, b: float | np.ndarray) -> np.ndarray:
         from scipy.special import expit
 
-        return self.q - (self.q - self.chance) * expit(a * (log_z - b))
+        return np.asarray(self.q - (self.q - self.chance) * expit(a * (log_z - b)))
 
     def predict_index(self, idx: np.ndarray) -> np.ndarray:
         return self._accuracy(self.score_index(idx), self.a, self.b)
@@ -145,11 +146,13 @@ class Surrogate:
         surrogate, problem = self, self.problem
         n_var = len(problem.layers)
 
-        class _Problem(Problem):
+        class _Problem(Problem):  # type: ignore[misc]  # pymoo ships no type information
             def __init__(self) -> None:
                 super().__init__(n_var=n_var, n_obj=2, xl=0, xu=problem.n_choices - 1, vtype=int)
 
-            def _evaluate(self, x, out, *args, **kwargs):
+            def _evaluate(
+                self, x: np.ndarray, out: dict[str, np.ndarray], *args: object, **kwargs: object
+            ) -> None:
                 idx = np.rint(x).astype(np.int64)
                 out["F"] = np.column_stack(
                     [problem.energy_rel_index(idx), surrogate.q - surrogate.predict_index(idx)]

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from synthetic import SyntheticEvaluator, synthetic_problem
 
 from dse.search.accurate import completed_points, run_trials, simulated_count
 from dse.search.pareto import hypervolume, pareto_mask
 from dse.search.problem import SearchProblem
-from dse.search.simulate import SimulationCache, SyntheticEvaluator, synthetic_problem
+from dse.search.simulate import SimulationCache
 from dse.search.storage import create_or_load_study, make_sampler, open_storage
 from dse.search.surrogate import Surrogate
 from dse.util import UserError
@@ -77,7 +78,7 @@ def test_search_spends_exactly_the_budget_and_never_simulates_twice(tmp_path):
     first = [tuple(t.params[n] for n in problem.layers) for t in trials[: len(seeds)]]
     assert first == seeds
     pts = completed_points(problem, study)
-    assert all(p["energy_rel"] == pytest.approx(problem.energy_rel(p["genome"])) for p in pts)
+    assert all(p.energy_rel == pytest.approx(problem.energy_rel(p.genome)) for p in pts)
 
 
 def test_same_seed_gives_the_same_search(tmp_path):
@@ -247,12 +248,12 @@ def test_two_workers_on_postgresql_share_one_study(tmp_path, postgres_url):
     assert len(workers) == 2
     # the union of both workers' trials forms the front
     pts = completed_points(problem, study)
-    assert {p["genome"] for p in pts} == set(genomes)
-    mask = pareto_mask([p["energy_rel"] for p in pts], [p["accuracy"] for p in pts])
+    assert {p.genome for p in pts} == set(genomes)
+    mask = pareto_mask([p.energy_rel for p in pts], [p.accuracy for p in pts])
     by_worker = {}
     for t in trials:
         if t.state.name == "COMPLETE":
             by_worker.setdefault(t.user_attrs["worker"], []).append(t.values)
-    hv_union = hypervolume([p["energy_rel"] for p in pts], [p["accuracy"] for p in pts])
+    hv_union = hypervolume([p.energy_rel for p in pts], [p.accuracy for p in pts])
     assert all(hypervolume([v[0] for v in vs], [v[1] for v in vs]) <= hv_union for vs in by_worker.values())
     assert mask.sum() >= 1

@@ -34,9 +34,10 @@ seed = 0
 def recorded_run(tmp_path_factory):
     """A prepared tiny digits run whose summary records accuracies measured by the search's own simulator
     (`dse.search.model_sim.ModelSimulator`, as `dse search` does)."""
+    from dse.prepare import load_prepared, prepare
     from dse.search.model_sim import ModelSimulator
-    from dse.search.run import build_problem
-    from dse.study import load_prepared, load_study, prepare
+    from dse.search.setup import build_problem
+    from dse.study import load_study
     from dse.util import atomic_write_json
 
     root = tmp_path_factory.mktemp("evaluate")

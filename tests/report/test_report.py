@@ -100,9 +100,9 @@ def test_report_without_library_still_renders(tmp_path):
     run_dir = tmp_path / "run"
     make_run_dir(run_dir)
     from dse.report.html import render_report
-    from dse.report.run import load_run
+    from dse.report.results import read_results
 
-    html, stats = render_report(load_run(run_dir), None)
+    html, stats = render_report(read_results(run_dir), None)
     assert stats["configs"] == 0 and stats["points"] > 0
     assert "multiplier library could not be loaded" in html
 

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from test_report_fixture import fake_library, make_run_dir
 
 from dse.cli import cli
-from dse.report.config import config_schema
+from dse.hwconfig import config_schema
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [

@@ -9,8 +9,10 @@ import os
 
 
 def main() -> None:
+    from synthetic import SyntheticEvaluator, synthetic_problem
+
     from dse.search.accurate import run_trials
-    from dse.search.simulate import SimulationCache, SyntheticEvaluator, synthetic_problem
+    from dse.search.simulate import SimulationCache
     from dse.search.storage import ATTR_SEEDED, create_or_load_study, make_sampler, open_storage
 
     ap = argparse.ArgumentParser()

@@ -157,7 +157,7 @@ def make_run_dir(
                 "test_accuracy": acc - 0.001,
                 "assignment": assign,
                 "predicted_accuracy": None,
-                "origin": f"agn lambda={lam:g}",
+                "origin": f"agn:{lam:g}",  # as the search writes it
             }
         )
     hist = [
@@ -201,17 +201,20 @@ def make_run_dir(
         ]
         mean = [[0.0 if m == "exact_u8" else -0.5 * s for m, s in zip(MULTS, row)] for row in sigma]
         (run_dir / "profiles").mkdir(exist_ok=True)
-        (run_dir / "profiles" / "predictions.json").write_text(
-            json.dumps(
-                {
-                    "layers": names,
-                    "multipliers": MULTS,
-                    "sigma": sigma,
-                    "mean": mean,
-                    "output_std": [1.0, 2.0, 3.0, 4.0],
-                }
-            )
-        )
+        table = {  # {predictor: table}, as dse.errors.predict writes it
+            "key": "synthetic",
+            "predictor": "sampled",
+            "layers": names,
+            "multipliers": MULTS,
+            "sigma": sigma,
+            "mean": mean,
+            "output_std": [1.0, 2.0, 3.0, 4.0],
+            "output_rms": [1.0, 2.0, 3.0, 4.0],
+            "energies": [1.0 - 0.11 * (int(m.split("_")[1]) if m != "exact_u8" else 0) for m in MULTS],
+            "macs": [layer["macs"] for layer in LAYERS],
+            "seconds": 0.0,
+        }
+        (run_dir / "profiles" / "predictions.json").write_text(json.dumps({"sampled": table}))
     if with_agn:
         (run_dir / "agn").mkdir(exist_ok=True)
         results = []

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from test_report_fixture import LAYERS, QUANT_ACC, fake_library, make_run_dir
 
 from dse.cli import cli
-from dse.report.config import config_schema, read_assignment, read_config, validate_config
+from dse.hwconfig import config_schema, read_assignment, read_config, validate_config
 from dse.report.export import export_config
 from dse.util import UserError
 

@@ -1,0 +1,98 @@
+"""The per-layer configuration JSON (the file `dse export` writes, `dse evaluate` and `dse retrain` read):
+its JSON Schema (`config.schema.json`, shipped beside this module), validation on write and on read, its
+one serialisation, and `read_assignment`, the one reader of a {layer: multiplier} assignment from a file.
+
+`config_text(config)` is the one serialisation: `dse export` writes it and the report embeds it for its
+download button, so the two files are byte-identical. Building a configuration from a run's point is the
+report's job (`dse.report.config.build_config`).
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from dse.util import UserError, atomic_write_text, dumps_json, read_json
+
+SCHEMA_VERSION = 1
+
+
+@cache
+def config_schema() -> dict[str, Any]:
+    """The JSON Schema shipped as `dse/hwconfig/config.schema.json`."""
+    return json.loads(resources.files("dse.hwconfig").joinpath("config.schema.json").read_text())
+
+
+def _field_path(error: Any) -> str:
+    parts = [str(p) if not isinstance(p, int) else f"[{p}]" for p in error.absolute_path]
+    return ".".join(parts).replace(".[", "[") or "(top level)"
+
+
+def validate_config(config: Any, where: str = "config") -> None:
+    """UserError naming the first offending field when `config` does not follow the schema."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(config_schema())
+    errors = sorted(validator.iter_errors(config), key=lambda e: (list(e.absolute_path), e.message))
+    if errors:
+        e = errors[0]
+        message = e.message if len(e.message) < 200 else e.message[:200] + "…"
+        raise UserError(f"{where}: {_field_path(e)}: {message} (schema_version {SCHEMA_VERSION})")
+
+
+def config_text(config: dict[str, Any]) -> str:
+    """The file text of a configuration (what `dse export` writes and the report's button downloads)."""
+    return dumps_json(config, indent=2) + "\n"
+
+
+def write_config(path: Path, config: dict[str, Any]) -> None:
+    validate_config(config, where=str(path))
+    atomic_write_text(Path(path), config_text(config))
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """A configuration file, validated against the schema (UserError naming the field otherwise)."""
+    raw = read_json(Path(path), "configuration JSON")
+    if isinstance(raw, dict) and "schema_version" in raw and raw["schema_version"] != SCHEMA_VERSION:
+        raise UserError(
+            f"{path}: schema_version: this dse reads version {SCHEMA_VERSION}, the file has {raw['schema_version']!r}"
+        )
+    validate_config(raw, where=str(path))
+    return raw
+
+
+def read_assignment(path: Path, *, complete: bool = True) -> dict[str, str]:
+    """{layer name: multiplier name} from a configuration file or a plain JSON object mapping layer names
+    to multiplier names.
+
+    `complete=True` (`dse evaluate`, `dse export`'s readers): a file with a `schema_version` must be a
+    complete configuration (validated; UserError naming the field). `complete=False` (`dse retrain`): a
+    configuration that does not validate, or has no `schema_version`, is read by the minimal shape every
+    reader may rely on, `{"layers": [{"name", "multiplier"}, …]}`."""
+    path = Path(path)
+    raw = read_json(path, "configuration JSON")
+    if isinstance(raw, dict) and "schema_version" in raw:
+        try:
+            config = read_config(path)
+            return {layer["name"]: layer["multiplier"] for layer in config["layers"]}
+        except UserError:
+            if complete:
+                raise
+    if not complete and isinstance(raw, dict) and isinstance(raw.get("layers"), list):
+        try:
+            return {str(e["name"]): str(e["multiplier"]) for e in raw["layers"]}
+        except (KeyError, TypeError):
+            raise UserError(f"{path}: layers: expected a list of {{'name', 'multiplier'}} objects") from None
+    if (
+        isinstance(raw, dict)
+        and raw
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in raw.items())
+    ):
+        return dict(raw)
+    raise UserError(
+        f"{path}: expected a dse configuration (schema_version {SCHEMA_VERSION}) or a non-empty object "
+        '{"layer name": "multiplier name", …}'
+    )

@@ -1,0 +1,422 @@
+"""The report's figures as plain plotly figure dicts (drawn by `page.js`): the Pareto chart of every
+point, the hypervolume history, surrogate vs simulated accuracy, the learned AGN tolerances, and the
+multiplier library's error vs energy. `PagePoint` is a point as the page shows it."""
+
+from __future__ import annotations
+
+import fnmatch
+import html
+from dataclasses import dataclass
+from typing import Any
+
+from dse.multipliers.library import Library
+from dse.report.results import BASELINE_NAMES, RunResults
+from dse.search.records import SearchPoint
+from dse.util import UserError
+
+Figure = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class PagePoint:
+    """A simulated point of the run as the page shows it: its group ("search" or a baseline), whether it
+    is on the front, and the label of its legend entry."""
+
+    point: SearchPoint
+    group: str
+    on_front: bool
+    group_label: str
+
+    @property
+    def trial(self) -> int | None:
+        return self.point.trial
+
+    @property
+    def energy_rel(self) -> float:
+        return self.point.energy_rel
+
+    @property
+    def accuracy(self) -> float:
+        if self.point.accuracy is None:
+            raise ValueError(f"point of trial {self.trial} is not simulated yet")
+        return self.point.accuracy
+
+    @property
+    def test_accuracy(self) -> float | None:
+        return self.point.test_accuracy
+
+    @property
+    def predicted_accuracy(self) -> float | None:
+        return self.point.predicted_accuracy
+
+    @property
+    def assignment(self) -> dict[str, str]:
+        return dict(self.point.assignment)
+
+    @property
+    def origin(self) -> str:
+        return self.point.origin.to_json()
+
+    def to_json(self) -> dict[str, Any]:
+        """What the page's script reads of a point."""
+        return {
+            "trial": self.trial,
+            "group": self.group,
+            "group_label": self.group_label,
+            "origin": self.origin,
+            "energy_rel": self.energy_rel,
+            "accuracy": self.accuracy,
+            "test_accuracy": self.test_accuracy,
+            "predicted_accuracy": self.predicted_accuracy,
+            "assignment": self.assignment,
+            "on_front": self.on_front,
+        }
+
+
+FOCUS_PP = 10.0  # the Pareto chart opens showing accuracies down to this many pp below quantized
+
+GROUP_STYLE = {  # group -> (label, marker)
+    "search": ("search (all simulated)", {"color": "rgba(70,110,170,0.45)", "size": 7, "symbol": "circle"}),
+    "front": (
+        "Pareto front",
+        {"color": "#d62728", "size": 11, "symbol": "circle", "line": {"color": "white", "width": 1}},
+    ),
+    "homogeneous": ("homogeneous", {"color": "#ff7f0e", "size": 10, "symbol": "diamond"}),
+    "agn": ("AGN-greedy", {"color": "#2ca02c", "size": 13, "symbol": "star"}),
+    "random": (
+        "random search",
+        {"color": "#7f7f7f", "size": 8, "symbol": "x-thin-open", "line": {"width": 2}},
+    ),
+}
+
+
+def pct(x: float | None, digits: int = 2) -> str:
+    return "–" if x is None else f"{100 * x:.{digits}f} %"
+
+
+def _hover(p: PagePoint, q: float | None, max_layers: int = 14) -> str:
+    head = f"<b>{'trial ' + str(p.trial) if p.trial is not None else 'point'}</b> ({p.origin or p.group})"
+    acc = p.accuracy
+    loss = "" if q is None or acc is None else f" ({100 * (acc - q):+.2f} pp)"
+    lines = [
+        head,
+        f"saving {100 * (1 - p.energy_rel):.1f} %, accuracy {pct(acc)}{loss}",
+    ]
+    if p.test_accuracy is not None:
+        lines.append(f"test accuracy {pct(p.test_accuracy)}")
+    items = list(p.assignment.items())
+    lines += [f"{layer}: {mult}" for layer, mult in items[:max_layers]]
+    if len(items) > max_layers:
+        lines.append(f"… {len(items) - max_layers} more layers")
+    return "<br>".join(
+        html.escape(line, quote=False) if not line.startswith("<b>") else line for line in lines
+    )
+
+
+def _scatter(
+    points: list[PagePoint], indices: list[int], group: str, q: float | None, mode: str = "markers"
+) -> Figure:
+    label, marker = GROUP_STYLE[group]
+    pts = [points[i] for i in indices]
+    return {
+        "type": "scatter",
+        "mode": mode,
+        "name": f"{label} ({len(pts)})",
+        "x": [100 * (1 - p.energy_rel) for p in pts],
+        "y": [100 * p.accuracy for p in pts],
+        "customdata": indices,
+        "text": [_hover(p, q) for p in pts],
+        "hovertemplate": "%{text}<extra></extra>",
+        "marker": marker,
+        **({"line": {"color": marker["color"], "width": 2}} if "lines" in mode else {}),
+    }
+
+
+def pareto_figure(run: RunResults, points: list[PagePoint]) -> Figure:
+    q = run.quant_accuracy
+    traces = []
+    search = [i for i, p in enumerate(points) if p.group == "search"]
+    traces.append(_scatter(points, search, "search", q))
+    for name in BASELINE_NAMES:
+        idx = [i for i, p in enumerate(points) if p.group == name]
+        if idx:
+            traces.append(_scatter(points, idx, name, q))
+    front = sorted((i for i, p in enumerate(points) if p.on_front), key=lambda i: points[i].energy_rel)
+    traces.append(_scatter(points, front, "front", q, mode="lines+markers"))
+    shapes, annotations = [], []
+    if q is not None:
+        shapes = [
+            {
+                "type": "rect",
+                "xref": "paper",
+                "x0": 0,
+                "x1": 1,
+                "y0": 100 * q - 1,
+                "y1": 100 * q,
+                "fillcolor": "rgba(44,160,44,0.10)",
+                "line": {"width": 0},
+                "layer": "below",
+            },
+            {
+                "type": "line",
+                "xref": "paper",
+                "x0": 0,
+                "x1": 1,
+                "y0": 100 * q,
+                "y1": 100 * q,
+                "line": {"color": "#2ca02c", "dash": "dash", "width": 1.5},
+            },
+        ]
+        # legend entries for the line and the band (line-only traces without data: no markers drawn),
+        # inserted before the front, which stays the topmost trace
+        legend_only = [
+            (f"quantized (exact) {100 * q:.2f} %", {"color": "#2ca02c", "dash": "dash", "width": 1.5}),
+            ("within 1 pp", {"color": "rgba(44,160,44,0.25)", "width": 10}),
+        ]
+        for name, line in legend_only:
+            traces.insert(
+                -1,
+                {
+                    "type": "scatter",
+                    "mode": "lines",
+                    "x": [None],
+                    "y": [None],
+                    "hoverinfo": "skip",
+                    "name": name,
+                    "line": line,
+                },
+            )
+    accs = [100 * p.accuracy for p in points]
+    lo = min(accs + ([100 * q - 1.5] if q is not None else []))
+    hi = max(accs + ([100 * q] if q is not None else []))
+    if q is not None and lo < 100 * q - FOCUS_PP:
+        # the decisions happen near the quantized accuracy: open zoomed there, the rest one click away
+        lo = 100 * q - FOCUS_PP
+        below = sum(a < lo for a in accs)
+        annotations.append(
+            {
+                "xref": "paper",
+                "yref": "paper",
+                "x": 1,
+                "y": 0,
+                "xanchor": "right",
+                "yanchor": "bottom",
+                "text": f"{below} points below {lo:.1f} % not in view: autoscale (modebar) or drag to zoom out",
+                "showarrow": False,
+                "font": {"color": "#888", "size": 10},
+            }
+        )
+    pad = max(0.5, 0.05 * (hi - lo))
+    return {
+        "id": "pareto",
+        "data": traces,
+        "layout": {
+            "title": {"text": "Energy saving vs accuracy (validation split): click a point"},
+            "xaxis": {
+                "title": {"text": "multiplication energy saving vs exact (%)"},
+                "ticksuffix": " %",
+                "zeroline": False,
+            },
+            "yaxis": {
+                "title": {"text": "accuracy, behavioural simulation (%)"},
+                "ticksuffix": " %",
+                "range": [lo - pad, hi + pad],
+            },
+            "hovermode": "closest",
+            "shapes": shapes,
+            "annotations": annotations,
+            "legend": {"orientation": "h", "y": -0.18},
+            "margin": {"t": 50, "r": 20, "b": 40, "l": 70},
+            "height": 560,
+        },
+    }
+
+
+def hypervolume_figure(run: RunResults) -> Figure:
+    hist = run.summary.hypervolume_history
+    fig = {
+        "id": "hypervolume",
+        "layout": {
+            "title": {"text": "Hypervolume over simulations"},
+            "xaxis": {"title": {"text": "simulations"}},
+            "yaxis": {"title": {"text": "hypervolume (ref. energy_rel 1, acc. 0)"}},
+            "height": 360,
+            "margin": {"t": 50, "r": 20, "b": 50, "l": 70},
+            "legend": {"orientation": "h", "y": -0.25},
+        },
+    }
+    if not hist:
+        return {**fig, "empty": "Hypervolume history: not written by the search yet."}
+    x = [h.evaluations for h in hist]
+    data = [
+        {
+            "type": "scatter",
+            "mode": "lines",
+            "name": "search",
+            "x": x,
+            "y": [h.hypervolume for h in hist],
+            "line": {"color": "#d62728", "width": 2.5, "shape": "hv"},
+        }
+    ]
+    for name, base in run.summary.baselines.items():
+        if base.hypervolume is not None and base.points:
+            label = GROUP_STYLE.get(name, (name, {"color": "#555"}))
+            data.append(
+                {
+                    "type": "scatter",
+                    "mode": "lines",
+                    "name": f"{label[0]} (final)",
+                    "x": [min(x), max(x)],
+                    "y": [base.hypervolume] * 2,
+                    "line": {"dash": "dash", "color": label[1]["color"]},
+                }
+            )
+    return {**fig, "data": data}
+
+
+def surrogate_figure(run: RunResults, points: list[PagePoint]) -> Figure:
+    pts = [p for p in points if p.group == "search" and p.predicted_accuracy is not None]
+    tau = run.summary.surrogate_kendall_tau
+    title = "Surrogate vs simulated accuracy" + (f" (Kendall τ = {tau:.3f})" if tau is not None else "")
+    fig = {
+        "id": "surrogate",
+        "layout": {
+            "title": {"text": title},
+            "height": 360,
+            "margin": {"t": 50, "r": 20, "b": 50, "l": 70},
+            "xaxis": {"title": {"text": "surrogate predicted accuracy (%)"}},
+            "yaxis": {"title": {"text": "simulated accuracy (%)"}},
+            "showlegend": False,
+        },
+    }
+    if not pts:
+        return {**fig, "empty": "Surrogate vs simulated: no point carries a surrogate prediction yet."}
+    xs = [100 * p.predicted_accuracy for p in pts]
+    ys = [100 * p.accuracy for p in pts]
+    lo, hi = min(xs + ys), max(xs + ys)
+    return {
+        **fig,
+        "data": [
+            {
+                "type": "scatter",
+                "mode": "lines",
+                "x": [lo, hi],
+                "y": [lo, hi],
+                "line": {"color": "#aaa", "dash": "dot"},
+                "hoverinfo": "skip",
+            },
+            {
+                "type": "scatter",
+                "mode": "markers",
+                "x": xs,
+                "y": ys,
+                "marker": {"color": "#1f77b4", "size": 6, "opacity": 0.7},
+                "text": [f"trial {p.trial}" for p in pts],
+                "hovertemplate": "%{text}<br>surrogate %{x:.2f} %<br>simulated %{y:.2f} %<extra></extra>",
+            },
+        ],
+    }
+
+
+def tolerance_figure(run: RunResults) -> Figure:
+    names = [layer.name for layer in run.layers]
+    fig = {
+        "id": "tolerance",
+        "layout": {
+            "title": {"text": "Learned per-layer tolerance (AGN σ_l)"},
+            "barmode": "group",
+            "height": 360,
+            "margin": {"t": 50, "r": 20, "b": 60, "l": 70},
+            "xaxis": {"title": {"text": "layer"}},
+            "yaxis": {"title": {"text": "|σ_l| relative to std(output)"}},
+            "legend": {"orientation": "h", "y": -0.3},
+        },
+    }
+    if not run.agn:
+        return {
+            **fig,
+            "empty": "Learned tolerances: agn/result.json not found (written by `dse search` / `dse agn`).",
+        }
+    data = []
+    for a in run.agn:
+        acc = "" if a.accuracy is None else f", {100 * a.accuracy:.2f} %"
+        data.append(
+            {
+                "type": "bar",
+                "name": f"λ = {a.lam:g}{acc}",
+                "x": names,
+                "y": [a.sigma_rel.get(n) for n in names],
+                "hovertemplate": "%{x}: σ_l = %{y:.3f}<extra>λ " + f"{a.lam:g}" + "</extra>",
+            }
+        )
+    return {**fig, "data": data}
+
+
+def library_figure(run: RunResults, library: Library | None, points: list[PagePoint]) -> Figure:
+    fig = {
+        "id": "library",
+        "layout": {
+            "title": {"text": "Multiplier library: error vs energy (exact = 1, not shown)"},
+            "height": 360,
+            "margin": {"t": 50, "r": 20, "b": 50, "l": 70},
+            "xaxis": {"title": {"text": "energy relative to exact"}},
+            "yaxis": {"title": {"text": "mean relative error, MRE (%)"}, "type": "log"},
+            "legend": {"orientation": "h", "y": -0.25},
+        },
+    }
+    if library is None:
+        return {**fig, "empty": "Multiplier library: could not be loaded."}
+    used = {m for p in points for m in p.assignment.values()}
+    front_used = {m for p in points if p.on_front for m in p.assignment.values()}
+    patterns = run.search_space.get("multipliers") or []
+    fmt = run.search_space.get("format")
+    signed = None if fmt is None else fmt == "signed"
+    if signed is None and used:
+        try:
+            signed = library.get(sorted(used)[0]).signed
+        except UserError:
+            signed = None
+    # exact multipliers (MRE 0) have no place on a log axis; the title says so
+    mults = [m for m in library if (signed is None or m.signed == signed) and not m.is_exact]
+    if patterns:
+        in_space = [
+            m for m in mults if any(fnmatch.fnmatchcase(m.name, pat) for pat in patterns) or m.name in used
+        ]
+        mults = in_space or mults
+    groups = {"on the front": [], "used by other points": [], "not used": []}
+    for m in mults:
+        key = (
+            "on the front"
+            if m.name in front_used
+            else "used by other points"
+            if m.name in used
+            else "not used"
+        )
+        groups[key].append(m)
+    colors = {"on the front": "#d62728", "used by other points": "#1f77b4", "not used": "#bbb"}
+    data = []
+    for key, ms in groups.items():
+        if not ms:
+            continue
+        data.append(
+            {
+                "type": "scatter",
+                "mode": "markers",
+                "name": f"{key} ({len(ms)})",
+                "x": [m.energy_rel for m in ms],
+                "y": [m.metrics["mre_percent"] for m in ms],
+                "text": [
+                    f"<b>{html.escape(m.name)}</b><br>energy_rel {m.energy_rel:.3f}<br>MAE {m.metrics['mae_percent']:.4f} %"
+                    f"<br>MRE {m.metrics['mre_percent']:.3f} %<br>WCE {m.metrics['wce_percent']:.3f} %"
+                    f"<br>bias {m.metrics['mean_error']:.1f}"
+                    for m in ms
+                ],
+                "hovertemplate": "%{text}<extra></extra>",
+                "marker": {"color": colors[key], "size": 8},
+            }
+        )
+    return (
+        {**fig, "data": data}
+        if data
+        else {**fig, "empty": "Multiplier library: no multiplier of this format."}
+    )

@@ -1,0 +1,166 @@
+"""What a search or a worker starts from: the search problem of a prepared run, the simulator behind the
+genome cache, and the seeds that the error models give (AGN mappings, the surrogate)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from dse.multipliers.core import Multiplier
+from dse.search.problem import SearchProblem
+from dse.search.records import Genome, Origin
+from dse.search.simulate import SimulationCache
+from dse.search.surrogate import Surrogate
+from dse.util import log
+
+if TYPE_CHECKING:
+    from dse.prepare import Prepared
+
+
+@dataclass
+class Setup:
+    """What a search or a worker needs: the problem, the simulator behind a cache, and the seeds."""
+
+    prepared: Prepared
+    problem: SearchProblem
+    cache: SimulationCache
+    quant_genome: Genome
+    surrogate: Surrogate | None = None
+    agn: list[tuple[Genome, Origin]] = field(default_factory=list)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+def build_problem(prepared: Prepared) -> tuple[SearchProblem, dict[str, Multiplier]]:
+    """The search problem of a prepared run and the multipliers by name (search space + exact)."""
+    layer_space = prepared.layer_space
+    names = prepared.layer_names
+    macs = [layer_macs(info.name, info.macs) for info in prepared.layers]
+    mults = {m.name: m for ms in layer_space.values() for m in ms}
+    for m in prepared.space:
+        mults.setdefault(m.name, m)
+    exact = next((m.name for m in mults.values() if m.is_exact), None)
+    if exact is None:
+        ex = next((m for m in prepared.library.multipliers(signed=prepared.fmt.signed) if m.is_exact), None)
+        if ex is not None:
+            mults[ex.name] = ex
+            exact = ex.name
+    choices = [[m.name for m in layer_space.get(n, [])] for n in names]
+    energies = {name: float(m.energy_rel) for name, m in mults.items()}
+    return SearchProblem.build(names, macs, choices, energies, exact=exact), mults
+
+
+def build_setup(prepared: Prepared, with_error_models: bool = True, device_batch: int = 2048) -> Setup:
+    """The problem and a cache over the model simulator; with the error models (AGN seeds, surrogate)
+    unless `with_error_models` is False (a worker only simulates what the study asks)."""
+    from dse.search.model_sim import ModelSimulator
+
+    problem, mults = build_problem(prepared)
+    stage_seconds: dict[str, float] = {}
+    agn: list[tuple[Genome, Origin]] = []
+    surrogate = None
+    if with_error_models:  # before the simulator wraps the layers' forward
+        agn = _agn_seeds(prepared, problem, stage_seconds)
+        surrogate = _surrogate(prepared, problem, stage_seconds)
+    return Setup(
+        prepared=prepared,
+        problem=problem,
+        cache=SimulationCache(ModelSimulator(prepared, problem, mults, batch_size=device_batch)),
+        quant_genome=tuple(problem.exact or "" for _ in problem.layers),
+        surrogate=surrogate,
+        agn=agn,
+        stage_seconds=stage_seconds,
+    )
+
+
+def _agn_seeds(
+    prepared: Prepared, problem: SearchProblem, stage_seconds: dict[str, float]
+) -> list[tuple[Genome, Origin]]:
+    """The AGN mappings, one per λ (-> the AGN seeds and baseline). A failing AGN stage leaves the search
+    running without them (logged)."""
+    from dse.agn import get_agn_results
+
+    out: list[tuple[Genome, Origin]] = []
+    t0 = time.perf_counter()
+    try:
+        for r in get_agn_results(prepared, prepared.study.agn.lambdas):
+            out.append((problem.genome(r.assignment), Origin.agn(r.lam)))
+    except Exception as e:  # the search still works without AGN
+        log(f"search: no AGN mappings ({type(e).__name__}: {e})")
+    stage_seconds["agn"] = time.perf_counter() - t0
+    return out
+
+
+def _surrogate(
+    prepared: Prepared, problem: SearchProblem, stage_seconds: dict[str, float]
+) -> Surrogate | None:
+    """The surrogate over the σ predictions' distortion table: squared relative output error per layer
+    and multiplier (normalising by the AGN tolerances instead of the output std ranked worse, see
+    dse.search.surrogate). None, logged, when the predictions fail."""
+    from dse.errors.predict import get_predictions
+
+    t0 = time.perf_counter()
+    try:
+        pred = get_predictions(prepared)
+    except Exception as e:
+        log(f"search: no σ predictions ({type(e).__name__}: {e}); the surrogate stage is skipped")
+        return None
+    stage_seconds["predictions"] = time.perf_counter() - t0
+    row = {n: i for i, n in enumerate(pred.layers)}
+    col = {m: j for j, m in enumerate(pred.multipliers)}
+    std = np.asarray(pred.output_std, dtype=np.float64)
+    dist = np.zeros((len(problem.layers), int(problem.n_choices.max())))
+    for li, name in enumerate(problem.layers):
+        tol = max(std[row[name]], 1e-12)
+        for ci, m in enumerate(problem.choices[li]):
+            if m in col:
+                s, mu = pred.sigma[row[name], col[m]], pred.mean[row[name], col[m]]
+                dist[li, ci] = (s * s + mu * mu) / (tol * tol)
+    chance = 1.0 / max(2, int(prepared.splits.num_classes))
+    return Surrogate(problem, dist, prepared.quant_accuracy, chance)
+
+
+def layer_macs(layer: str, macs: int | None) -> int:
+    if macs is None:
+        raise ValueError(f"layer {layer}: MACs unknown (the prepared model has not run a forward)")
+    return int(macs)
+
+
+def _error_models(setup: Setup) -> None:
+    """AGN mappings (-> the AGN seeds and baseline) and σ predictions (-> the surrogate's distortion
+    table: squared relative output error per layer and multiplier; normalising by the AGN tolerances
+    instead of the output std ranked worse, see dse.search.surrogate). Either stage failing leaves the
+    search running without it (logged)."""
+    from dse.agn import get_agn_results
+    from dse.errors.predict import get_predictions
+
+    prepared, problem = setup.prepared, setup.problem
+    t0 = time.perf_counter()
+    try:
+        results = get_agn_results(prepared, prepared.study.agn.lambdas)
+        for r in results:
+            setup.agn.append((problem.genome(r.assignment), Origin.agn(r.lam)))
+    except Exception as e:  # the search still works without AGN
+        log(f"search: no AGN mappings ({type(e).__name__}: {e})")
+    setup.stage_seconds["agn"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    try:
+        pred = get_predictions(prepared)
+    except Exception as e:
+        log(f"search: no σ predictions ({type(e).__name__}: {e}); the surrogate stage is skipped")
+        return
+    setup.stage_seconds["predictions"] = time.perf_counter() - t0
+    row = {n: i for i, n in enumerate(pred.layers)}
+    col = {m: j for j, m in enumerate(pred.multipliers)}
+    std = np.asarray(pred.output_std, dtype=np.float64)
+    dist = np.zeros((len(problem.layers), int(problem.n_choices.max())))
+    for li, name in enumerate(problem.layers):
+        tol = max(std[row[name]], 1e-12)
+        for ci, m in enumerate(problem.choices[li]):
+            if m in col:
+                s, mu = pred.sigma[row[name], col[m]], pred.mean[row[name], col[m]]
+                dist[li, ci] = (s * s + mu * mu) / (tol * tol)
+    chance = 1.0 / max(2, int(prepared.splits.num_classes))
+    setup.surrogate = Surrogate(problem, dist, prepared.quant_accuracy, chance)

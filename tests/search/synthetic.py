@@ -1,0 +1,51 @@
+"""Test helpers of the search: a small synthetic problem and a cheap analytic evaluator (no model).
+No tests here: helpers only (imported by name)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from dse.search.problem import SearchProblem
+from dse.search.records import Genome
+
+
+class SyntheticEvaluator:
+    """Accuracy falls smoothly with each layer's relative error: a deterministic stand-in for the simulator
+    (no model, microseconds per call). Layer sensitivity and each multiplier's error grow with
+    1 - energy, so the problem has a real trade-off and a known structure."""
+
+    def __init__(
+        self, problem: SearchProblem, base_accuracy: float = 0.95, seed: int = 0, delay_s: float = 0.0
+    ) -> None:
+        rng = np.random.default_rng(seed)
+        self.problem = problem
+        self.base = base_accuracy
+        self.sensitivity = rng.uniform(0.2, 3.0, size=len(problem.layers))
+        self.delay_s = delay_s
+        self.calls: list[tuple[Genome, str]] = []
+
+    def error(self, genome: Genome) -> float:
+        e = np.array([self.problem.energies[m] for m in genome])
+        return float(np.sum(self.sensitivity * (1.0 - e) ** 3))
+
+    def accuracy(self, genome: Genome, split: str = "val") -> float:
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        self.calls.append((tuple(genome), split))
+        drop = 1.0 - np.exp(-self.error(genome))
+        shift = 0.002 if split == "test" else 0.0
+        return float(max(0.1, self.base - 0.85 * drop - shift))
+
+
+def synthetic_problem(n_layers: int = 4, n_multipliers: int = 8) -> SearchProblem:
+    """A small problem for tests: layers with decreasing MACs, multipliers exact + evenly cheaper ones."""
+    names = ["exact"] + [f"m{i}" for i in range(1, n_multipliers)]
+    energies = {
+        "exact": 1.0,
+        **{f"m{i}": 1.0 - 0.8 * i / (n_multipliers - 1) for i in range(1, n_multipliers)},
+    }
+    layers = [f"layer{i}" for i in range(n_layers)]
+    macs = [1000 * (n_layers - i) for i in range(n_layers)]
+    return SearchProblem.build(layers, macs, [names] * n_layers, energies, exact="exact")
