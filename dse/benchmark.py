@@ -1,6 +1,6 @@
 """`dse bench model`: a whole network's forward in approximate (table) mode next to the same forward in
-exactly-quantized mode, measured alternately in one run (the ratio DESIGN.md §6 / issue targets quote:
-"ResNet-20 approximate forward <= 3x the quantized forward"; the closest peer costs 7.3x on ResNet-18).
+exactly-quantized mode, measured alternately in one run (the product's speed target: "ResNet-20
+approximate forward <= 3x the quantized forward"; the closest peer costs 7.3x on ResNet-18).
 
 The network has random weights (speed does not depend on training), BatchNorm folded and calibrated on
 random inputs; every approximable layer gets the same multiplier. Prints, never asserts.

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.data import TensorDataset
 
 from dse.util import UserError, atomic_torch_save, log, progress
 
@@ -47,9 +48,8 @@ class ParamGroup:
 
 def dataset_tensors(dataset) -> tuple[torch.Tensor, torch.Tensor]:
     """(x, y) of a TensorDataset, or of any indexable dataset of (x, y) pairs (stacked)."""
-    tensors = getattr(dataset, "tensors", None)
-    if tensors is not None and len(tensors) >= 2:
-        return tensors[0], tensors[1]
+    if isinstance(dataset, TensorDataset) and len(dataset.tensors) >= 2:
+        return dataset.tensors[0], dataset.tensors[1]
     xs, ys = zip(*(dataset[i] for i in range(len(dataset))))
     return torch.stack([torch.as_tensor(x) for x in xs]), torch.as_tensor(ys)
 

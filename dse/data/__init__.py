@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -61,7 +61,20 @@ class Splits:
     info: dict = field(default_factory=dict)  # seed, sizes, index sha256, data sha256 (splits.json)
 
     def __getitem__(self, split: Split | str) -> Any:
-        return getattr(self, Split(split).value)
+        return {Split.TRAIN: self.train, Split.VAL: self.val, Split.TEST: self.test}[Split(split)]
+
+
+class DataSpec(Protocol):
+    """What `load_splits` reads of a study's [data] section (`dse.study.DataConfig`, which sits above
+    this module)."""
+
+    name: str
+    path: str
+    train_size: int | None
+    val_size: int
+    test_size: int
+    seed: int
+    augment: str | None
 
 
 # ---------------------------------------------------------------------------------------------- loaders
@@ -260,8 +273,11 @@ def _sha(arr: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()
 
 
-def load_splits(data_cfg, path_override: str | Path | None = None, base_dir: Path | None = None) -> Splits:
-    """data_cfg: the study's [data] section (`dse.study.DataConfig` or anything with the same fields)."""
+def load_splits(
+    data_cfg: DataSpec, path_override: str | Path | None = None, base_dir: Path | None = None
+) -> Splits:
+    """The seeded train / val / test splits of the pool `data_cfg` names (`path_override` replaces its
+    path)."""
     import torch
     from torch.utils.data import TensorDataset
 
@@ -272,7 +288,7 @@ def load_splits(data_cfg, path_override: str | Path | None = None, base_dir: Pat
     )
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     num_classes = int(y.max()) + 1
-    augment = getattr(data_cfg, "augment", None)
+    augment = data_cfg.augment
     if augment is None:  # default: the standard augmentation where it is standard
         augment = "crop_flip" if data_cfg.name == "cifar10" else "none"
     info = {
