@@ -14,12 +14,20 @@ relative distortions, `Predictions.network_distortion`).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import torch
 
 from dse.errors.predict import PREDICTORS, check_formats, get_predictions
 from dse.errors.profiles import calibration_images, capture_layer_inputs, float_output
+from dse.multipliers.core import Multiplier
 from dse.multipliers.library import select
+from dse.nn import approx_layers, approximated
+from dse.prepare import Prepared
+from dse.train import dataset_tensors
 from dse.util import UserError, progress
 
 DEFAULT_PREDICTOR = "sampled"
@@ -43,12 +51,33 @@ def _spearman(x, y) -> float | None:
     return None if not np.isfinite(r) else float(r)
 
 
-def measure_layers(prepared, multipliers, images) -> dict:
-    """Measured error std / mean / relative distortion per layer × multiplier, exact inputs. Arrays [L, M]."""
-    import torch
+@dataclass(frozen=True)
+class LayerMeasurements:
+    """Measured output error per layer × multiplier (arrays [L, M], float output units before bias): std,
+    mean and relative distortion ‖ΔY‖_F/‖Y‖_F; `output_std` [L] of the exact layer output."""
 
-    from dse.nn import approx_layers
+    layers: list[str]
+    sigma: np.ndarray
+    mean: np.ndarray
+    distortion: np.ndarray
+    output_std: np.ndarray
 
+
+@dataclass(frozen=True)
+class NetworkMeasurements:
+    """Homogeneous assignments (one multiplier everywhere) simulated on `images` images: accuracy [M] and
+    logit distortion ‖Z̃ − Z‖_F/‖Z‖_F [M], next to the exact quantized model's accuracy."""
+
+    quant_accuracy: float
+    accuracy: np.ndarray
+    logit_distortion: np.ndarray
+    images: int
+
+
+def measure_layers(
+    prepared: Prepared, multipliers: Sequence[Multiplier], images: torch.Tensor
+) -> LayerMeasurements:
+    """Measured error std / mean / relative distortion per layer × multiplier, exact inputs."""
     model = prepared.model
     layers = approx_layers(model)
     inputs = capture_layer_inputs(model, images.to(prepared.device))
@@ -75,21 +104,18 @@ def measure_layers(prepared, multipliers, images) -> dict:
                 dist[li, mi] = float(torch.linalg.vector_norm(dy)) / max(y_norm, 1e-30)
                 bar.update(1)
     bar.close()
-    return {"layers": names, "sigma": sigma, "mean": mean, "distortion": dist, "output_std": out_std}
+    return LayerMeasurements(names, sigma, mean, dist, out_std)
 
 
-def measure_network(prepared, multipliers, dataset) -> dict:
+def measure_network(
+    prepared: Prepared, multipliers: Sequence[Multiplier], dataset: torch.utils.data.Dataset[Any]
+) -> NetworkMeasurements:
     """Homogeneous assignments in `lut` mode: accuracy and logit distortion per multiplier."""
-    import torch
-
-    from dse.nn import approx_layers, assign, set_mode
-    from dse.train import dataset_tensors
-
     model = prepared.model
     x, y = dataset_tensors(dataset)
     bs = prepared.study.train.eval_batch_size
 
-    def logits():
+    def logits() -> torch.Tensor:
         with torch.no_grad():
             return torch.cat([model(x[i : i + bs].to(prepared.device)).cpu() for i in range(0, len(x), bs)])
 
@@ -99,32 +125,22 @@ def measure_network(prepared, multipliers, dataset) -> dict:
     z0n = float(torch.linalg.vector_norm(z0))
     names = list(approx_layers(model))
     acc, ldist = [], []
-    try:
-        for m in progress(multipliers, desc="analyze: network"):
-            assign(model, {n: m for n in names})
-            set_mode(model, "lut")
+    for m in progress(multipliers, desc="analyze: network"):
+        with approximated(model, {n: m for n in names}):
             z = logits()
-            acc.append(float((z.argmax(1) == y).double().mean()))
-            ldist.append(float(torch.linalg.vector_norm(z - z0)) / max(z0n, 1e-30))
-    finally:
-        assign(model, {})
-        set_mode(model, "quant")
-    return {
-        "quant_accuracy": acc0,
-        "accuracy": np.array(acc),
-        "logit_distortion": np.array(ldist),
-        "images": len(y),
-    }
+        acc.append(float((z.argmax(1) == y).double().mean()))
+        ldist.append(float(torch.linalg.vector_norm(z - z0)) / max(z0n, 1e-30))
+    return NetworkMeasurements(acc0, np.array(acc), np.array(ldist), len(y))
 
 
 def analyze(
-    prepared,
+    prepared: Prepared,
     multipliers: list[str] | None = None,
     predictors: list[str] | None = None,
     default_predictor: str = DEFAULT_PREDICTOR,
     layer_images: int = LAYER_IMAGES,
     network_images: int | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """Everything `dse analyze --json` prints (see the module docstring and docs/ARCHITECTURE.md)."""
     if default_predictor not in PREDICTORS:
         raise UserError(f"--predictor: expected one of {', '.join(PREDICTORS)}, got {default_predictor!r}")
@@ -162,10 +178,6 @@ def analyze(
     layer_seconds = time.perf_counter() - t0
 
     if network_images is not None and network_images < len(val):
-        import torch
-
-        from dse.train import dataset_tensors
-
         xv, yv = dataset_tensors(val)
         idx = torch.randperm(len(yv), generator=torch.Generator().manual_seed(2))[:network_images]
         net_set = torch.utils.data.TensorDataset(xv[idx], yv[idx])
@@ -177,13 +189,13 @@ def analyze(
 
     default, dcols = preds[default_predictor]
     row = {n: i for i, n in enumerate(default.layers)}
-    lrows = [row[n] for n in meas["layers"]]
+    lrows = [row[n] for n in meas.layers]
     by_pred = {}
     for p, (pr, cols) in preds.items():
-        by_pred[p] = _median_rel_error(pr.sigma[np.ix_(lrows, cols)], meas["sigma"])
+        by_pred[p] = _median_rel_error(pr.sigma[np.ix_(lrows, cols)], meas.sigma)
     genomes = np.tile(np.array(dcols)[:, None], (1, len(default.layers)))  # [M, L] homogeneous
     pred_net = default.network_distortion(genomes)
-    drop = net["quant_accuracy"] - net["accuracy"]
+    drop = net.quant_accuracy - net.accuracy
     rel = default.relative_distortion[np.ix_(lrows, dcols)]
     aggregates = {
         "rss": pred_net,
@@ -192,7 +204,7 @@ def analyze(
         "last": rel[-1],
     }
     layers_out = []
-    for li, name in enumerate(meas["layers"]):
+    for li, name in enumerate(meas.layers):
         entries = []
         for mi, m in enumerate(mults):
             predicted = {}
@@ -206,9 +218,9 @@ def analyze(
             entries.append(
                 {
                     "multiplier": m.name,
-                    "measured_sigma": meas["sigma"][li, mi],
-                    "measured_mean": meas["mean"][li, mi],
-                    "measured_distortion": meas["distortion"][li, mi],
+                    "measured_sigma": meas.sigma[li, mi],
+                    "measured_mean": meas.mean[li, mi],
+                    "measured_distortion": meas.distortion[li, mi],
                     "predicted": predicted,
                 }
             )
@@ -219,7 +231,7 @@ def analyze(
                 "kind": info.kind,
                 "fan_in": info.fan_in,
                 "macs": info.macs,
-                "output_std": meas["output_std"][li],
+                "output_std": meas.output_std[li],
                 "multipliers": entries,
             }
         )
@@ -227,9 +239,9 @@ def analyze(
         {
             "multiplier": m.name,
             "energy_rel": m.energy_rel,
-            "accuracy": net["accuracy"][i],
+            "accuracy": net.accuracy[i],
             "accuracy_drop": drop[i],
-            "logit_distortion": net["logit_distortion"][i],
+            "logit_distortion": net.logit_distortion[i],
             "predicted_distortion": pred_net[i],
         }
         for i, m in enumerate(mults)
@@ -241,12 +253,12 @@ def analyze(
         "sigma_median_rel_error": by_pred[default_predictor],
         "sigma_median_rel_error_by_predictor": by_pred,
         "distortion_accuracy_spearman": _spearman(pred_net, drop),
-        "distortion_logit_spearman": _spearman(pred_net, net["logit_distortion"]),
+        "distortion_logit_spearman": _spearman(pred_net, net.logit_distortion),
         # what any predictor of logit distortion can reach: measured logit distortion vs accuracy drop
-        "logit_accuracy_spearman": _spearman(net["logit_distortion"], drop),
-        "homogeneous_with_measurable_drop": int((np.abs(drop) > 2.0 / max(net["images"], 1)).sum()),
+        "logit_accuracy_spearman": _spearman(net.logit_distortion, drop),
+        "homogeneous_with_measurable_drop": int((np.abs(drop) > 2.0 / max(net.images, 1)).sum()),
         "spearman_by_aggregate": {
-            k: {"accuracy": _spearman(v, drop), "logit": _spearman(v, net["logit_distortion"])}
+            k: {"accuracy": _spearman(v, drop), "logit": _spearman(v, net.logit_distortion)}
             for k, v in aggregates.items()
         },
         "prediction_seconds": pred_seconds,
@@ -254,10 +266,10 @@ def analyze(
         "images": {
             "profiles": "training split (seeded sample)",
             "layers": int(images.shape[0]),
-            "network": int(net["images"]),
+            "network": int(net.images),
             "split": "validation",
         },
-        "quant_accuracy": net["quant_accuracy"],
+        "quant_accuracy": net.quant_accuracy,
         "layers": layers_out,
         "network": network,
     }

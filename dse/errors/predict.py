@@ -1,6 +1,9 @@
 """The [layers × multipliers] table of predicted output-error std and mean (float output units, before
 bias), from the layer profiles and the search space's error tables. See `estimators` for the models.
 
+The table is cached in `profiles/predictions.json` as {predictor: {"key": …, **Predictions.to_json()}};
+`Predictions.from_json` reads one entry back without torch (the report does).
+
 Predictors: `sampled` (default; the table applied to the sampled calibration rows with the real
 weights), `weight-aware` (P3's population model with per-column weight histograms), `p3` (as published:
 local activation histograms, one global weight histogram).
@@ -8,20 +11,27 @@ local activation histograms, one global weight histogram).
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from dse.errors import estimators as est
 from dse.errors.profiles import LayerProfiles, get_profiles
+from dse.multipliers.core import Multiplier
 from dse.util import UserError, atomic_write_json
+
+if TYPE_CHECKING:  # the prepared run imports torch; this module is read without it
+    from dse.prepare import Prepared
+    from dse.quant import QuantFormat
 
 PREDICTORS = ("sampled", "weight-aware", "p3")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Predictions:
     """Predicted error per layer × multiplier. `sigma[l, m]` / `mean[l, m]`: std / mean of the output
     error of multiplier m at layer l (float units, before bias); `output_std[l]` / `output_rms[l]`: of
@@ -55,7 +65,8 @@ class Predictions:
         g = np.asarray(genomes)
         return np.sqrt((d[np.arange(d.shape[0])[None, :], g] ** 2).sum(axis=1))
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
+        """The cached table's fields (arrays as nested lists when written by `dse.util.atomic_write_json`)."""
         return {
             "predictor": self.predictor,
             "layers": self.layers,
@@ -70,7 +81,8 @@ class Predictions:
         }
 
     @staticmethod
-    def from_json(d: dict) -> Predictions:
+    def from_json(d: Mapping[str, Any]) -> Predictions:
+        """One predictor's entry of `profiles/predictions.json` (its "key" is ignored)."""
         arr = {
             k: np.asarray(d[k], dtype=np.float64)
             for k in ("sigma", "mean", "output_std", "output_rms", "energies", "macs")
@@ -84,7 +96,7 @@ class Predictions:
         )
 
 
-def check_formats(multipliers, fmt) -> None:
+def check_formats(multipliers: Sequence[Multiplier], fmt: QuantFormat) -> None:
     """UserError when a multiplier's operand format differs from the study's."""
     for m in multipliers:
         if bool(m.signed) != bool(fmt.signed):
@@ -96,7 +108,10 @@ def check_formats(multipliers, fmt) -> None:
 
 
 def predict_table(
-    profiles: LayerProfiles, multipliers, weight_scheme: str, predictor: str = "sampled"
+    profiles: LayerProfiles,
+    multipliers: Sequence[Multiplier],
+    weight_scheme: str,
+    predictor: str = "sampled",
 ) -> Predictions:
     """Build the prediction table for every profiled layer × multiplier (vectorised over the library)."""
     if predictor not in PREDICTORS:
@@ -148,7 +163,10 @@ def predict_table(
 
 
 def get_predictions(
-    prepared, predictor: str = "sampled", multipliers=None, recompute: bool = False
+    prepared: Prepared,
+    predictor: str = "sampled",
+    multipliers: Sequence[Multiplier] | None = None,
+    recompute: bool = False,
 ) -> Predictions:
     """Predictions for the prepared run's search space (or `multipliers`), cached in
     `profiles/predictions.json` per predictor (recomputed when the profiles or the tables change)."""
@@ -157,12 +175,10 @@ def get_predictions(
         raise UserError("search space: no multipliers to predict (empty search space)")
     check_formats(mults, prepared.fmt)
     profiles = get_profiles(prepared)
-    path = Path(prepared.run_dir) / "profiles" / "predictions.json"
+    path = prepared.run_dir.predictions_json
     key = profiles.key + ":" + ",".join(m.sha256[:16] for m in mults)
-    cache: dict = {}
+    cache: dict[str, Any] = {}
     if path.exists():
-        import json
-
         try:
             cache = json.loads(path.read_text())
         except json.JSONDecodeError:

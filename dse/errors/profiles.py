@@ -10,13 +10,23 @@ bias). Stored in `profiles/profiles.npz` of the run directory, keyed by the QAT 
 
 from __future__ import annotations
 
+import json
+import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from dse.errors.estimators import byte_histogram, row_histograms
-from dse.util import UserError, atomic_write_bytes, log
+from dse.util import UserError, atomic_write_bytes, log, sha256_file
+
+if TYPE_CHECKING:  # torch is imported where it is used: the profiles' arrays read without it
+    import torch
+
+    from dse.nn import ApproxLayer
+    from dse.prepare import Prepared
 
 PROFILE_IMAGES = 512
 ROWS_PER_LAYER = 512
@@ -52,7 +62,7 @@ class LayerProfiles:
     layers: list[LayerProfile]
     images: int
     key: str = ""
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def names(self) -> list[str]:
         return [p.name for p in self.layers]
@@ -65,10 +75,9 @@ class LayerProfiles:
 
     def save(self, path: Path) -> None:
         import io
-        import json
 
         arrays: dict[str, np.ndarray] = {}
-        meta = {"images": self.images, "key": self.key, "layers": []}
+        meta: dict[str, Any] = {"images": self.images, "key": self.key, "layers": []}
         for i, p in enumerate(self.layers):
             meta["layers"].append(
                 {
@@ -89,8 +98,6 @@ class LayerProfiles:
 
     @staticmethod
     def load(path: Path) -> LayerProfiles:
-        import json
-
         with np.load(path) as z:
             meta = json.loads(bytes(z["meta"]).decode())
             layers = []
@@ -103,7 +110,7 @@ class LayerProfiles:
         return LayerProfiles(layers=layers, images=meta["images"], key=meta["key"])
 
 
-def _channel_scale(scale, n_cols: int) -> np.ndarray:
+def _channel_scale(scale: torch.Tensor | np.ndarray, n_cols: int) -> np.ndarray:
     import torch
 
     s = scale.detach().cpu().double().numpy() if isinstance(scale, torch.Tensor) else np.asarray(scale, float)
@@ -111,7 +118,7 @@ def _channel_scale(scale, n_cols: int) -> np.ndarray:
     return np.broadcast_to(s, (n_cols,)).copy() if s.size == 1 else s.astype(np.float64)
 
 
-def float_output(acc, scale):
+def float_output(acc: torch.Tensor, scale: torch.Tensor | np.ndarray) -> torch.Tensor:
     """Accumulator (int32 [B, C, ...]) -> float output before bias, the scale broadcast on channel axis 1."""
     import torch
 
@@ -122,14 +129,16 @@ def float_output(acc, scale):
     return acc * s
 
 
-def capture_layer_inputs(model, x, layer_names=None) -> dict:
+def capture_layer_inputs(
+    model: torch.nn.Module, x: torch.Tensor, layer_names: Sequence[str] | None = None
+) -> dict[str, torch.Tensor]:
     """Run `model` on x and return {layer_name: float input tensor} of every approximable layer."""
     import torch
 
     from dse.nn import approx_layers
 
     layers = approx_layers(model)
-    seen: dict = {}
+    seen: dict[str, torch.Tensor] = {}
     hooks = []
     for name, layer in layers.items():
         if layer_names is not None and name not in layer_names:
@@ -148,7 +157,7 @@ def capture_layer_inputs(model, x, layer_names=None) -> dict:
     return seen
 
 
-def calibration_images(dataset, n: int, seed: int = 0):
+def calibration_images(dataset: torch.utils.data.Dataset[Any], n: int, seed: int = 0) -> torch.Tensor:
     """A seeded sample of `n` inputs (float tensor) of a TensorDataset-like split."""
     import torch
 
@@ -161,7 +170,9 @@ def calibration_images(dataset, n: int, seed: int = 0):
     return torch.stack(xs)
 
 
-def layer_operands(layer, x_float):
+def layer_operands(
+    layer: ApproxLayer, x_float: torch.Tensor
+) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
     """(codes, [(A [M,K], B [K,N]) per group], exact float output before bias) of one layer on its input."""
     import torch
 
@@ -172,7 +183,9 @@ def layer_operands(layer, x_float):
     return codes, ops, float_output(acc, layer.output_scale)
 
 
-def compute_profiles(model, images, rows_per_layer: int = ROWS_PER_LAYER, seed: int = 0) -> LayerProfiles:
+def compute_profiles(
+    model: torch.nn.Module, images: torch.Tensor, rows_per_layer: int = ROWS_PER_LAYER, seed: int = 0
+) -> LayerProfiles:
     """Profile every approximable layer of a prepared (quant-mode, eval) model on `images`."""
     from dse.nn import approx_layers
 
@@ -214,24 +227,22 @@ def compute_profiles(model, images, rows_per_layer: int = ROWS_PER_LAYER, seed: 
     return LayerProfiles(layers=profiles, images=int(images.shape[0]))
 
 
-def _prepared_key(prepared) -> str:
-    from dse.util import sha256_file
-
-    qat = Path(prepared.run_dir) / "prepare" / "qat.pt"
+def _prepared_key(prepared: Prepared) -> str:
+    qat = prepared.run_dir.qat_ckpt
     return sha256_file(qat) if qat.exists() else ""
 
 
-def get_profiles(prepared, images: int = PROFILE_IMAGES, recompute: bool = False) -> LayerProfiles:
+def get_profiles(prepared: Prepared, images: int = PROFILE_IMAGES, recompute: bool = False) -> LayerProfiles:
     """Layer profiles of a prepared run (cached in `profiles/profiles.npz`, recomputed when the QAT
     checkpoint changed). Calibration images: a seeded sample of the *training* split."""
-    path = Path(prepared.run_dir) / "profiles" / "profiles.npz"
+    path = prepared.run_dir.profiles_npz
     key = _prepared_key(prepared)
     if path.exists() and not recompute:
         try:
             cached = LayerProfiles.load(path)
             if cached.key == key and cached.names() == [li.name for li in prepared.layers]:
                 return cached
-        except Exception:  # a stale or foreign file: recompute
+        except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile):  # stale or foreign: recompute
             pass
     log(f"profiling {len(prepared.layers)} layers on {images} training images")
     x = calibration_images(prepared.splits.train, images, seed=0)

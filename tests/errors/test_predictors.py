@@ -9,9 +9,9 @@ import pytest
 import torch
 from dse.kernels.reference import approx_matmul_reference
 
+from dse.agn import agn_regulariser, check_agn_settings
 from dse.energy import energy_rel, mac_shares
 from dse.errors import estimators as est
-from dse.errors.agn import agn_regulariser, check_agn_settings
 from dse.errors.mapping import map_assignment
 from dse.multipliers.core import Multiplier, exact_table, operand_values
 from dse.util import UserError
@@ -195,3 +195,41 @@ def test_low_rank_path_agrees_with_the_exact_bag():
     exact = est.sampled_errors(rows, w, err)
     np.testing.assert_allclose(fast, exact, rtol=1e-5, atol=1e-5 * np.abs(exact).max())
     assert est.factorize(np.random.default_rng(0).normal(size=(1, 256, 256)))[0] is None  # full rank
+
+
+def test_predictions_json_reads_back_without_torch(tmp_path):
+    """profiles/predictions.json ({predictor: {key, table}}) loads into the same Predictions, torch absent."""
+    import json
+    import subprocess
+    import sys
+
+    from dse.errors.predict import Predictions
+    from dse.util import atomic_write_json
+
+    pred = Predictions(
+        layers=["conv1", "fc1"],
+        multipliers=["exact_u8", "trunc6_u8", "bam_h2_v6_u8"],
+        sigma=np.array([[0.0, 0.25, 0.5], [0.0, 1.5, 3.25]]),
+        mean=np.array([[0.0, -0.125, 0.0625], [0.0, 2.0, -1.0]]),
+        output_std=np.array([1.5, 4.0]),
+        output_rms=np.array([1.75, 4.5]),
+        energies=np.array([1.0, 0.6, 0.4]),
+        macs=np.array([1000.0, 200.0]),
+        predictor="sampled",
+        seconds=0.5,
+    )
+    path = tmp_path / "predictions.json"
+    atomic_write_json(path, {"sampled": {"key": "k", **pred.to_json()}})
+    back = Predictions.from_json(json.loads(path.read_text())["sampled"])
+    assert back.layers == pred.layers and back.multipliers == pred.multipliers
+    for name in ("sigma", "mean", "output_std", "output_rms", "energies", "macs"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(pred, name))
+    np.testing.assert_array_equal(back.relative_distortion, pred.relative_distortion)
+    code = (
+        "import json, sys; sys.modules['torch'] = None\n"
+        "from dse.errors.predict import Predictions\n"
+        f"p = Predictions.from_json(json.load(open({str(path)!r}))['sampled'])\n"
+        "print(p.sigma[1, 2], p.multipliers[2])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["3.25", "bam_h2_v6_u8"]
