@@ -92,7 +92,7 @@ def retrain(
       dse retrain runs/digits --config cfg.json --method all     # the methods side by side
       dse retrain runs/digits --cross --multipliers bam_h2_v6_u8,bam_h4_v8_u8
     """
-    from dse.retrain.assignment import read_assignment_file
+    from dse.hwconfig import read_assignment_file
     from dse.retrain.compare import compare_methods, cross_evaluate
     from dse.retrain.loop import retrain as run_retrain
     from dse.util import emit_json, resolve_device

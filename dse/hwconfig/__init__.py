@@ -2,6 +2,9 @@
 its JSON Schema (`config.schema.json`, shipped beside this module), validation on write and on read, its
 one serialisation, and `read_assignment`, the one reader of a {layer: multiplier} assignment from a file.
 
+`resolve_assignment(assignment, prepared)` is the one resolver: names -> `Multiplier`s of the run's
+library, checked against the prepared model's layers and operand format.
+
 `config_text(config)` is the one serialisation: `dse export` writes it and the report embeds it for its
 download button, so the two files are byte-identical. Building a configuration from a run's point is the
 report's job (`dse.report.config.build_config`).
@@ -10,12 +13,17 @@ report's job (`dse.report.config.build_config`).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from dse.multipliers.core import Multiplier
 from dse.util import UserError, atomic_write_text, dumps_json, read_json
+
+if TYPE_CHECKING:
+    from dse.prepare import Prepared
 
 SCHEMA_VERSION = 1
 
@@ -96,3 +104,50 @@ def read_assignment(path: Path, *, complete: bool = True) -> dict[str, str]:
         f"{path}: expected a dse configuration (schema_version {SCHEMA_VERSION}) or a non-empty object "
         '{"layer name": "multiplier name", …}'
     )
+
+
+def read_assignment_file(path: Path) -> tuple[dict[str, str], Any]:
+    """(`read_assignment(path, complete=False)`, the file's raw JSON): what `dse retrain` reads; the raw
+    JSON may name the model the configuration was made for (`resolve_assignment`'s `raw`)."""
+    return read_assignment(path, complete=False), read_json(Path(path), "configuration JSON")
+
+
+def resolve_assignment(
+    assignment: Mapping[str, str],
+    prepared: Prepared,
+    where: str = "config",
+    raw: Mapping[str, Any] | None = None,
+) -> dict[str, Multiplier]:
+    """{layer: Multiplier} checked against the prepared model and the library (UserError otherwise);
+    `raw` (the configuration JSON) may name the model it was made for, which must be this run's."""
+    names = [info.name for info in prepared.layers]
+    unknown = [name for name in assignment if name not in names]
+    model_name = prepared.study.model.name
+    cfg_model = None
+    if raw and isinstance(raw.get("model"), dict):
+        cfg_model = raw["model"].get("name")
+    if unknown or (cfg_model not in (None, "unknown", model_name)):
+        missing = [n for n in names if n not in assignment]
+        other = f" (it names model {cfg_model!r}, this run is {model_name!r})" if cfg_model else ""
+        raise UserError(
+            f"{where}: configuration does not fit this model{other}: layers not in the model: "
+            f"{', '.join(unknown) or '-'}; model layers not in the configuration: {', '.join(missing) or '-'}"
+            f" (the model's layers are {', '.join(names)})"
+        )
+    signed = bool(prepared.fmt.signed)
+    out = {}
+    for layer, mult_name in assignment.items():
+        try:
+            m = prepared.library.get(mult_name)
+        except UserError:
+            raise UserError(
+                f"{where}: layer {layer}: multiplier {mult_name!r} is not in the library "
+                "(see `dse multipliers list`)"
+            ) from None
+        if bool(m.signed) != signed:
+            fmt = "signed" if signed else "unsigned"
+            raise UserError(
+                f"{where}: layer {layer}: multiplier {mult_name!r} is not {fmt} like this run's format"
+            )
+        out[layer] = m
+    return out

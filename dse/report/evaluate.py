@@ -9,7 +9,7 @@ from typing import Any
 
 from dse.data import Split
 from dse.energy import energy_rel
-from dse.hwconfig import read_assignment, read_config
+from dse.hwconfig import read_assignment, read_config, resolve_assignment
 from dse.multipliers.core import Multiplier
 from dse.prepare import load_prepared
 from dse.rundir import RunDir
@@ -70,22 +70,11 @@ def evaluate_config(
             f"{path}: {what}: do not match the model of {run_dir} (unknown: {unknown or 'none'}, missing: "
             f"{missing or 'none'}; the model's layers: {names})"
         )
-    library = prepared.library
     chosen: dict[str, Multiplier] = {}
     for i, name in enumerate(names):
-        if name not in assignment:
-            continue
-        where = f"layers[{i}].multiplier" if config is not None else name
-        try:
-            m = library.get(assignment[name])
-        except UserError:
-            raise UserError(
-                f"{path}: {where}: multiplier {assignment[name]!r} is not in the library"
-            ) from None
-        if m.signed != prepared.fmt.signed:
-            fmt = "signed" if prepared.fmt.signed else "unsigned"
-            raise UserError(f"{path}: {where}: {m.name} is {m.format}, the model's operand format is {fmt}")
-        chosen[name] = m
+        if name in assignment:
+            where = f"{path}: layers[{i}].multiplier" if config is not None else f"{path}: {name}"
+            chosen.update(resolve_assignment({name: assignment[name]}, prepared, where=where))
     if config is not None:
         for i, layer in enumerate(config["layers"]):
             m = chosen[layer["name"]]

@@ -2,12 +2,11 @@
 
 - `surrogates`: P2's per-neuron error model and the baselines (what the network trains through);
 - `statistics`: the per-neuron error statistics they are built from, measured by behavioural simulation;
-- `assignment`: the configuration JSON read and checked against the prepared run;
 - `loop`: one retraining (`retrain`) and its typed result (`RetrainResult`);
 - `compare`: the methods side by side and the cross-evaluation matrix.
 """
 
-from dse.retrain.assignment import read_assignment_file, resolve_assignment
+from dse.hwconfig import read_assignment_file, resolve_assignment
 from dse.retrain.compare import CrossEvaluation, MethodComparison, compare_methods, cross_evaluate
 from dse.retrain.loop import RetrainResult, load_retrained, load_run, retrain
 from dse.retrain.statistics import CALIBRATION_SAMPLES, LayerErrorStats, measure_error_stats

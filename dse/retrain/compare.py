@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from dse.data import Split
-from dse.retrain.assignment import resolve_assignment
+from dse.hwconfig import resolve_assignment
 from dse.retrain.loop import RetrainResult, load_retrained, load_run, retrain
 from dse.retrain.statistics import CALIBRATION_SAMPLES
 from dse.retrain.surrogates import METHODS

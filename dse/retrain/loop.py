@@ -37,10 +37,10 @@ import torch
 from torch import nn
 
 from dse.data import Split
+from dse.hwconfig import resolve_assignment
 from dse.multipliers.core import Multiplier
 from dse.nn import Mode, approx_layers, approximated, set_mode
 from dse.prepare import Prepared, load_prepared
-from dse.retrain.assignment import resolve_assignment
 from dse.retrain.statistics import CALIBRATION_SAMPLES, STATS_VERSION, get_error_stats, measure_error_stats
 from dse.retrain.surrogates import METHODS, build_surrogates
 from dse.rundir import RunDir

@@ -9,9 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from dse.cli import cli
+from dse.hwconfig import read_assignment_file, resolve_assignment
 from dse.multipliers.library import load_library
 from dse.quant import QuantFormat
-from dse.retrain.assignment import read_assignment_file, resolve_assignment
 from dse.util import UserError
 
 LAYERS = ["conv1", "conv2", "fc1", "fc2"]

@@ -82,8 +82,8 @@ def test_reported_accuracies_are_behavioural_simulations_of_the_saved_network(ru
 
 def test_errmodel_statistics_match_the_simulated_error(run_dir):
     """μ_ε, σ_ε per neuron are the moments of (lut-mode output − quant-mode output) of that neuron."""
+    from dse.hwconfig import resolve_assignment
     from dse.nn import approx_layers, assign, set_mode
-    from dse.retrain.assignment import resolve_assignment
     from dse.retrain.loop import load_run
     from dse.retrain.statistics import measure_error_stats
     from dse.train import dataset_tensors
