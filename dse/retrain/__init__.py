@@ -4,9 +4,11 @@
 - `statistics`: the per-neuron error statistics they are built from, measured by behavioural simulation;
 - `loop`: one retraining (`retrain`) and its typed result (`RetrainResult`);
 - `compare`: the methods side by side and the cross-evaluation matrix.
+
+The assignment comes from a configuration JSON through `dse.hwconfig` (`read_assignment_file`,
+`resolve_assignment`).
 """
 
-from dse.hwconfig import read_assignment_file, resolve_assignment
 from dse.retrain.compare import CrossEvaluation, MethodComparison, compare_methods, cross_evaluate
 from dse.retrain.loop import RetrainResult, load_retrained, load_run, retrain
 from dse.retrain.statistics import CALIBRATION_SAMPLES, LayerErrorStats, measure_error_stats
@@ -25,7 +27,5 @@ __all__ = [
     "load_retrained",
     "load_run",
     "measure_error_stats",
-    "read_assignment_file",
-    "resolve_assignment",
     "retrain",
 ]
