@@ -19,8 +19,6 @@ from dse.hwconfig import config_text
 from dse.multipliers.library import Library, load_library
 from dse.report.config import build_config
 from dse.report.figures import (
-    GROUP_STYLE,
-    PagePoint,
     hypervolume_figure,
     library_figure,
     pareto_figure,
@@ -28,6 +26,7 @@ from dse.report.figures import (
     surrogate_figure,
     tolerance_figure,
 )
+from dse.report.points import GROUP_STYLE, PagePoint, report_points
 from dse.report.results import RunResults, read_results
 from dse.rundir import RunDir
 from dse.util import UserError, atomic_write_text, to_jsonable
@@ -89,20 +88,6 @@ def _facts(run: RunResults, points: list[PagePoint]) -> list[tuple[str, str]]:
         facts.append(("surrogate Kendall τ", f"{s.surrogate_kendall_tau:.3f}"))
     facts.append(("front points", str(len(front))))
     return facts
-
-
-def report_points(run: RunResults) -> list[PagePoint]:
-    """The page's points (search, then baselines), each with its group and whether it is on the front."""
-    front_keys = {json.dumps(dict(p.assignment), sort_keys=True) for p in run.summary.front}
-    points = []
-    for g in run.all_points():
-        if g.point.accuracy is None:
-            continue  # not simulated yet (a running trial)
-        key = json.dumps(dict(g.point.assignment), sort_keys=True)
-        on_front = g.group == "search" and key in front_keys
-        label = "front" if on_front else GROUP_STYLE.get(g.group, (g.group,))[0]
-        points.append(PagePoint(g.point, g.group, on_front, str(label)))
-    return points
 
 
 def render_report(run: RunResults, library: Library | None) -> tuple[str, dict[str, int]]:

@@ -113,7 +113,7 @@ class SummaryLayer:
     name: str
     kind: str
     macs: int
-    fan_in: int
+    fan_in: int | None  # None only in summaries that did not record it
     weight_shape: tuple[int, ...]
 
     def to_json(self) -> dict[str, Any]:
@@ -131,7 +131,7 @@ class SummaryLayer:
             name=str(obj["name"]),
             kind=str(obj.get("kind", "conv")),
             macs=int(obj["macs"]),
-            fan_in=obj.get("fan_in"),  # type: ignore[arg-type]  # kept as written (may be absent)
+            fan_in=obj.get("fan_in"),
             weight_shape=tuple(obj.get("weight_shape") or ()),
         )
 
