@@ -228,7 +228,7 @@ def get_agn_results(
                 prepared, float(lam), sigma_init, sigma_max, epochs, lr, seed, resume_key=sigma_key
             )
         tolerance = {n: sigma_rel[n] * float(pred.output_std[i]) for i, n in enumerate(pred.layers)}
-        mapped = {}
+        mapped: dict[str, dict[str, Any]] = {}
         for r in RULES:
             a = map_assignment(pred, tolerance, energies, r)
             mapped[r] = {

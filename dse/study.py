@@ -17,16 +17,20 @@ import sys
 import typing
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from dse.util import UserError
 
+if TYPE_CHECKING:
+    from dse.multipliers import Library, Multiplier
+    from dse.quant import QuantFormat
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
-    import tomli as tomllib
+    import tomli as tomllib  # type: ignore[import-not-found]
 
 DEFAULT_STUDY = "digits"
 
@@ -171,19 +175,19 @@ class SearchSpace(_Section):
     def signed(self) -> bool:
         return self.format == "signed"
 
-    def quant_format(self, per_channel: bool = True):
+    def quant_format(self, per_channel: bool = True) -> QuantFormat:
         from dse.quant import QuantFormat
 
         return QuantFormat(signed=self.signed, weight_scheme=self.weight_scheme, per_channel=per_channel)
 
-    def _select(self, library, patterns: list[str], where: str) -> list:
+    def _select(self, library: Library, patterns: list[str], where: str) -> list[Multiplier]:
         return library.select(patterns, self.signed, where=f"search space {self.name}: {where}")
 
-    def resolve(self, library) -> list:
+    def resolve(self, library: Library) -> list[Multiplier]:
         """The allowed multipliers (library order), each pattern matching at least one -> list[Multiplier]."""
         return self._select(library, self.multipliers, "multipliers")
 
-    def resolve_layers(self, library, layer_names: list[str]) -> dict[str, list]:
+    def resolve_layers(self, library: Library, layer_names: list[str]) -> dict[str, list[Multiplier]]:
         """Allowed multipliers per layer: the space, or the layer's own restriction where given."""
         unknown = sorted(set(self.layers) - set(layer_names))
         if unknown:
@@ -218,7 +222,9 @@ def builtin_search_spaces() -> list[str]:
     return _builtin_names("dse.search_spaces")
 
 
-def _read_toml(name_or_path: str | Path, package: str, what: str, base_dir: Path | None):
+def _read_toml(
+    name_or_path: str | Path, package: str, what: str, base_dir: Path | None
+) -> tuple[dict[str, Any], str, Path | None]:
     """-> (dict, display name, source path or None)."""
     s = str(name_or_path)
     if not _looks_like_path(s):
@@ -246,7 +252,7 @@ def _read_toml(name_or_path: str | Path, package: str, what: str, base_dir: Path
         raise UserError(f"{display}: not valid TOML ({e})") from None
 
 
-def _field_model(cls: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+def _field_model(cls: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
     """The pydantic model that owns the key at loc[-1] (walking nested sections / dict entries)."""
     skip_dict_key = False
     for part in loc[:-1]:
@@ -327,7 +333,7 @@ def _toml_value(v: Any) -> str:
     raise TypeError(f"cannot write {type(v).__name__} to TOML")
 
 
-def to_toml(d: dict, prefix: str = "") -> str:
+def to_toml(d: dict[str, Any], prefix: str = "") -> str:
     """A small TOML writer for config dicts (scalars, lists of scalars, nested tables)."""
     lines = [f"{k} = {_toml_value(v)}" for k, v in d.items() if not isinstance(v, dict) and v is not None]
     if prefix and (lines or not d):

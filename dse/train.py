@@ -30,7 +30,7 @@ from dse.util import UserError, atomic_torch_save, log, progress
 class FitResult:
     """history: one dict per epoch {epoch, loss, train_accuracy, val_accuracy|None, seconds}."""
 
-    history: list[dict] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def val_accuracy(self) -> float | None:
@@ -46,7 +46,7 @@ class ParamGroup:
     lr: float
 
 
-def dataset_tensors(dataset) -> tuple[torch.Tensor, torch.Tensor]:
+def dataset_tensors(dataset: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """(x, y) of a TensorDataset, or of any indexable dataset of (x, y) pairs (stacked)."""
     if isinstance(dataset, TensorDataset) and len(dataset.tensors) >= 2:
         return dataset.tensors[0], dataset.tensors[1]
@@ -56,7 +56,7 @@ def dataset_tensors(dataset) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.no_grad()
 def evaluate_accuracy(
-    model: nn.Module, dataset, batch_size: int = 512, device: str | torch.device = "cpu"
+    model: nn.Module, dataset: Any, batch_size: int = 512, device: str | torch.device = "cpu"
 ) -> float:
     """Top-1 accuracy (fraction in [0, 1]) of `model` on `dataset`, in eval mode, in fixed order.
     Restores the model's train/eval state afterwards."""
@@ -83,8 +83,8 @@ def _generator(seed: int, epoch: int) -> torch.Generator:
 
 def fit(
     model: nn.Module,
-    train_set,
-    val_set=None,
+    train_set: Any,
+    val_set: Any = None,
     *,
     epochs: int,
     lr: float,
@@ -95,7 +95,7 @@ def fit(
     weight_decay: float = 0.0,
     momentum: float = 0.9,
     schedule: str = "cosine",
-    augment: Callable | None = None,
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
     extra_loss: Callable[[nn.Module], torch.Tensor] | None = None,
     param_groups: Sequence[ParamGroup] | None = None,
     reseed_each_epoch: bool = True,
@@ -186,7 +186,7 @@ def fit(
             if extra_loss is not None:
                 loss = loss + extra_loss(model)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
             sched.step()
             loss_sum += loss.detach() * len(yb)

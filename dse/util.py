@@ -9,18 +9,21 @@ import math
 import os
 import sys
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 
 class UserError(Exception):
     """Bad user input (file, field, value). The CLI prints it as one line and exits with code 2."""
 
 
-def _atomic(path: Path, write) -> None:
+def _atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -108,7 +111,9 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def progress(iterable: Iterable | None = None, *, total: int | None = None, desc: str = "", **kw):
+def progress(
+    iterable: Iterable[Any] | None = None, *, total: int | None = None, desc: str = "", **kw: Any
+) -> Any:
     """A tqdm progress bar on stderr (stdout stays clean for --json). Hidden when DSE_NO_PROGRESS=1."""
     from tqdm.auto import tqdm
 
@@ -121,7 +126,7 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def resolve_device(name: str = "auto"):
+def resolve_device(name: str = "auto") -> torch.device:
     """'cpu' | 'cuda' | 'auto' -> torch.device; a clear error when CUDA is asked for and absent."""
     import torch
 
@@ -141,7 +146,7 @@ def set_threads(threads: int | None = None) -> None:
     second OpenMP thread made im2col 8x slower (and `dse prepare` ~10x slower) as soon as anything else
     ran, and gains little on a quiet one. More cores: torch's own default."""
     try:
-        from threadpoolctl import threadpool_limits
+        from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
         threadpool_limits(1, user_api="blas")
     except Exception:  # threadpoolctl missing: keep the defaults

@@ -68,13 +68,20 @@ class DataSpec(Protocol):
     """What `load_splits` reads of a study's [data] section (`dse.study.DataConfig`, which sits above
     this module)."""
 
-    name: str
-    path: str
-    train_size: int | None
-    val_size: int
-    test_size: int
-    seed: int
-    augment: str | None
+    @property
+    def name(self) -> str: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def train_size(self) -> int | None: ...
+    @property
+    def val_size(self) -> int: ...
+    @property
+    def test_size(self) -> int: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def augment(self) -> str | None: ...
 
 
 # ---------------------------------------------------------------------------------------------- loaders
