@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from dse.kernels.api import wall_seconds
 from dse.kernels.bench import hardware
+from dse.kernels.timing import wall_seconds
 
 DEFAULT_MULTIPLIERS = ("exact_u8", "bam_h3_v9_u8", "trunc8_u8", "drum4_u8", "mitchell_u8")
 INPUT_SHAPES = {"digits_cnn": (1, 8, 8), "lenet5": (1, 28, 28)}  # others: CIFAR-like 3x32x32

@@ -34,23 +34,20 @@ Reusing work:
 """
 
 from dse.kernels.api import (
-    CPU_LOWRANK_MAX_COST,
-    PreparedConv2d,
-    PreparedMatmul,
     approx_conv2d,
     approx_conv2d_multi,
     approx_matmul,
     approx_matmul_multi,
-    chosen_backends,
     prepare_conv2d,
     prepare_conv2d_multi,
     prepare_matmul,
     prepare_matmul_multi,
-    triton_usable,
 )
 from dse.kernels.bitplane import BitPlanes, bitplane_planes
 from dse.kernels.checks import BACKENDS, KernelInputError
+from dse.kernels.dispatch import CPU_LOWRANK_MAX_COST, chosen_backends, triton_usable
 from dse.kernels.lowrank import LowRankFactors, lowrank_factors
+from dse.kernels.prepared import PreparedConv2d, PreparedMatmul
 from dse.kernels.reference import approx_conv2d_reference, approx_matmul_reference
 from dse.kernels.ste import approx_conv2d_ste, approx_matmul_ste
 

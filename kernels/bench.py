@@ -12,28 +12,34 @@ import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from dse.kernels import api, bitplane, lowrank
+from dse.kernels.dispatch import triton_usable
+from dse.kernels.geometry import ConvGeometry
+from dse.kernels.prepared import PreparedConv2d, PreparedMatmul
 from dse.kernels.reference import approx_conv2d_reference, approx_matmul_reference
+from dse.kernels.timing import wall_seconds
 
 
 @dataclass(frozen=True)
 class Case:
     name: str
     kind: str  # "gemm" | "conv"
-    shape: dict  # gemm: m, k, n; conv: x [N,C,H,W], w [Co,Ci/g,kh,kw], padding, groups
+    shape: dict[str, Any]  # gemm: m, k, n; conv: x [N,C,H,W], w [Co,Ci/g,kh,kw], padding, groups (stride 1)
 
     @property
     def macs(self) -> int:
+        s = self.shape
         if self.kind == "gemm":
-            return self.shape["m"] * self.shape["k"] * self.shape["n"]
-        n, _, h, w = self.shape["x"]
-        co, ci, kh, kw = self.shape["w"]
-        ho = h + 2 * self.shape["padding"] - kh + 1
-        wo = w + 2 * self.shape["padding"] - kw + 1
-        return n * ho * wo * co * ci * kh * kw
+            return int(s["m"] * s["k"] * s["n"])
+        n, _, h, w = s["x"]
+        co, ci, kh, kw = s["w"]
+        ho, wo = ConvGeometry.of(s["w"], padding=s["padding"], groups=s["groups"]).output_size(h, w)
+        return int(n * ho * wo * co * ci * kh * kw)
 
 
 def cases(quick: bool, cuda: bool = False) -> list[Case]:
@@ -94,11 +100,13 @@ def hardware(device: torch.device) -> str:
 def _timed(fn: Callable[[], object], device: torch.device) -> tuple[float, float]:
     """(wall seconds, CPU seconds of this process): CPU time is robust to other processes on the machine."""
     c = time.process_time()
-    wall = api.wall_seconds(fn, device)
+    wall = wall_seconds(fn, device)
     return wall, time.process_time() - c
 
 
-def _race(fn, base, device, reps: int) -> tuple[float, float, float, float]:
+def _race(
+    fn: Callable[[], object], base: Callable[[], object], device: torch.device, reps: int
+) -> tuple[float, float, float, float]:
     """Best (wall, cpu) times of fn and of base, measured alternately (same load for both)."""
     fn()
     base()
@@ -110,8 +118,8 @@ def _race(fn, base, device, reps: int) -> tuple[float, float, float, float]:
     return best[0], best[1], best[2], best[3]
 
 
-def _operands(case: Case, device: torch.device, g: torch.Generator):
-    def codes(shape):
+def _operands(case: Case, device: torch.device, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def codes(shape: tuple[int, ...]) -> torch.Tensor:
         return torch.randint(0, 256, shape, generator=g, dtype=torch.int64).to(torch.uint8).to(device)
 
     if case.kind == "gemm":
@@ -120,7 +128,45 @@ def _operands(case: Case, device: torch.device, g: torch.Generator):
     return codes(tuple(case.shape["x"])), codes(tuple(case.shape["w"]))
 
 
-def bench_kernels(device: str | torch.device = "cpu", quick: bool = False, reps: int | None = None) -> dict:
+@dataclass(frozen=True)
+class _Ops:
+    """What one case times: the float32 baseline, a backend's prepared weights, a one-off call, and the
+    reference on a share of the rows (the whole of it would take minutes)."""
+
+    base: Callable[[], object]
+    prepare: Callable[[torch.Tensor, str], PreparedMatmul | PreparedConv2d]
+    cold: Callable[[torch.Tensor, str], torch.Tensor]
+    reference: Callable[[torch.Tensor], torch.Tensor]
+    ref_share: float
+
+
+def _gemm_ops(a: torch.Tensor, b: torch.Tensor) -> _Ops:
+    af, bf = a.float(), b.float()
+    sub = a[:64]
+    return _Ops(
+        base=lambda: af @ bf,
+        prepare=lambda lut, backend: api.prepare_matmul(b, lut, backend=backend),
+        cold=lambda lut, backend: api.approx_matmul(a, b, lut, backend=backend),
+        reference=lambda lut: approx_matmul_reference(sub, b, lut),
+        ref_share=sub.shape[0] / a.shape[0],
+    )
+
+
+def _conv_ops(a: torch.Tensor, b: torch.Tensor, pad: int, groups: int) -> _Ops:
+    af, bf = a.float(), b.float()
+    sub = a[:1]
+    return _Ops(
+        base=lambda: F.conv2d(af, bf, padding=pad, groups=groups),
+        prepare=lambda lut, backend: api.prepare_conv2d(b, lut, 1, pad, 1, groups, backend=backend),
+        cold=lambda lut, backend: api.approx_conv2d(a, b, lut, 1, pad, 1, groups, backend=backend),
+        reference=lambda lut: approx_conv2d_reference(sub, b, lut, 1, pad, 1, groups),
+        ref_share=1 / a.shape[0],
+    )
+
+
+def bench_kernels(
+    device: str | torch.device = "cpu", quick: bool = False, reps: int | None = None
+) -> dict[str, Any]:
     """Run the benchmark; returns {"hardware", "device", "rows": [...]} (what `--json` prints)."""
     device = torch.device(device)
     reps = reps or 3
@@ -129,42 +175,11 @@ def bench_kernels(device: str | torch.device = "cpu", quick: bool = False, reps:
     shapes = cases(quick, device.type == "cuda")
     for case in shapes:
         a, b = _operands(case, device, g)
-        af, bf = a.float(), b.float()
         if case.kind == "gemm":
-
-            def base(af=af, bf=bf):
-                return af @ bf
-
-            def prepare(lut, backend, b=b):
-                return api.prepare_matmul(b, lut, backend=backend)
-
-            def cold(lut, backend, a=a, b=b):
-                return api.approx_matmul(a, b, lut, backend=backend)
-
-            sub = a[:64]
-
-            def reference(lut, sub=sub, b=b):
-                return approx_matmul_reference(sub, b, lut)
-
-            ref_share = sub.shape[0] / a.shape[0]
+            ops = _gemm_ops(a, b)
         else:
-            pad, groups = case.shape["padding"], case.shape["groups"]
-
-            def base(af=af, bf=bf, pad=pad, groups=groups):
-                return F.conv2d(af, bf, padding=pad, groups=groups)
-
-            def prepare(lut, backend, b=b, pad=pad, groups=groups):
-                return api.prepare_conv2d(b, lut, 1, pad, 1, groups, backend=backend)
-
-            def cold(lut, backend, a=a, b=b, pad=pad, groups=groups):
-                return api.approx_conv2d(a, b, lut, 1, pad, 1, groups, backend=backend)
-
-            sub = a[:1]
-
-            def reference(lut, sub=sub, b=b, pad=pad, groups=groups):
-                return approx_conv2d_reference(sub, b, lut, 1, pad, 1, groups)
-
-            ref_share = 1 / a.shape[0]
+            ops = _conv_ops(a, b, case.shape["padding"], case.shape["groups"])
+        base, ref_share = ops.base, ops.ref_share
         for table_name, lut in tables().items():
             lut = lut.to(device)
             factors = lowrank.lowrank_factors(lut)
@@ -180,20 +195,20 @@ def bench_kernels(device: str | torch.device = "cpu", quick: bool = False, reps:
                     and case.shape["groups"] > 1
                 ):
                     continue
-                if backend == "triton" and not (device.type == "cuda" and api.triton_usable(device)):
+                if backend == "triton" and not (device.type == "cuda" and triton_usable(device)):
                     continue
                 if backend == "reference":
                     if device.type == "cuda":
                         continue
-                    t_fn, c_fn, t_base, c_base = _race(lambda lut=lut: reference(lut), base, device, 1)
+                    t_fn, c_fn, t_base, c_base = _race(partial(ops.reference, lut), base, device, 1)
                     t_fn, c_fn = t_fn / ref_share, c_fn / ref_share
                     note = f"timed on {ref_share:.3g} of the rows"
                 else:
-                    p = prepare(lut, backend)
-                    t_fn, c_fn, t_base, c_base = _race(lambda p=p, a=a: p(a), base, device, reps)
+                    p = ops.prepare(lut, backend)
+                    t_fn, c_fn, t_base, c_base = _race(partial(p, a), base, device, reps)
                     note = f"prepared weights ({p.nbytes / 2**20:.0f} MiB), backend {p.backend}"
                     if backend in ("cpu", "auto"):
-                        t_cold, *_ = _race(lambda lut=lut, be=backend: cold(lut, be), base, device, 1)
+                        t_cold, *_ = _race(partial(ops.cold, lut, backend), base, device, 1)
                         note += f"; {case.macs / t_cold / 1e9:.2f} G/s including preparation"
                 rows.append(
                     {
@@ -222,7 +237,7 @@ def bench_kernels(device: str | torch.device = "cpu", quick: bool = False, reps:
     }
 
 
-def format_table(result: dict) -> str:
+def format_table(result: dict[str, Any]) -> str:
     lines = [
         f"hardware: {result['hardware']}  (torch {result['torch']}, device {result['device']})",
         "G/s = G LUT-MAC/s (wall clock); ratio = float32 time / kernel time, wall clock and process CPU time",

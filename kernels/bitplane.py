@@ -25,7 +25,7 @@ oneDNN does not reproduce it exactly.
 Cost: a rank-r partial-product table needs about r planes (2 for the exact product, 2-8 for the library's
 designs); int8 GEMM runs ~2.2x float32 on AVX2 at N = 64, less at small N, and the mask transform costs a pass
 over the planes, so whether it beats the cpu backend depends on K, N and the planes: the dispatcher races
-them (`api._fastest`). Tables of any other structure (Mitchell, DRUM, evolved ones)
+them (`dispatch.auto_backend`). Tables of any other structure (Mitchell, DRUM, evolved ones)
 have no such decomposition (`bitplane_planes` returns None) and go to the other backends.
 """
 
@@ -159,16 +159,19 @@ def bitplane_planes(lut: torch.Tensor) -> BitPlanes | None:
 
 
 # ------------------------------------------------------------------------------------- oneDNN int8 GEMM
-def _qlinear(a: torch.Tensor, packed, n: int, unit_scales=None) -> torch.Tensor:
+def _qlinear(
+    a: torch.Tensor, packed: object, n: int, unit_scales: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> torch.Tensor:
     """uint8 a [M, K'] · prepacked int8 weights [N, K'] -> float32 [M, N] (exact integers below 2^24).
     `unit_scales`: the (ones(N), zeros(N)) weight scales and zero points, made once by the caller."""
     w_scale, w_zp = unit_scales or (torch.ones(n), torch.zeros(n, dtype=torch.long))
-    return torch.ops.onednn.qlinear_pointwise(
+    y: torch.Tensor = torch.ops.onednn.qlinear_pointwise(
         a, 1.0, 0, packed, w_scale, w_zp, None, 1.0, 0, torch.float32, "none", [], "",
     )  # fmt: skip
+    return y
 
 
-def _prepack(w: torch.Tensor):
+def _prepack(w: torch.Tensor) -> object:
     """int8 weights [N, K'] -> oneDNN's packed form."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -179,7 +182,7 @@ def _prepack(w: torch.Tensor):
 def _onednn_ok() -> bool:
     """oneDNN's quantized linear exists here and is exact on this CPU for the operand ranges we use."""
     try:
-        if not torch.backends.mkldnn.is_available():
+        if not torch.backends.mkldnn.is_available():  # type: ignore[no-untyped-call]  # untyped in torch
             return False
         g = torch.Generator().manual_seed(0)
         a = torch.randint(0, 256, (37, 96), generator=g, dtype=torch.int64)

@@ -1,6 +1,10 @@
-"""Input validation shared by every kernel entry point: clear errors, tables moved to the operands' device."""
+"""Input validation shared by every kernel entry point: clear errors, tables moved to the operands' device,
+operand codes as the bytes that index the table."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, TypeAlias
 
 import numpy as np
 import torch
@@ -10,18 +14,22 @@ from dse.util import UserError
 BACKENDS = ("auto", "reference", "cpu", "lowrank", "bitplane", "triton")
 CODE_DTYPES = (torch.int8, torch.uint8)
 
+Table: TypeAlias = "torch.Tensor | np.ndarray[Any, Any]"  # a [256, 256] integer table, torch or numpy
+IntPair: TypeAlias = "int | Sequence[int]"  # stride / padding / dilation: one int or one per spatial axis
+
 
 class KernelInputError(UserError, ValueError):
     """Bad operands, table or backend for an approximate kernel (a UserError, also a ValueError)."""
 
 
 def check_backend(backend: str) -> str:
+    """One of BACKENDS."""
     if backend not in BACKENDS:
         raise KernelInputError(f"backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
     return backend
 
 
-def check_codes(t, name: str, ndim: int) -> torch.Tensor:
+def check_codes(t: object, name: str, ndim: int) -> torch.Tensor:
     """An int8 / uint8 tensor of `ndim` dimensions (8-bit operand codes)."""
     if not isinstance(t, torch.Tensor):
         raise KernelInputError(f"{name}: expected a torch int8/uint8 tensor of codes, got {type(t).__name__}")
@@ -35,7 +43,12 @@ def check_codes(t, name: str, ndim: int) -> torch.Tensor:
     return t
 
 
-def check_lut(lut, device: torch.device) -> torch.Tensor:
+def code_bytes(t: torch.Tensor) -> torch.Tensor:
+    """8-bit codes -> table index 0..255 (the operand's byte), as uint8 (int8 codes are viewed, not copied)."""
+    return t.view(torch.uint8) if t.dtype == torch.int8 else t
+
+
+def check_lut(lut: object, device: torch.device) -> torch.Tensor:
     """A [256,256] integer table (torch or numpy) -> int32 torch tensor on `device` (moved, never refused)."""
     if isinstance(lut, np.ndarray):
         if not np.issubdtype(lut.dtype, np.integer):
@@ -55,6 +68,7 @@ def check_lut(lut, device: torch.device) -> torch.Tensor:
 
 
 def check_same_device(*named: tuple[str, torch.Tensor]) -> torch.device:
+    """The device of the first named tensor, which every other one must be on too."""
     dev = named[0][1].device
     for name, t in named[1:]:
         if t.device != dev:
@@ -64,7 +78,8 @@ def check_same_device(*named: tuple[str, torch.Tensor]) -> torch.device:
     return dev
 
 
-def check_pad_code(pad_code) -> int:
+def check_pad_code(pad_code: int) -> int:
+    """An 8-bit code (int8 or uint8 value) -> its byte 0..255."""
     try:
         v = int(pad_code)
     except (TypeError, ValueError):
@@ -74,8 +89,9 @@ def check_pad_code(pad_code) -> int:
     return v & 0xFF
 
 
-def pair(v, name: str, minimum: int) -> tuple[int, int]:
+def pair(v: IntPair, name: str, minimum: int) -> tuple[int, int]:
+    """One int or two (height, width), each >= minimum -> (height, width)."""
     t = (v, v) if isinstance(v, int) else tuple(v)
     if len(t) != 2 or not all(isinstance(i, int) and i >= minimum for i in t):
         raise KernelInputError(f"{name}: expected an int >= {minimum} or a pair of them, got {v!r}")
-    return t
+    return t[0], t[1]

@@ -19,6 +19,7 @@ activations serves a whole population of candidates.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -52,7 +53,7 @@ class WeightTables:
     k: int
     widths: tuple[int, ...]
     dtype: torch.dtype
-    pairs: tuple = ()
+    pairs: tuple[tuple[torch.Tensor, torch.Tensor], ...] = ()  # (B, float table) when streamed
 
     @property
     def nbytes(self) -> int:
@@ -66,7 +67,9 @@ class WeightTables:
         return max(1, -(-self.k // self.block))
 
 
-def _slab(pairs, dtype: torch.dtype, k0: int, block: int) -> torch.Tensor:
+def _slab(
+    pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], dtype: torch.dtype, k0: int, block: int
+) -> torch.Tensor:
     """Rows (a, k, g) for K steps [k0, k0 + block) of pairs (B, float table of `dtype`)."""
     parts = []
     for b, lut in pairs:
@@ -85,7 +88,7 @@ def exact_chunk(max_abs: int, k: int) -> tuple[torch.dtype, int]:
     return torch.float64, max(1, min(k, FLOAT64_EXACT // max_abs))
 
 
-def build_weight_tables(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> WeightTables:
+def build_weight_tables(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> WeightTables:
     """pairs of (B [G, K, N] int codes 0..255, lut int32 [256,256]) -> their concatenated weight tables."""
     g, k = pairs[0][0].shape[0], pairs[0][0].shape[1]
     n_total = sum(b.shape[2] for b, _ in pairs)
@@ -178,6 +181,7 @@ def _apply_rows(a: torch.Tensor, tables: WeightTables) -> torch.Tensor:
                 return acc.to(torch.int32).reshape(g, m, n_total)  # one exact chunk: |sum| <= 2^24
             out = acc.to(torch.int64) if out is None else out.add_(acc.to(torch.int64))
             acc = None
+    assert out is not None  # k > 0: the last slab closed a chunk
     return out.to(torch.int32).reshape(g, m, n_total)
 
 

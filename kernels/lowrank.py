@@ -21,6 +21,7 @@ the magnitudes (and so the float dtype and chunk size) small.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
@@ -48,7 +49,7 @@ class LowRankFactors:
 
     @property
     def rank(self) -> int:
-        return self.u.shape[1]
+        return int(self.u.shape[1])
 
     def step_bound(self) -> int:
         """Bound on |Σ_j u[a, j]·v[j, b]| term magnitudes summed over j: one K step of the GEMM."""
@@ -182,6 +183,16 @@ class LowRankWeights:
     def nbytes(self) -> int:
         return self.vb.numel() * self.vb.element_size()
 
+    def apply(self, a: torch.Tensor) -> torch.Tensor:
+        """a: [G, M, K] codes 0..255 -> int32 [G, M, N]: Σ_j U_j[A] @ V_j[B], in exact float chunks of K."""
+        g, m, k = a.shape
+        n = self.vb.shape[3]
+        out = torch.zeros(g, m, n, dtype=torch.int64, device=a.device)
+        if m == 0 or k == 0 or n == 0:
+            return out.to(torch.int32)
+        with exact_float_matmul():
+            return _apply(a, self, out)
+
 
 def build_lowrank_weights(b: torch.Tensor, factors: LowRankFactors) -> LowRankWeights:
     """b: [G, K, N] codes 0..255."""
@@ -193,22 +204,12 @@ def build_lowrank_weights(b: torch.Tensor, factors: LowRankFactors) -> LowRankWe
     return LowRankWeights(factors, u_t, vb, dtype, chunk)
 
 
-def apply_lowrank(a: torch.Tensor, w: LowRankWeights) -> torch.Tensor:
-    """a: [G, M, K] codes 0..255 -> int32 [G, M, N]: Σ_j U_j[A] @ V_j[B], in exact float chunks of K."""
-    g, m, k = a.shape
-    n = w.vb.shape[3]
-    out = torch.zeros(g, m, n, dtype=torch.int64, device=a.device)
-    if m == 0 or k == 0 or n == 0:
-        return out.to(torch.int32)
-    with exact_float_matmul():
-        return _apply(a, w, out)
-
-
 @contextmanager
-def exact_float_matmul():
+def exact_float_matmul() -> Iterator[None]:
     """Full-precision float32 GEMMs (no TF32 on CUDA, no bf16 through oneDNN), whatever the user set
     with torch.set_float32_matmul_precision: reduced precision would round the integer sums."""
-    backends = [torch.backends.cuda.matmul, torch.backends.mkldnn.matmul]
+    # torch.backends.mkldnn.matmul is set up at run time: torch's type stubs do not declare it
+    backends = [torch.backends.cuda.matmul, torch.backends.mkldnn.matmul]  # type: ignore[attr-defined]
     if not all(hasattr(b, "fp32_precision") for b in backends):  # torch < 2.9: the legacy switches
         tf32 = torch.backends.cuda.matmul.allow_tf32
         try:
@@ -243,6 +244,7 @@ def _apply(a: torch.Tensor, w: LowRankWeights, out: torch.Tensor) -> torch.Tenso
                 uj = w.u_t[j].index_select(0, idx.view(-1)).view(idx.shape)
                 vj = w.vb[j, :, k0:k1]
                 acc = torch.bmm(uj, vj) if acc is None else torch.baddbmm(acc, uj, vj)
+            assert acc is not None  # rank >= 1
             out[:, m0 : m0 + block] += acc.to(torch.int64)
     if w.factors.denom != 1:
         out = torch.div(out, w.factors.denom, rounding_mode="floor")

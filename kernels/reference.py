@@ -1,13 +1,15 @@
-"""Brute-force reference for the approximate GEMM / conv contract. Slow; the ground truth for tests."""
+"""Brute-force reference for the approximate GEMM / conv contract. Slow; the ground truth for tests.
+
+Independent of the fast paths on purpose: its im2col is torch's `F.unfold`, not `dse.kernels.conv`; only
+the geometry (argument checks, output size) is shared.
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-
-def _pair(v):
-    return (v, v) if isinstance(v, int) else tuple(v)
+from dse.kernels.checks import IntPair
+from dse.kernels.geometry import ConvGeometry
 
 
 def lut_index(codes: torch.Tensor) -> torch.Tensor:
@@ -25,40 +27,32 @@ def approx_matmul_reference(a: torch.Tensor, b: torch.Tensor, lut: torch.Tensor)
     return out.to(torch.int32)
 
 
-def im2col_codes(x: torch.Tensor, kernel_size, stride, padding, dilation, pad_code: int) -> torch.Tensor:
-    """[N, C, H, W] codes -> [N, C*kh*kw, L] codes, padding filled with `pad_code` (the code of real zero)."""
-    kh, kw = _pair(kernel_size)
-    ph, pw = _pair(padding)
+def im2col_codes(x: torch.Tensor, geometry: ConvGeometry) -> torch.Tensor:
+    """[N, C, H, W] codes -> [N, C*kh*kw, L] codes (int64), padding filled with the geometry's pad_code."""
+    ph, pw = geometry.padding
     xi = lut_index(x)
     if ph or pw:
-        xi = F.pad(xi, (pw, pw, ph, ph), value=int(pad_code) & 0xFF)
-    cols = F.unfold(xi.to(torch.float64), (kh, kw), dilation=_pair(dilation), stride=_pair(stride))
+        xi = F.pad(xi, (pw, pw, ph, ph), value=geometry.pad_code)
+    cols = F.unfold(xi.to(torch.float64), geometry.kernel, dilation=geometry.dilation, stride=geometry.stride)
     return cols.round().to(torch.int64)
-
-
-def conv_output_size(h: int, w: int, kernel_size, stride, padding, dilation) -> tuple[int, int]:
-    kh, kw = _pair(kernel_size)
-    sh, sw = _pair(stride)
-    ph, pw = _pair(padding)
-    dh, dw = _pair(dilation)
-    return (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
 
 
 def approx_conv2d_reference(
     x: torch.Tensor,
     w: torch.Tensor,
     lut: torch.Tensor,
-    stride=1,
-    padding=0,
-    dilation=1,
+    stride: IntPair = 1,
+    padding: IntPair = 0,
+    dilation: IntPair = 1,
     groups: int = 1,
     pad_code: int = 0,
 ) -> torch.Tensor:
     """Conv on 8-bit codes through the table, int32 [N, C_out, H_out, W_out]; a loop over groups is fine here."""
-    n, c_in, h, wd = x.shape
+    geometry = ConvGeometry.of(tuple(w.shape), stride, padding, dilation, groups, pad_code)
+    n, _, h, wd = x.shape
     c_out, c_per_group, kh, kw = w.shape
-    ho, wo = conv_output_size(h, wd, (kh, kw), stride, padding, dilation)
-    cols = im2col_codes(x, (kh, kw), stride, padding, dilation, pad_code)  # [N, C*kh*kw, L]
+    ho, wo = geometry.output_size(h, wd)
+    cols = im2col_codes(x, geometry)  # [N, C*kh*kw, L]
     out_per_group = c_out // groups
     k = c_per_group * kh * kw
     outs = []

@@ -6,10 +6,12 @@ weights); they are rounded and taken as bytes (value & 0xFF) for the table, as e
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from dse.kernels.api import approx_conv2d, approx_matmul
-from dse.kernels.checks import KernelInputError, check_pad_code, pair
+from dse.kernels.checks import IntPair, KernelInputError, Table, check_pad_code, pair
 
 
 def _to_codes(t: torch.Tensor, name: str) -> torch.Tensor:
@@ -23,27 +25,41 @@ def _to_codes(t: torch.Tensor, name: str) -> torch.Tensor:
 
 class _MatmulSTE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, a_f, b_f, lut, backend):
+    def forward(ctx: Any, a_f: torch.Tensor, b_f: torch.Tensor, lut: Table, backend: str) -> torch.Tensor:
         ctx.save_for_backward(a_f, b_f)
         y = approx_matmul(_to_codes(a_f, "a"), _to_codes(b_f, "b"), lut, backend=backend)
         return y.to(torch.promote_types(a_f.dtype, b_f.dtype))
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
         a_f, b_f = ctx.saved_tensors
         ga = grad @ b_f.t().to(grad.dtype) if ctx.needs_input_grad[0] else None
         gb = a_f.t().to(grad.dtype) @ grad if ctx.needs_input_grad[1] else None
         return ga, gb, None, None
 
 
-def approx_matmul_ste(a_f: torch.Tensor, b_f: torch.Tensor, lut, *, backend: str = "auto") -> torch.Tensor:
+def approx_matmul_ste(
+    a_f: torch.Tensor, b_f: torch.Tensor, lut: Table, *, backend: str = "auto"
+) -> torch.Tensor:
     """Float [M, N] equal to approx_matmul of the codes; backward is that of a_f @ b_f."""
-    return _MatmulSTE.apply(a_f, b_f, lut, backend)
+    y: torch.Tensor = _MatmulSTE.apply(a_f, b_f, lut, backend)  # type: ignore[no-untyped-call]  # untyped in torch
+    return y
 
 
 class _Conv2dSTE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x_f, w_f, lut, stride, padding, dilation, groups, pad_code, backend):
+    def forward(
+        ctx: Any,
+        x_f: torch.Tensor,
+        w_f: torch.Tensor,
+        lut: Table,
+        stride: tuple[int, int],
+        padding: tuple[int, int],
+        dilation: tuple[int, int],
+        groups: int,
+        pad_code: int,
+        backend: str,
+    ) -> torch.Tensor:
         ctx.save_for_backward(x_f, w_f)
         ctx.conf = (stride, padding, dilation, groups, pad_code)
         y = approx_conv2d(
@@ -60,7 +76,7 @@ class _Conv2dSTE(torch.autograd.Function):
         return y.to(torch.promote_types(x_f.dtype, w_f.dtype))
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x_f, w_f = ctx.saved_tensors
         stride, padding, dilation, groups, pad_code = ctx.conf
         ph, pw = padding
@@ -80,10 +96,10 @@ class _Conv2dSTE(torch.autograd.Function):
 def approx_conv2d_ste(
     x_f: torch.Tensor,
     w_f: torch.Tensor,
-    lut,
-    stride=1,
-    padding=0,
-    dilation=1,
+    lut: Table,
+    stride: IntPair = 1,
+    padding: IntPair = 0,
+    dilation: IntPair = 1,
     groups: int = 1,
     *,
     pad_code: int = 0,
@@ -92,7 +108,7 @@ def approx_conv2d_ste(
     """Float [N, C_out, H_out, W_out] equal to approx_conv2d of the codes; backward is that of the exact
     float convolution of x_f (padded with the value pad_code) and w_f."""
     check_pad_code(pad_code)
-    return _Conv2dSTE.apply(
+    y: torch.Tensor = _Conv2dSTE.apply(  # type: ignore[no-untyped-call]  # untyped in torch
         x_f,
         w_f,
         lut,
@@ -103,3 +119,4 @@ def approx_conv2d_ste(
         int(pad_code),
         backend,
     )
+    return y

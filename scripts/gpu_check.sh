@@ -2,7 +2,8 @@
 # GPU checks for a session lent a CUDA machine (a developer's tool; CI has no GPU and never runs this).
 # Installs dse without its dependencies into the machine's own PyTorch (offline: the packages the kernels and
 # benchmarks need are there, ariths-gen travels as a wheel in .whl/), then runs the steps named:
-#   tests   - every backend on CUDA tensors against the reference (tests/test_kernels_cuda.py, _triton.py)
+#   tests   - every backend on CUDA tensors against the reference (tests/kernels/test_cuda_backends.py,
+#             tests/kernels/test_triton.py)
 #   sweep   - tile sweep of the Triton kernel (scripts/triton_sweep.py --quick)
 #   kernels - dse bench kernels --device cuda --json
 #   model   - dse bench model --device cuda --batch 1024 --json
@@ -27,8 +28,8 @@ for step in $steps; do
     echo "=== $step"
     t0=$(date +%s)
     case $step in
-    tests) timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_cuda.py \
-        tests/test_kernels_triton.py 2>&1 | tee "$out/tests.log" | tail -15 ;;
+    tests) timeout 150 python3 -m pytest -q -p no:cacheprovider tests/kernels/test_cuda_backends.py \
+        tests/kernels/test_triton.py 2>&1 | tee "$out/tests.log" | tail -15 ;;
     sweep) timeout 300 python3 scripts/triton_sweep.py --quick ${SWEEP_ARGS:-} --json "$out/sweep.json" \
         >"$out/sweep.log" 2>&1; grep -E "float32|BEST|default|inexact|FAILED" "$out/sweep.log" ;;
     kernels) timeout 240 dse bench kernels --device cuda --json >"$out/bench_kernels.json" 2>"$out/bench_kernels.err"

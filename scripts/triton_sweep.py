@@ -1,4 +1,4 @@
-"""Tile sweep of the Triton table-lookup kernel on a CUDA GPU (a developer's tool, not part of the package).
+"""Tile sweep of the Triton table-lookup GEMM kernel on a CUDA GPU (a developer's tool, not part of the package).
 
 For each shape (the issue's M=65536 K=576 N=64 GEMM and the GEMMs a ResNet-20 forward at batch 1024 runs),
 each table format (int16 residuals, int32 entries) and each tile configuration: checks the output against
@@ -18,7 +18,9 @@ import sys
 import torch
 import triton
 from dse.kernels.bench import tables
-from dse.kernels.triton_lut_matmul import Config, build_triton_tables, default_config, triton_lut_matmul
+from dse.kernels.triton_common import Config, default_config
+from dse.kernels.triton_gemm import triton_lut_matmul
+from dse.kernels.triton_tables import build_triton_tables
 from triton.testing import do_bench
 
 SHAPES = [  # (name, M, K, N)

@@ -15,6 +15,7 @@ from dse.kernels import (  # noqa: E402
     approx_matmul_multi,
     approx_matmul_reference,
 )
+from kernel_tables import codes  # noqa: E402
 
 pytestmark = pytest.mark.triton
 
@@ -25,11 +26,6 @@ def device(monkeypatch):
         return torch.device("cuda")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     return torch.device("cpu")
-
-
-def codes(shape, dtype, g):
-    lo, hi = (-128, 128) if dtype == torch.int8 else (0, 256)
-    return torch.randint(lo, hi, shape, generator=g).to(dtype)
 
 
 def test_triton_matmul_matches_reference(device):
@@ -70,7 +66,9 @@ def test_triton_grouped_conv_and_multi_match_reference(device):
 def test_triton_tile_configs_split_k_and_table_formats_match_reference(device):
     """Every tile shape, k-major or row-major codes, unrolling and split-K (int32 atomics) on both table
     formats: 16-bit residuals (real multipliers) and plain int32 entries (tables whose residuals do not fit)."""
-    from dse.kernels.triton_lut_matmul import Config, build_triton_tables, linear_residual, triton_lut_matmul
+    from dse.kernels.triton_common import Config
+    from dse.kernels.triton_gemm import triton_lut_matmul
+    from dse.kernels.triton_tables import build_triton_tables, linear_residual
 
     g = torch.Generator().manual_seed(2)
     v = torch.arange(256)
@@ -90,7 +88,7 @@ def test_triton_tile_configs_split_k_and_table_formats_match_reference(device):
 def test_triton_implicit_im2col_conv_matches_reference(device):
     """Groups of >= DIRECT_CONV_MIN_N output channels take the implicit-im2col kernel (codes gathered from x,
     output written in NCHW order): plain, grouped, strided, dilated, padded with a non-zero code, candidates."""
-    from dse.kernels.api import DIRECT_CONV_MIN_N
+    from dse.kernels.plans import DIRECT_CONV_MIN_N
 
     g = torch.Generator().manual_seed(3)
     v = torch.arange(256)

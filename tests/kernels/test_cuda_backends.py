@@ -1,5 +1,5 @@
 """Every backend on CUDA tensors, bit-exact against the CPU reference (skipped without a GPU; CI has none —
-the GPU sessions run these on the lent device, see docs/ARCHITECTURE.md "GPU checks")."""
+the GPU sessions run these on the lent device: scripts/gpu_check.sh)."""
 
 from __future__ import annotations
 
@@ -16,15 +16,10 @@ from dse.kernels import (
     prepare_matmul,
 )
 from dse.kernels.bench import tables
+from kernel_tables import V, codes
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 CUDA = torch.device("cuda")
-V = torch.arange(256, dtype=torch.int64)
-
-
-def codes(shape, dtype, g):
-    lo, hi = (-128, 128) if dtype == torch.int8 else (0, 256)
-    return torch.randint(lo, hi, shape, generator=g).to(dtype)
 
 
 def luts(g):
