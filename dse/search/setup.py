@@ -123,44 +123,7 @@ def _surrogate(
 
 
 def layer_macs(layer: str, macs: int | None) -> int:
+    """A layer's MACs per sample (known once the prepared model has run a forward)."""
     if macs is None:
         raise ValueError(f"layer {layer}: MACs unknown (the prepared model has not run a forward)")
     return int(macs)
-
-
-def _error_models(setup: Setup) -> None:
-    """AGN mappings (-> the AGN seeds and baseline) and σ predictions (-> the surrogate's distortion
-    table: squared relative output error per layer and multiplier; normalising by the AGN tolerances
-    instead of the output std ranked worse, see dse.search.surrogate). Either stage failing leaves the
-    search running without it (logged)."""
-    from dse.agn import get_agn_results
-    from dse.errors.predict import get_predictions
-
-    prepared, problem = setup.prepared, setup.problem
-    t0 = time.perf_counter()
-    try:
-        results = get_agn_results(prepared, prepared.study.agn.lambdas)
-        for r in results:
-            setup.agn.append((problem.genome(r.assignment), Origin.agn(r.lam)))
-    except Exception as e:  # the search still works without AGN
-        log(f"search: no AGN mappings ({type(e).__name__}: {e})")
-    setup.stage_seconds["agn"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    try:
-        pred = get_predictions(prepared)
-    except Exception as e:
-        log(f"search: no σ predictions ({type(e).__name__}: {e}); the surrogate stage is skipped")
-        return
-    setup.stage_seconds["predictions"] = time.perf_counter() - t0
-    row = {n: i for i, n in enumerate(pred.layers)}
-    col = {m: j for j, m in enumerate(pred.multipliers)}
-    std = np.asarray(pred.output_std, dtype=np.float64)
-    dist = np.zeros((len(problem.layers), int(problem.n_choices.max())))
-    for li, name in enumerate(problem.layers):
-        tol = max(std[row[name]], 1e-12)
-        for ci, m in enumerate(problem.choices[li]):
-            if m in col:
-                s, mu = pred.sigma[row[name], col[m]], pred.mean[row[name], col[m]]
-                dist[li, ci] = (s * s + mu * mu) / (tol * tol)
-    chance = 1.0 / max(2, int(prepared.splits.num_classes))
-    setup.surrogate = Surrogate(problem, dist, prepared.quant_accuracy, chance)
