@@ -98,7 +98,7 @@ def test_prepare_json_run_directory_and_resume(tmp_path):
 def test_interrupted_prepare_resumes_from_the_last_epoch(tmp_path, monkeypatch):
     """A kill during float training leaves prepare/float.partial.pt; the rerun continues from it and
     ends with the weights of an uninterrupted run."""
-    import dse.prepare
+    import dse.prepare.stage
     import dse.train
     from dse.prepare import prepare
     from dse.study import load_study
@@ -121,11 +121,11 @@ def test_interrupted_prepare_resumes_from_the_last_epoch(tmp_path, monkeypatch):
 
         return real_fit(*args, **kwargs, extra_loss=extra)
 
-    monkeypatch.setattr(dse.prepare, "fit", killing_fit)
+    monkeypatch.setattr(dse.prepare.stage, "fit", killing_fit)
     with pytest.raises(Killed):
         prepare(study, out=tmp_path / "run", device="cpu")
     assert (tmp_path / "run" / "prepare" / "float.partial.pt").is_file()
-    monkeypatch.setattr(dse.prepare, "fit", real_fit)
+    monkeypatch.setattr(dse.prepare.stage, "fit", real_fit)
     prepare(study, out=tmp_path / "run", device="cpu")
     got = torch.load(tmp_path / "run" / "prepare" / "float.pt", weights_only=False)["state_dict"]
     assert all(torch.equal(got[k], ref[k]) for k in ref)
@@ -218,12 +218,12 @@ def test_run_directory_remembers_the_data_given_with_data(tmp_path, monkeypatch)
 
 
 def test_a_builtin_name_is_the_study_even_next_to_a_run_dir_of_that_name(tmp_path, monkeypatch):
-    from dse.prepare import _run_dir_target
+    from dse.prepare.stage import run_dir_target
 
     (tmp_path / "digits").mkdir()
     (tmp_path / "digits" / "study.toml").write_text('name = "digits"\n')
     monkeypatch.chdir(tmp_path)
-    assert _run_dir_target("digits") is None  # the built-in study
-    assert _run_dir_target("./digits") is not None  # the folder
-    assert _run_dir_target(tmp_path / "digits") is not None
-    assert _run_dir_target("elsewhere") is None
+    assert run_dir_target("digits") is None  # the built-in study
+    assert run_dir_target("./digits") is not None  # the folder
+    assert run_dir_target(tmp_path / "digits") is not None
+    assert run_dir_target("elsewhere") is None

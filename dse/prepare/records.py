@@ -1,0 +1,127 @@
+"""The prepare stage's result: what prepare/result.json holds and `dse prepare --json` prints."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from dse.nn import LayerInfo
+
+
+@dataclass(frozen=True)
+class PreparedFormat:
+    """The operand format the run was quantized in (`format`: signed | unsigned)."""
+
+    format: str
+    weight_scheme: str
+    per_channel: bool
+
+
+@dataclass(frozen=True)
+class PreparedLayer:
+    """One approximable layer as prepare/result.json lists it; `macs` per sample."""
+
+    name: str
+    kind: str
+    macs: int
+    fan_in: int
+    weight_shape: tuple[int, ...]
+
+    @staticmethod
+    def of(info: LayerInfo) -> PreparedLayer:
+        if info.macs is None:
+            raise ValueError(f"layer {info.name}: MACs unknown (the model has not run a forward)")
+        return PreparedLayer(
+            name=info.name,
+            kind=info.kind,
+            macs=int(info.macs),
+            fan_in=int(info.fan_in),
+            weight_shape=tuple(int(d) for d in info.weight_shape),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "macs": self.macs,
+            "fan_in": self.fan_in,
+            "weight_shape": list(self.weight_shape),
+        }
+
+    @staticmethod
+    def from_json(d: dict[str, Any]) -> PreparedLayer:
+        return PreparedLayer(
+            name=d["name"],
+            kind=d["kind"],
+            macs=int(d["macs"]),
+            fan_in=int(d["fan_in"]),
+            weight_shape=tuple(int(x) for x in d["weight_shape"]),
+        )
+
+
+@dataclass(frozen=True)
+class PrepareResult:
+    """What `dse prepare --json` prints and prepare/result.json holds (plus the stage's `inputs_sha256`).
+
+    Accuracies are fractions on the validation split (`*_test_accuracy`: the test split): float network,
+    exactly quantized (`quant`), and through the exact table (`lut`, equal to quant by construction).
+    `splits`: images per split; `stages`: per stage whether it was trained / cached / computed;
+    `seconds`: per stage and `total`, of this call."""
+
+    study: str
+    run_dir: str
+    format: PreparedFormat
+    float_accuracy: float
+    quant_accuracy: float
+    lut_exact_accuracy: float
+    float_test_accuracy: float
+    quant_test_accuracy: float
+    splits: dict[str, int]
+    folded_batchnorm: tuple[str, ...]
+    layers: tuple[PreparedLayer, ...]
+    total_macs: int
+    device: str
+    stages: dict[str, str]
+    seconds: dict[str, float]
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON document, keys in the order result.json has always had."""
+        return {
+            "study": self.study,
+            "run_dir": self.run_dir,
+            "format": dataclasses.asdict(self.format),
+            "float_accuracy": self.float_accuracy,
+            "quant_accuracy": self.quant_accuracy,
+            "lut_exact_accuracy": self.lut_exact_accuracy,
+            "float_test_accuracy": self.float_test_accuracy,
+            "quant_test_accuracy": self.quant_test_accuracy,
+            "splits": dict(self.splits),
+            "folded_batchnorm": list(self.folded_batchnorm),
+            "layers": [layer.to_json() for layer in self.layers],
+            "total_macs": self.total_macs,
+            "device": self.device,
+            "stages": dict(self.stages),
+            "seconds": dict(self.seconds),
+        }
+
+    @staticmethod
+    def from_json(d: dict[str, Any]) -> PrepareResult:
+        """From the JSON document (a stored `inputs_sha256` is ignored)."""
+        return PrepareResult(
+            study=d["study"],
+            run_dir=d["run_dir"],
+            format=PreparedFormat(**d["format"]),
+            float_accuracy=float(d["float_accuracy"]),
+            quant_accuracy=float(d["quant_accuracy"]),
+            lut_exact_accuracy=float(d["lut_exact_accuracy"]),
+            float_test_accuracy=float(d["float_test_accuracy"]),
+            quant_test_accuracy=float(d["quant_test_accuracy"]),
+            splits={k: int(v) for k, v in d["splits"].items()},
+            folded_batchnorm=tuple(d["folded_batchnorm"]),
+            layers=tuple(PreparedLayer.from_json(x) for x in d["layers"]),
+            total_macs=int(d["total_macs"]),
+            device=d["device"],
+            stages=dict(d["stages"]),
+            seconds={k: float(v) for k, v in d["seconds"].items()},
+        )
