@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 
 def error_moments(err: np.ndarray, hist_x: np.ndarray, hist_w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -83,7 +84,7 @@ def crossover_fan_in(mu: float, var: float) -> float:
     return float(var / mu**2) if mu != 0 else float("inf")
 
 
-def bias_fraction(mu: float, var: float, fan_in) -> np.ndarray | float:
+def bias_fraction(mu: float, var: float, fan_in: ArrayLike) -> np.ndarray | float:
     """Share of the distortion due to the bias: K·μ²/(σ² + K·μ²); increases monotonically in K."""
     k = np.asarray(fan_in, dtype=np.float64)
     denom = var + k * mu**2

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 
 from dse.errors.predict import PREDICTORS, check_formats, get_predictions
 from dse.errors.profiles import calibration_images, capture_layer_inputs, float_output
@@ -41,7 +42,7 @@ def _median_rel_error(pred: np.ndarray, meas: np.ndarray) -> float | None:
     return float(np.median(np.abs(pred[ok] - meas[ok]) / meas[ok]))
 
 
-def _spearman(x, y) -> float | None:
+def _spearman(x: ArrayLike, y: ArrayLike) -> float | None:
     from scipy.stats import spearmanr
 
     x, y = np.asarray(x, float), np.asarray(y, float)

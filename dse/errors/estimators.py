@@ -18,13 +18,18 @@ Three predictors (P3 and two refinements of it; docs/REFERENCES.md):
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypeAlias
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from dse.multipliers.core import Multiplier, exact_table, operand_values
 
+# Exact low-rank factors (U [256, r], V [256, r]) of one error table, or None when it has no small rank.
+Factors: TypeAlias = "tuple[np.ndarray, np.ndarray] | None"
 
-def byte_histogram(codes, weights=None) -> np.ndarray:
+
+def byte_histogram(codes: ArrayLike, weights: ArrayLike | None = None) -> np.ndarray:
     """256-bin counts of 8-bit codes by their byte (value & 0xFF): unsigned code c lands in bin c, a
     signed code v in bin v & 0xFF (two's complement). Never shifted by 128."""
     c = np.asarray(codes).astype(np.int64).reshape(-1) & 0xFF
@@ -37,7 +42,8 @@ def row_histograms(rows: np.ndarray) -> np.ndarray:
     s = rows.shape[0]
     flat = (np.arange(s)[:, None] * 256 + rows).reshape(-1)
     h = np.bincount(flat, minlength=s * 256).reshape(s, 256).astype(np.float64)
-    return h / rows.shape[1]
+    out: np.ndarray = h / rows.shape[1]
+    return out
 
 
 def error_tables(multipliers: Sequence[Multiplier], weight_scheme: str = "symmetric") -> np.ndarray:
@@ -64,16 +70,23 @@ def exact_effective_table(signed: bool, weight_scheme: str) -> np.ndarray:
     """The exact product in the effective orientation (for tests and measurements)."""
     if weight_scheme == "sign-magnitude":
         w = operand_values(True)
-        return np.sign(w)[None, :] * exact_table(False).astype(np.float64)[:, np.abs(w)]
+        table: np.ndarray = np.sign(w)[None, :] * exact_table(False).astype(np.float64)[:, np.abs(w)]
+        return table
     return exact_table(signed).astype(np.float64)
 
 
-def _scale_stats(col_scale, n_cols: int) -> np.ndarray:
+def _scale_stats(col_scale: ArrayLike | None, n_cols: int) -> np.ndarray:
     s = np.ones(n_cols) if col_scale is None else np.asarray(col_scale, np.float64).reshape(-1)
     return np.broadcast_to(s, (n_cols,)) if s.size == 1 else s
 
 
-def predict_p3(local_hists: np.ndarray, hist_w: np.ndarray, err: np.ndarray, fan_in: int, col_scale=None):
+def predict_p3(
+    local_hists: np.ndarray,
+    hist_w: np.ndarray,
+    err: np.ndarray,
+    fan_in: int,
+    col_scale: ArrayLike | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """P3's population model (paper Eqs. 15–16 via agn-approx): per sampled field i, (μ_i, σ_i²) of the
     table under (local p_x^{(i)}, global p_w); σ_pred = √(K·mean σ_i² + K²·Var μ_i), mean = K·mean μ_i.
 
@@ -94,8 +107,12 @@ def predict_p3(local_hists: np.ndarray, hist_w: np.ndarray, err: np.ndarray, fan
 
 
 def predict_weight_aware(
-    local_hists: np.ndarray, col_hists: np.ndarray, err: np.ndarray, fan_in: int, col_scale=None
-):
+    local_hists: np.ndarray,
+    col_hists: np.ndarray,
+    err: np.ndarray,
+    fan_in: int,
+    col_scale: ArrayLike | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """P3 pooled over (field i, column n) with each column's own weight histogram and float scale s_n:
     per pair mean K·μ_in·s_n and variance K·σ_in²·s_n²; pooled by the law of total variance.
 
@@ -124,13 +141,13 @@ def predict_weight_aware(
 LOWRANK_MIN_TABLE = 1 << 21  # bag table entries per multiplier above which low-rank GEMMs pay
 
 
-def factorize(err: np.ndarray, max_rank: int = 16) -> list:
+def factorize(err: np.ndarray, max_rank: int = 16) -> list[Factors]:
     """Per table, low-rank factors (U [256, r], V [256, r]) with ε = U·Vᵀ (to float precision) when its
     rank r ≤ max_rank, else None. Most built-in tables have rank ≤ 12 (truncation, broken arrays, DRUM…).
     Randomised range finder (one [256, 256]×[256, max_rank+4] product and a small SVD per table): cheap."""
     rng = np.random.default_rng(0)
     omega = rng.standard_normal((256, max_rank + 4))
-    out = []
+    out: list[Factors] = []
     for e in np.asarray(err, np.float64):
         norm = np.linalg.norm(e)
         if norm == 0:
@@ -154,9 +171,9 @@ def sampled_errors(
     rows: np.ndarray,
     weights: np.ndarray,
     err: np.ndarray,
-    factors: list | None = None,
+    factors: Sequence[Factors] | None = None,
     chunk_bytes: int = 64 << 20,
-):
+) -> np.ndarray:
     """Accumulator error of every multiplier on every sampled row and output column:
     out[m, s, n] = Σ_k err[m, rows[s, k], weights[k, n]] (bytes), float64 [M, S, N].
 
@@ -178,9 +195,10 @@ def sampled_errors(
         factors = [None] * n_mult  # small layers: the bag's table stays in cache and is faster
     dense = [m for m in range(n_mult) if factors[m] is None]
     for m in range(n_mult):
-        if factors[m] is None:
+        fm = factors[m]
+        if fm is None:
             continue
-        u, v = factors[m]
+        u, v = fm
         if u.shape[1] == 0:
             out[m] = 0.0
             continue
@@ -204,7 +222,13 @@ def sampled_errors(
     return out.numpy()
 
 
-def predict_sampled(rows: np.ndarray, weights: np.ndarray, err: np.ndarray, col_scale=None, factors=None):
+def predict_sampled(
+    rows: np.ndarray,
+    weights: np.ndarray,
+    err: np.ndarray,
+    col_scale: ArrayLike | None = None,
+    factors: Sequence[Factors] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """The table applied to sampled calibration rows with the real weights: std and mean of the output
     error over (rows × columns), each column scaled by its float scale. Returns (σ [M], mean [M])."""
     e = sampled_errors(rows, weights, err, factors)  # [M, S, N]

@@ -12,8 +12,12 @@ order of the library. An exact multiplier (zero predicted error) is always feasi
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from dse.errors.predict import Predictions
 
 RULES = ("sigma", "bias-aware")
 
@@ -38,7 +42,7 @@ def choose(predicted: np.ndarray, tolerance: float, energies: Sequence[float], n
 
 
 def map_assignment(
-    predictions,
+    predictions: Predictions,
     tolerance: Mapping[str, float],
     energies: Mapping[str, float] | Sequence[float],
     rule: str = "sigma",

@@ -51,19 +51,22 @@ class Predictions:
     @property
     def rms(self) -> np.ndarray:
         """√(σ² + mean²): the predicted RMS output error [L, M]."""
-        return np.sqrt(self.sigma**2 + self.mean**2)
+        rms: np.ndarray = np.sqrt(self.sigma**2 + self.mean**2)
+        return rms
 
     @property
     def relative_distortion(self) -> np.ndarray:
         """Predicted ‖ΔY‖_F/‖Y‖_F per layer and multiplier [L, M]."""
-        return self.rms / np.maximum(self.output_rms, 1e-30)[:, None]
+        rel: np.ndarray = self.rms / np.maximum(self.output_rms, 1e-30)[:, None]
+        return rel
 
     def network_distortion(self, genomes: np.ndarray) -> np.ndarray:
         """Predicted network distortion of assignments genomes [P, L] (multiplier indices): the root sum
         of squares of the layers' relative distortions (independent errors, unit relative gain)."""
         d = self.relative_distortion
         g = np.asarray(genomes)
-        return np.sqrt((d[np.arange(d.shape[0])[None, :], g] ** 2).sum(axis=1))
+        net: np.ndarray = np.sqrt((d[np.arange(d.shape[0])[None, :], g] ** 2).sum(axis=1))
+        return net
 
     def to_json(self) -> dict[str, Any]:
         """The cached table's fields (arrays as nested lists when written by `dse.util.atomic_write_json`)."""

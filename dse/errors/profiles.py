@@ -93,7 +93,7 @@ class LayerProfiles:
                 arrays[f"{i}_{f}"] = getattr(p, f)
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
         buf = io.BytesIO()
-        np.savez_compressed(buf, **arrays)
+        np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
         atomic_write_bytes(path, buf.getvalue())
 
     @staticmethod
@@ -144,7 +144,7 @@ def capture_layer_inputs(
         if layer_names is not None and name not in layer_names:
             continue
 
-        def hook(mod, inputs, _name=name):
+        def hook(mod: torch.nn.Module, inputs: tuple[torch.Tensor, ...], _name: str = name) -> None:
             seen[_name] = inputs[0].detach()
 
         hooks.append(layer.register_forward_pre_hook(hook))
@@ -157,7 +157,7 @@ def capture_layer_inputs(
     return seen
 
 
-def calibration_images(dataset: torch.utils.data.Dataset[Any], n: int, seed: int = 0) -> torch.Tensor:
+def calibration_images(dataset: torch.utils.data.TensorDataset, n: int, seed: int = 0) -> torch.Tensor:
     """A seeded sample of `n` inputs (float tensor) of a TensorDataset-like split."""
     import torch
 
@@ -204,7 +204,7 @@ def compute_profiles(
         sel = np.sort(rng.choice(m_rows, size=min(rows_per_layer, m_rows), replace=False))
         rows = np.stack([a.cpu().numpy()[sel] for a, _ in ops]).astype(np.int16)
         weights = np.stack([b.cpu().numpy() for _, b in ops]).astype(np.int16)
-        hist_x = sum(byte_histogram(a.cpu().numpy()) for a, _ in ops)
+        hist_x = sum((byte_histogram(a.cpu().numpy()) for a, _ in ops), np.zeros(256))
         w_all = np.concatenate([b.cpu().numpy() for _, b in ops], axis=1)  # [K, N]
         col_hists = np.stack([byte_histogram(w_all[:, j]) for j in range(w_all.shape[1])])
         yn = y.cpu().numpy()

@@ -75,6 +75,10 @@ class PerNeuronErrorModel(nn.Module):
     slope·y + offset + a₂·s₂ (fewer tensor ops per training step; the same numbers).
     """
 
+    slope: torch.Tensor  # σ_ε ρ / σ_y per neuron (buffers, so they follow .to(device) and the state_dict)
+    offset: torch.Tensor  # μ_ε − slope·μ_y
+    a2: torch.Tensor  # σ_ε √(1−ρ²)
+
     def __init__(
         self,
         mean_y: torch.Tensor,
