@@ -31,7 +31,10 @@ SCHEMA_VERSION = 1
 @cache
 def config_schema() -> dict[str, Any]:
     """The JSON Schema shipped as `dse/hwconfig/config.schema.json`."""
-    return json.loads(resources.files("dse.hwconfig").joinpath("config.schema.json").read_text())
+    schema: dict[str, Any] = json.loads(
+        resources.files("dse.hwconfig").joinpath("config.schema.json").read_text()
+    )
+    return schema
 
 
 def _field_path(error: Any) -> str:
@@ -69,7 +72,8 @@ def read_config(path: Path) -> dict[str, Any]:
             f"{path}: schema_version: this dse reads version {SCHEMA_VERSION}, the file has {raw['schema_version']!r}"
         )
     validate_config(raw, where=str(path))
-    return raw
+    config: dict[str, Any] = raw
+    return config
 
 
 def read_assignment(path: Path, *, complete: bool = True) -> dict[str, str]:

@@ -8,6 +8,7 @@ import fnmatch
 import html
 from typing import Any
 
+from dse.multipliers.core import Multiplier
 from dse.multipliers.library import Library
 from dse.report.points import GROUP_STYLE, PagePoint
 from dse.report.results import BASELINE_NAMES, RunResults
@@ -220,7 +221,7 @@ def surrogate_figure(run: RunResults, points: list[PagePoint]) -> Figure:
     }
     if not pts:
         return {**fig, "empty": "Surrogate vs simulated: no point carries a surrogate prediction yet."}
-    xs = [100 * p.predicted_accuracy for p in pts]
+    xs = [100 * (p.predicted_accuracy or 0.0) for p in pts]  # all set (filtered above)
     ys = [100 * p.accuracy for p in pts]
     lo, hi = min(xs + ys), max(xs + ys)
     return {
@@ -312,7 +313,7 @@ def library_figure(run: RunResults, library: Library | None, points: list[PagePo
             m for m in mults if any(fnmatch.fnmatchcase(m.name, pat) for pat in patterns) or m.name in used
         ]
         mults = in_space or mults
-    groups = {"on the front": [], "used by other points": [], "not used": []}
+    groups: dict[str, list[Multiplier]] = {"on the front": [], "used by other points": [], "not used": []}
     for m in mults:
         key = (
             "on the front"

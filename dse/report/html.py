@@ -173,7 +173,7 @@ def render_report(run: RunResults, library: Library | None) -> tuple[str, dict[s
 _PIECE_SPLIT = re.compile(r'(?=\n    \{\n)|(?<="quant": )|(?=\n    \})')
 
 
-def pack_texts(texts: list[str | None]) -> dict[str, list]:
+def pack_texts(texts: list[str | None]) -> dict[str, list[Any]]:
     """{"pieces": [str], "texts": [[piece index] | None]}: each text is the concatenation of its pieces
     (checked here), so the page rebuilds every configuration byte for byte at a fraction of the size."""
     pieces: list[str] = []
