@@ -1,6 +1,6 @@
 """Approximate GEMM / convolution kernels (installed as `dse.kernels`).
 
-One contract (DESIGN.md §6), bit-exact for every backend, any table, any K:
+One contract, bit-exact for every backend, any table, any K:
 
     approx_matmul(a, b, lut)  -> int32 [M, N],  out[m, n] = Σ_k lut[a[m, k] & 0xFF, b[k, n] & 0xFF]
     approx_conv2d(x, w, lut, stride, padding, dilation, groups, pad_code=…) -> int32 [N, C_out, H_out, W_out]
@@ -23,7 +23,8 @@ Reusing work:
 - `prepare_matmul(b, lut)` / `prepare_conv2d(w, lut, …)` return a callable holding the per-(weights, table)
   precomputation (weight-stationary tables, or low-rank factors applied to the weights). A layer keeps one
   per table it is evaluated with; its `nbytes` says what it costs; nothing is cached globally except the
-  factorisation of tables (≤ 256 tables, a few KB each).
+  factorisations and plane decompositions of tables (≤ 256 tables each, a few KB per table) and the winner
+  of each backend race.
 - Batched candidates: `approx_matmul_multi(a, [(b_i, lut_i), …])` / `approx_conv2d_multi(x, [(w_i, lut_i), …],
   …)` evaluate one activation tensor against several (weights, table) pairs -> list of outputs, bit-exact
   equal to separate calls. The im2col, the activation indices and one embedding_bag pass over the
@@ -31,6 +32,12 @@ Reusing work:
   `prepare_matmul_multi` / `prepare_conv2d_multi` keep that preparation for many batches (`.apply_all`). For a population of
   per-layer assignments, group the candidates by the multiplier they give a layer and call the layer once
   per distinct input (same input => one call for all distinct tables of that layer).
+
+Layout, top down: `api` (the entry points: validation, then) -> `prepared` (what a layer keeps: candidates
+grouped by backend) -> `dispatch` (which backend: explicit, or auto's race) -> `plans` (prepared weights per
+backend) -> the backends `reference`, `cpu`, `lowrank`, `bitplane`, `triton_gemm` / `triton_conv` (with
+`triton_common`, `triton_tables`); `conv` lowers a convolution to the grouped GEMM, `geometry` is its shape,
+`checks` validates, `timing` times; `ste` (training) sits on `api`, `bench` (`dse bench kernels`) on all.
 """
 
 from dse.kernels.api import (

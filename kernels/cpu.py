@@ -1,4 +1,4 @@
-"""The `cpu` backend: weight-stationary embedding_bag (DESIGN.md §6), plus a direct gather for tiny problems.
+"""The `cpu` backend: weight-stationary embedding_bag, plus a direct gather for tiny problems.
 
 For weights B [G, K, N] (G groups, codes 0..255) and a table L, the *weight-stationary table* is
 

@@ -98,13 +98,17 @@ class PreparedPair(Protocol):
 
 
 class PerPairPlan(Plan):
-    """Each (weights, table) pair prepared on its own, applied one after the other (int32 [G, M, N_i]
-    each), outputs concatenated."""
+    """Each (weights, table) pair prepared on its own by `prepare` (lowrank, bitplane), applied one after the
+    other (int32 [G, M, N_i] each), outputs concatenated."""
 
     def __init__(
-        self, pairs: Sequence[Pair], prepare: Callable[[torch.Tensor, torch.Tensor], PreparedPair]
+        self,
+        backend: str,
+        pairs: Sequence[Pair],
+        prepare: Callable[[torch.Tensor, torch.Tensor], PreparedPair],
     ) -> None:
         super().__init__(pairs)
+        self.backend = backend
         self.weights = [prepare(b, lut) for b, lut in pairs]
 
     @property
@@ -115,24 +119,10 @@ class PerPairPlan(Plan):
         return torch.cat([w.apply(a) for w in self.weights], dim=2)
 
 
-class LowRankPlan(PerPairPlan):
-    backend = "lowrank"
-
-    def __init__(self, pairs: Sequence[Pair]) -> None:
-        super().__init__(pairs, _lowrank_weights)
-
-
 def _lowrank_weights(b: torch.Tensor, lut: torch.Tensor) -> lowrank.LowRankWeights:
     factors = lowrank.lowrank_factors(lut)
     assert factors is not None, "the dispatcher gives lowrank only tables with exact factors"
     return lowrank.build_lowrank_weights(b, factors)
-
-
-class BitPlanePlan(PerPairPlan):
-    backend = "bitplane"
-
-    def __init__(self, pairs: Sequence[Pair]) -> None:
-        super().__init__(pairs, _bitplane_weights)
 
 
 def _bitplane_weights(b: torch.Tensor, lut: torch.Tensor) -> bitplane.BitPlaneWeights:
@@ -175,8 +165,8 @@ class TritonPlan(Plan):
 PLANS: dict[str, Callable[[Sequence[Pair]], Plan]] = {
     "reference": ReferencePlan,
     "cpu": CpuPlan,
-    "lowrank": LowRankPlan,
-    "bitplane": BitPlanePlan,
+    "lowrank": lambda pairs: PerPairPlan("lowrank", pairs, _lowrank_weights),
+    "bitplane": lambda pairs: PerPairPlan("bitplane", pairs, _bitplane_weights),
     "triton": TritonPlan,
 }
 
