@@ -25,11 +25,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from dse.util import UserError
+
+if TYPE_CHECKING:
+    from torch.utils.data import TensorDataset
 
 BUILTIN_DATASETS = ("digits", "npz", "cifar10", "mnist_idx")
 
@@ -52,15 +55,15 @@ class Splits:
     `augment(x, generator) -> x` is applied by training to train batches only (None: no augmentation).
     `splits[Split.VAL]` (or `splits["val"]`) is `splits.val`."""
 
-    train: object
-    val: object
-    test: object
+    train: TensorDataset
+    val: TensorDataset
+    test: TensorDataset
     num_classes: int
     input_shape: tuple[int, ...]
     augment: Callable | None = None
     info: dict = field(default_factory=dict)  # seed, sizes, index sha256, data sha256 (splits.json)
 
-    def __getitem__(self, split: Split | str) -> Any:
+    def __getitem__(self, split: Split | str) -> TensorDataset:
         return {Split.TRAIN: self.train, Split.VAL: self.val, Split.TEST: self.test}[Split(split)]
 
 
