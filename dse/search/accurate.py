@@ -235,7 +235,8 @@ def _contested(
     asked: Sequence[optuna.Trial],
     genomes: Sequence[Genome],
 ) -> set[Genome]:
-    """Our genomes that another worker is simulating in a trial numbered before ours."""
+    """Our genomes that another worker is simulating in a trial numbered before ours (the cache is synced
+    with the study first, so a genome finished meanwhile is not contested)."""
     from optuna.trial import TrialState
 
     mine: dict[Genome, int] = {}
@@ -285,28 +286,8 @@ def _wait_for_running_duplicates(
     """If another worker is simulating one of these genomes in a trial numbered before ours, wait
     (bounded) for its result instead of simulating it a second time. The lower number simulates, and a
     worker tells all its uncontested trials before it waits, so two workers never wait for each other."""
-    from optuna.trial import TrialState
-
-    mine: dict[Genome, int] = {}
-    for a, g in zip(asked, genomes):
-        mine.setdefault(g, a.number)
-    own = {a.number for a in asked}
     deadline = time.monotonic() + timeout_s
-    while True:
-        trials = study.get_trials(deepcopy=False)
-        sync_cache(problem, cache, trials)
-        busy = [
-            t
-            for t in trials
-            if t.state == TrialState.RUNNING
-            and t.number not in own
-            and len(t.params) == len(problem.layers)
-            and cache.known(trial_genome(problem, t)) is None
-            and trial_genome(problem, t) in mine
-            and t.number < mine[trial_genome(problem, t)]
-        ]
-        if not busy or time.monotonic() > deadline:
-            return
+    while _contested(problem, study, cache, asked, genomes) and time.monotonic() <= deadline:
         time.sleep(poll_s)
 
 
