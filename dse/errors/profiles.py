@@ -10,10 +10,11 @@ bias). Stored in `profiles/profiles.npz` of the run directory, keyed by the QAT 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,8 +33,10 @@ PROFILE_IMAGES = 512
 ROWS_PER_LAYER = 512
 
 
-@dataclass
+@dataclass(frozen=True)
 class LayerProfile:
+    """What the σ predictors know about one layer (codes by byte; float units before bias)."""
+
     name: str
     kind: str
     fan_in: int
@@ -57,12 +60,14 @@ class LayerProfile:
         return float(np.sqrt(self.output_std**2 + self.output_mean**2))
 
 
-@dataclass
+@dataclass(frozen=True)
 class LayerProfiles:
+    """Every approximable layer's profile, in the model's layer order; `images`: how many calibration
+    images they were taken on; `key`: the QAT checkpoint's sha256 they belong to (the cache key)."""
+
     layers: list[LayerProfile]
     images: int
     key: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def names(self) -> list[str]:
         return [p.name for p in self.layers]
@@ -246,7 +251,6 @@ def get_profiles(prepared: Prepared, images: int = PROFILE_IMAGES, recompute: bo
             pass
     log(f"profiling {len(prepared.layers)} layers on {images} training images")
     x = calibration_images(prepared.splits.train, images, seed=0)
-    prof = compute_profiles(prepared.model, x)
-    prof.key = key
+    prof = dataclasses.replace(compute_profiles(prepared.model, x), key=key)
     prof.save(path)
     return prof
