@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -113,3 +116,27 @@ def test_triton_implicit_im2col_conv_matches_reference(device):
     )
     assert torch.equal(outs[0].cpu(), approx_conv2d_reference(x, w1, lut, 1, 1))
     assert torch.equal(outs[1].cpu(), approx_conv2d_reference(x, w2, lut, 1, 1))
+
+
+def test_interpreter_runs_kernels_imported_without_triton_interpret():
+    """CPU tensors run both kernels under Triton's interpreter even when @triton.jit saw no TRITON_INTERPRET=1
+    at import (as when another test imported them first): their jit helpers are interpreted too."""
+    code = (
+        "import os, torch\n"
+        "os.environ.pop('TRITON_INTERPRET', None)\n"
+        "import dse.kernels.triton_conv, dse.kernels.triton_gemm\n"
+        "os.environ['TRITON_INTERPRET'] = '1'\n"
+        "import dse.kernels as k\n"
+        "g = torch.Generator().manual_seed(4)\n"
+        "lut = torch.randint(-70000, 70001, (256, 256), generator=g, dtype=torch.int32)\n"
+        "a = torch.randint(0, 256, (5, 7), generator=g).to(torch.uint8)\n"
+        "b = torch.randint(0, 256, (7, 9), generator=g).to(torch.uint8)\n"
+        "assert torch.equal(k.approx_matmul(a, b, lut, backend='triton'), k.approx_matmul_reference(a, b, lut))\n"
+        "x = torch.randint(0, 256, (1, 2, 5, 4), generator=g).to(torch.uint8)\n"
+        "w = torch.randint(0, 256, (8, 2, 3, 3), generator=g).to(torch.uint8)\n"
+        "out = k.approx_conv2d(x, w, lut, 1, 1, pad_code=3, backend='triton')\n"
+        "assert torch.equal(out, k.approx_conv2d_reference(x, w, lut, 1, 1, pad_code=3))\n"
+        "print('ok')\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
