@@ -12,9 +12,9 @@ from dse.energy import energy_rel
 from dse.hwconfig import read_assignment, read_config, resolve_assignment
 from dse.multipliers.core import Multiplier
 from dse.prepare import load_prepared
+from dse.prepare.records import PreparedLayer
 from dse.rundir import RunDir
 from dse.search.records import Summary
-from dse.search.setup import layer_macs
 from dse.simulation import simulate_accuracy
 from dse.util import UserError, read_json
 
@@ -62,7 +62,7 @@ def evaluate_config(
 
     prepared = load_prepared(run_dir, data=data, device=device)
     names = [info.name for info in prepared.layers]
-    macs = {info.name: layer_macs(info.name, info.macs) for info in prepared.layers}
+    macs = {info.name: PreparedLayer.of(info).macs for info in prepared.layers}
     unknown = [n for n in assignment if n not in macs]
     missing = [n for n in names if n not in assignment] if config is not None else []
     if unknown or missing:

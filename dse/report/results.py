@@ -22,8 +22,9 @@ from typing import Any
 
 from dse.agn import AgnResult
 from dse.errors.predict import Predictions
+from dse.prepare.records import PreparedLayer
 from dse.rundir import RunDir
-from dse.search.records import BASELINE_NAMES, SearchPoint, Summary, SummaryLayer
+from dse.search.records import BASELINE_NAMES, SearchPoint, Summary
 from dse.search.summary import summary_from_storage
 from dse.util import UserError, read_json, sha256_file
 
@@ -84,7 +85,7 @@ class RunResults:
         return str(self.summary.study or self.study.get("name") or self.run_dir.name)
 
     @property
-    def layers(self) -> tuple[SummaryLayer, ...]:
+    def layers(self) -> tuple[PreparedLayer, ...]:
         return self.summary.layers
 
     @property

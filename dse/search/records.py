@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from dse.prepare.records import PreparedLayer
 from dse.search.pareto import pareto_mask
 from dse.util import UserError
 
@@ -107,36 +108,6 @@ class SimulationFailure:
 
 
 @dataclass(frozen=True)
-class SummaryLayer:
-    """An approximable layer as the summary lists it."""
-
-    name: str
-    kind: str
-    macs: int
-    fan_in: int | None  # None only in summaries that did not record it
-    weight_shape: tuple[int, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "kind": self.kind,
-            "macs": self.macs,
-            "fan_in": self.fan_in,
-            "weight_shape": list(self.weight_shape),
-        }
-
-    @classmethod
-    def from_json(cls, obj: Mapping[str, Any]) -> SummaryLayer:
-        return cls(
-            name=str(obj["name"]),
-            kind=str(obj.get("kind", "conv")),
-            macs=int(obj["macs"]),
-            fan_in=obj.get("fan_in"),
-            weight_shape=tuple(obj.get("weight_shape") or ()),
-        )
-
-
-@dataclass(frozen=True)
 class HypervolumeMark:
     evaluations: int
     hypervolume: float
@@ -197,13 +168,14 @@ class Targets:
 class Summary:
     """What a search leaves in summary.json. `points` holds every simulated candidate (trial order),
     `front` the non-dominated ones among them (energy order), `baselines` the reference strategies.
+    `layers` are the prepared run's (`dse.prepare.records.PreparedLayer`, as in prepare/result.json).
     `in_progress`: read from the optuna storage of a search still running (never written)."""
 
     study: str
     quant_accuracy: float | None
     quant_test_accuracy: float | None
     evaluations: int
-    layers: tuple[SummaryLayer, ...]
+    layers: tuple[PreparedLayer, ...]
     front: tuple[SearchPoint, ...]
     points: tuple[SearchPoint, ...]
     baselines: Mapping[str, Baseline] = field(default_factory=dict)
@@ -266,7 +238,7 @@ class Summary:
                 quant_accuracy=obj.get("quant_accuracy"),
                 quant_test_accuracy=obj.get("quant_test_accuracy"),
                 evaluations=int(obj.get("evaluations", len(obj.get("points") or []))),
-                layers=tuple(SummaryLayer.from_json(layer) for layer in obj["layers"]),
+                layers=tuple(PreparedLayer.from_json(layer) for layer in obj["layers"]),
                 front=tuple(SearchPoint.from_json(p) for p in obj.get("front") or []),
                 points=tuple(SearchPoint.from_json(p) for p in obj.get("points") or []),
                 baselines={k: Baseline.from_json(b or {}) for k, b in (obj.get("baselines") or {}).items()},

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from dse.multipliers.core import Multiplier
+from dse.prepare.records import PreparedLayer
 from dse.search.problem import SearchProblem
 from dse.search.records import Genome, Origin
 from dse.search.simulate import SimulationCache
@@ -37,7 +38,7 @@ def build_problem(prepared: Prepared) -> tuple[SearchProblem, dict[str, Multipli
     """The search problem of a prepared run and the multipliers by name (search space + exact)."""
     layer_space = prepared.layer_space
     names = prepared.layer_names
-    macs = [layer_macs(info.name, info.macs) for info in prepared.layers]
+    macs = [PreparedLayer.of(info).macs for info in prepared.layers]
     mults = {m.name: m for ms in layer_space.values() for m in ms}
     for m in prepared.space:
         mults.setdefault(m.name, m)
@@ -120,10 +121,3 @@ def _surrogate(
                 dist[li, ci] = (s * s + mu * mu) / (tol * tol)
     chance = 1.0 / max(2, int(prepared.splits.num_classes))
     return Surrogate(problem, dist, prepared.quant_accuracy, chance)
-
-
-def layer_macs(layer: str, macs: int | None) -> int:
-    """A layer's MACs per sample (known once the prepared model has run a forward)."""
-    if macs is None:
-        raise ValueError(f"layer {layer}: MACs unknown (the prepared model has not run a forward)")
-    return int(macs)

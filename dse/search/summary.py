@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dse.prepare.records import PreparedLayer
 from dse.search.baselines import agn_points, homogeneous_points, random_points
 from dse.search.pareto import hypervolume
 from dse.search.records import (
@@ -20,11 +21,10 @@ from dse.search.records import (
     SearchPoint,
     SimulationFailure,
     Summary,
-    SummaryLayer,
     Targets,
     front_of,
 )
-from dse.search.setup import Setup, layer_macs
+from dse.search.setup import Setup
 from dse.util import UserError, read_json
 
 
@@ -84,12 +84,7 @@ def build_summary(
         accs = [_accuracy(p) for p in pts]
         setup.surrogate.fit(genomes, accs)
         tau = setup.surrogate.kendall_tau(genomes, accs)
-    layers = tuple(
-        SummaryLayer(
-            info.name, info.kind, layer_macs(info.name, info.macs), int(info.fan_in), tuple(info.weight_shape)
-        )
-        for info in prepared.layers
-    )
+    layers = tuple(PreparedLayer.of(info) for info in prepared.layers)
     return Summary(
         study="",
         quant_accuracy=quant_accuracy,
@@ -150,7 +145,7 @@ def summary_from_storage(run_dir: Path, study_name: str | None) -> Summary | Non
     if not db.is_file() or not prep_path.is_file():
         return None
     prep = read_json(prep_path, "prepare result")
-    layers = tuple(SummaryLayer.from_json(layer) for layer in prep.get("layers") or [])
+    layers = tuple(PreparedLayer.from_json(layer) for layer in prep.get("layers") or [])
     names = [layer.name for layer in layers]
     import optuna
     from optuna.trial import TrialState
