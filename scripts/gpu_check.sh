@@ -4,7 +4,7 @@
 # benchmarks need are there, ariths-gen travels as a wheel in .whl/), then runs the steps named:
 #   tests   - every backend on CUDA tensors against the reference (tests/kernels/test_cuda_backends.py,
 #             tests/kernels/test_triton.py)
-#   sweep   - tile sweep of the Triton kernel (scripts/triton_sweep.py --quick)
+#   sweep   - tile sweep of the Triton GEMM kernel (scripts/triton_sweep.py --quick)
 #   kernels - dse bench kernels --device cuda --json
 #   model   - dse bench model --device cuda --batch 1024 --json
 #   profile - scripts/profile_model.py: top operators of a ResNet-20 forward, quantized and table mode
