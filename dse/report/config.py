@@ -58,7 +58,7 @@ def build_config(run: RunResults, point: SearchPoint, library: MultiplierSource)
                 "energy_share": energy[name] / total_energy if total_energy > 0 else 0.0,
                 "predicted_sigma": _num(sigma),
                 "predicted_mean": _num(mean),
-                "tolerance": _num(agn.tolerance.get(name)) if agn else None,
+                "tolerance": _magnitude(agn.tolerance.get(name)) if agn else None,
                 "quant": qparams.get(name),
             }
         )
@@ -110,6 +110,10 @@ def build_config(run: RunResults, point: SearchPoint, library: MultiplierSource)
 
 def _num(x: Any) -> float | None:
     return None if x is None else float(x)
+
+
+def _magnitude(x: Any) -> float | None:
+    return None if x is None else abs(float(x))
 
 
 def _search_space(run: RunResults) -> dict[str, Any]:

@@ -275,7 +275,7 @@ def tolerance_figure(run: RunResults) -> Figure:
                 "type": "bar",
                 "name": f"λ = {a.lam:g}{acc}",
                 "x": names,
-                "y": [a.sigma_rel.get(n) for n in names],
+                "y": [abs(float(a.sigma_rel[n])) if n in a.sigma_rel else None for n in names],
                 "hovertemplate": "%{x}: σ_l = %{y:.3f}<extra>λ " + f"{a.lam:g}" + "</extra>",
             }
         )

@@ -33,29 +33,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-__all__ = ["BASELINE_NAMES", "AgnTolerance", "GroupedPoint", "RunResults", "read_results"]
-
-
-@dataclass(frozen=True)
-class AgnTolerance:
-    """One AGN λ: learned relative σ_l and the tolerance |σ_l|·std(exact output) per layer (magnitudes:
-    a learned σ_l may have either sign)."""
-
-    lam: float
-    sigma_rel: dict[str, float]
-    tolerance: dict[str, float]
-    accuracy: float | None
-    energy_rel: float | None
-
-    @classmethod
-    def of(cls, result: AgnResult) -> AgnTolerance:
-        return cls(
-            lam=float(result.lam),
-            sigma_rel={k: abs(float(v)) for k, v in result.sigma_rel.items()},
-            tolerance={k: abs(float(v)) for k, v in result.tolerance.items()},
-            accuracy=result.accuracy,
-            energy_rel=result.energy_rel,
-        )
+__all__ = ["BASELINE_NAMES", "GroupedPoint", "RunResults", "read_results"]
 
 
 @dataclass(frozen=True)
@@ -72,7 +50,7 @@ class RunResults:
     summary: Summary
     study: Mapping[str, Any]
     predictions: Predictions | None
-    agn: tuple[AgnTolerance, ...]
+    agn: tuple[AgnResult, ...]  # by λ; a learned σ_l may have either sign: quote magnitudes
     summary_time: str
     search_space: Mapping[str, Any] = field(default_factory=dict)
     checkpoint: tuple[str | None, str | None] = (None, None)
@@ -124,7 +102,7 @@ class RunResults:
             f"--trial {trial}: no such trial in {RunDir(self.run_dir).summary_json} (trials recorded: {span})"
         )
 
-    def tolerance_for(self, point: SearchPoint) -> AgnTolerance | None:
+    def tolerance_for(self, point: SearchPoint) -> AgnResult | None:
         """The AGN tolerances quoted next to a point's predicted σ: the λ the point was mapped from when it
         is an AGN point, else the largest λ whose AGN network stayed within 1 pp, else the smallest λ."""
         if not self.agn:
@@ -178,7 +156,7 @@ def _read_predictions(run: RunDir) -> Predictions | None:
         raise UserError(f"{path}: not a prediction table ({type(e).__name__}: {e})") from None
 
 
-def _read_agn(run: RunDir) -> tuple[AgnTolerance, ...]:
+def _read_agn(run: RunDir) -> tuple[AgnResult, ...]:
     """The learned tolerances of `agn/result.json` (what `dse agn` writes: {"results": [AgnResult]})."""
     path = run.agn_result_json
     if not path.exists():
@@ -188,7 +166,7 @@ def _read_agn(run: RunDir) -> tuple[AgnTolerance, ...]:
         results = [AgnResult.from_json(r) for r in raw["results"]]
     except (KeyError, TypeError) as e:
         raise UserError(f"{path}: results: expected the AGN results ({type(e).__name__}: {e})") from None
-    return tuple(sorted((AgnTolerance.of(r) for r in results), key=lambda a: a.lam))
+    return tuple(sorted(results, key=lambda a: a.lam))
 
 
 def _mtime(path: Path) -> str:
