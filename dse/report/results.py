@@ -46,6 +46,10 @@ class GroupedPoint:
 
 @dataclass(frozen=True)
 class RunResults:
+    """A run directory's results as report and export read them: the typed summary, the study TOML
+    (as written), the σ predictions and AGN results when there, the quantized checkpoint's identity and
+    parameters, and what is `missing` (for the page to say)."""
+
     run_dir: Path
     summary: Summary
     study: Mapping[str, Any]
