@@ -73,3 +73,68 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+# ------------------------------------------------------------------------ a tiny prepared digits run
+# Prepared once per test session (float training + QAT on 300 images, seconds); each test module that asks
+# for `tiny_digits_run` gets its own copy, so what one module's stages write cannot change another's.
+
+TINY_SPACE = """
+name = "tiny_space"
+format = "unsigned"
+weight_scheme = "sign-magnitude"
+multipliers = ["exact_u8", "trunc6_u8", "trunc8_u8", "bam_h3_v9_u8", "drum4_u8", "mitchell_u8"]
+"""
+
+TINY_STUDY = """
+name = "tiny_agn"
+search_space = "{space}"
+[model]
+name = "digits_cnn"
+[data]
+name = "digits"
+train_size = 300
+val_size = 200
+test_size = 97
+[train]
+epochs = 3
+qat_epochs = 1
+batch_size = 64
+lr = 0.01
+calibration_batches = 2
+[agn]
+lambdas = [0.5]
+epochs = 1
+"""
+
+
+@pytest.fixture(scope="session")
+def _tiny_digits_template(tmp_path_factory) -> Path:
+    import torch
+
+    from dse.prepare import prepare
+
+    tmp = tmp_path_factory.mktemp("tiny_digits")
+    (tmp / "space.toml").write_text(TINY_SPACE)
+    study = tmp / "study.toml"
+    study.write_text(TINY_STUDY.format(space=(tmp / "space.toml").as_posix()))
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        prepare(study, out=tmp / "run", device="cpu")
+    finally:
+        torch.set_num_threads(n)
+    return tmp / "run"
+
+
+@pytest.fixture(scope="module")
+def tiny_digits_run(_tiny_digits_template: Path, tmp_path_factory):
+    """A prepared tiny digits run directory of this module's own (torch on one thread meanwhile)."""
+    import torch
+
+    run = tmp_path_factory.mktemp("tiny_run") / "run"
+    shutil.copytree(_tiny_digits_template, run)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield run
+    torch.set_num_threads(n)

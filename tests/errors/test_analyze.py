@@ -6,40 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
 
 from dse.cli import cli
 
 pytestmark = pytest.mark.slow
-
-SPACE = """
-name = "tiny_space"
-format = "unsigned"
-weight_scheme = "sign-magnitude"
-multipliers = ["exact_u8", "trunc6_u8", "trunc8_u8", "bam_h3_v9_u8", "drum4_u8", "mitchell_u8"]
-"""
-
-STUDY = """
-name = "tiny_agn"
-search_space = "{space}"
-[model]
-name = "digits_cnn"
-[data]
-name = "digits"
-train_size = 300
-val_size = 200
-test_size = 97
-[train]
-epochs = 3
-qat_epochs = 1
-batch_size = 64
-lr = 0.01
-calibration_batches = 2
-[agn]
-lambdas = [0.5]
-epochs = 1
-"""
 
 
 def _invoke(args):
@@ -47,18 +18,8 @@ def _invoke(args):
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    tmp = tmp_path_factory.mktemp("agn")
-    (tmp / "space.toml").write_text(SPACE)
-    study = tmp / "study.toml"
-    study.write_text(STUDY.format(space=(tmp / "space.toml").as_posix()))
-    from dse.prepare import prepare
-
-    prepare(study, out=tmp / "run", device="cpu")
-    yield tmp / "run"
-    torch.set_num_threads(n)
+def run_dir(tiny_digits_run: Path) -> Path:
+    return tiny_digits_run
 
 
 def test_analyze_end_to_end(run_dir: Path):
