@@ -29,4 +29,7 @@ def energy_rel_matrix(macs: np.ndarray, energies: np.ndarray, genomes: np.ndarra
     """Vectorised energy_rel for a population: macs [L], energies [M] (per library index),
     genomes [P, L] of library indices -> [P]."""
     shares = np.asarray(macs, dtype=np.float64) / float(np.sum(macs))
-    return (np.asarray(energies, dtype=np.float64)[np.asarray(genomes)] * shares[None, :]).sum(axis=1)
+    out: np.ndarray = (np.asarray(energies, dtype=np.float64)[np.asarray(genomes)] * shares[None, :]).sum(
+        axis=1
+    )
+    return out

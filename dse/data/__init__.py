@@ -25,13 +25,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from dse.util import UserError
 
 if TYPE_CHECKING:
+    import torch
     from torch.utils.data import TensorDataset
 
 BUILTIN_DATASETS = ("digits", "npz", "cifar10", "mnist_idx")
@@ -60,8 +61,8 @@ class Splits:
     test: TensorDataset
     num_classes: int
     input_shape: tuple[int, ...]
-    augment: Callable | None = None
-    info: dict = field(default_factory=dict)  # seed, sizes, index sha256, data sha256 (splits.json)
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
+    info: dict[str, Any] = field(default_factory=dict)  # seed, sizes, index sha256, data sha256 (splits.json)
 
     def __getitem__(self, split: Split | str) -> TensorDataset:
         return {Split.TRAIN: self.train, Split.VAL: self.val, Split.TEST: self.test}[Split(split)]
@@ -95,7 +96,10 @@ def load_digits_pool() -> tuple[np.ndarray, np.ndarray]:
     import importlib.util
 
     spec = importlib.util.find_spec("sklearn")
-    csv = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz" if spec else None
+    csv = None
+    if spec:
+        assert spec.submodule_search_locations is not None  # sklearn is a package
+        csv = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
     if csv is not None and csv.is_file():
         d = np.loadtxt(csv, delimiter=",", dtype=np.float32)
         images, target = d[:, :-1].reshape(-1, 8, 8), d[:, -1]
@@ -107,7 +111,7 @@ def load_digits_pool() -> tuple[np.ndarray, np.ndarray]:
     return (images.astype(np.float32) / 16.0)[:, None], target.astype(np.int64)
 
 
-def load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def load_npz(path: Path | str | None) -> tuple[np.ndarray, np.ndarray]:
     path = _existing(path, "file")
     try:
         with np.load(path, allow_pickle=False) as f:
@@ -125,7 +129,7 @@ def load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise UserError(f"data.path: {path} is not a readable .npz file ({type(e).__name__}: {e})") from None
 
 
-def load_cifar10(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def load_cifar10(path: Path | str | None) -> tuple[np.ndarray, np.ndarray]:
     path = _existing(path, "directory")
     if (path / "cifar-10-batches-py").is_dir():
         path = path / "cifar-10-batches-py"
@@ -161,7 +165,7 @@ def _read_idx(path: Path) -> np.ndarray:
     return body.reshape(dims)
 
 
-def load_mnist_idx(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def load_mnist_idx(path: Path | str | None) -> tuple[np.ndarray, np.ndarray]:
     path = _existing(path, "directory")
     xs, ys = [], []
     for images in sorted(path.glob("*images*idx3-ubyte*")):
@@ -224,7 +228,9 @@ def _kind_of(path: Path, name: str) -> str:
     return name
 
 
-def load_pool(name: str, path: str | Path | None = None, base_dir: Path | None = None):
+def load_pool(
+    name: str, path: str | Path | None = None, base_dir: Path | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """All labelled images of a dataset source -> (x float32 [N,C,H,W], y int64 [N])."""
     if name in ("npz", "mnist_idx", "cifar10") and path not in (None, ""):
         name = _kind_of(Path(path).expanduser(), name)
@@ -259,7 +265,9 @@ def load_pool(name: str, path: str | Path | None = None, base_dir: Path | None =
 # ------------------------------------------------------------------------------------------------ splits
 
 
-def split_indices(n: int, train_size: int | None, val_size: int, test_size: int, seed: int):
+def split_indices(
+    n: int, train_size: int | None, val_size: int, test_size: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Seeded disjoint index arrays (train, val, test) over range(n). val and test get exactly their
     sizes; train gets at most `train_size` of the rest (all of it when None), so one study can bound
     its training budget on a large copy of a dataset and still run on a small one."""
@@ -321,7 +329,9 @@ def load_splits(
     )
 
 
-def crop_flip(x, generator=None, padding: int | None = None, flip: bool = True):
+def crop_flip(
+    x: torch.Tensor, generator: torch.Generator | None = None, padding: int | None = None, flip: bool = True
+) -> torch.Tensor:
     """Standard CIFAR augmentation on a batch [N,C,H,W]: random crop with zero padding (default H/8:
     4 pixels for 32x32) + horizontal flip (when `flip`)."""
     import torch
@@ -341,7 +351,7 @@ def crop_flip(x, generator=None, padding: int | None = None, flip: bool = True):
     return out.permute(0, 3, 1, 2).contiguous()
 
 
-def random_shift(x, generator=None):
+def random_shift(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Random translation by up to H/8 pixels (zero fill), no flip: for digits, where a mirror image is
     another symbol."""
     return crop_flip(x, generator, flip=False)

@@ -213,6 +213,7 @@ def compute_profiles(
         w_all = np.concatenate([b.cpu().numpy() for _, b in ops], axis=1)  # [K, N]
         col_hists = np.stack([byte_histogram(w_all[:, j]) for j in range(w_all.shape[1])])
         yn = y.cpu().numpy()
+        assert layer.macs is not None  # set by the forward pass that captured its input
         profiles.append(
             LayerProfile(
                 name=name,

@@ -44,7 +44,7 @@ def _field_path(error: Any) -> str:
 
 def validate_config(config: Any, where: str = "config") -> None:
     """UserError naming the first offending field when `config` does not follow the schema."""
-    import jsonschema
+    import jsonschema  # type: ignore[import-untyped]  # no stubs installed (types-jsonschema)
 
     validator = jsonschema.Draft202012Validator(config_schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: (list(e.absolute_path), e.message))

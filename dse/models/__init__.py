@@ -14,13 +14,17 @@ import importlib.util
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from dse.util import UserError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 BUILTIN_MODELS = ("digits_cnn", "lenet5", "resnet8", "resnet14", "resnet20", "resnet32", "mobilenet_tiny")
 
 
-def import_function(spec: str, what: str, base_dir: Path | None = None) -> Callable:
+def import_function(spec: str, what: str, base_dir: Path | None = None) -> Callable[..., Any]:
     """Resolve "package.module:function" (or "path/file.py:function") to the callable it names."""
     module_name, sep, func_name = spec.rpartition(":")
     if not sep or not module_name or not func_name:
@@ -34,6 +38,8 @@ def import_function(spec: str, what: str, base_dir: Path | None = None) -> Calla
                 raise UserError(f"{what}: file {path} not found")
             mod_id = f"_dse_hook_{abs(hash(str(path.resolve())))}"
             loader_spec = importlib.util.spec_from_file_location(mod_id, path)
+            # a .py file always gets a spec with a SourceFileLoader
+            assert loader_spec is not None and loader_spec.loader is not None
             module = importlib.util.module_from_spec(loader_spec)
             sys.modules[mod_id] = module
             loader_spec.loader.exec_module(module)
@@ -45,7 +51,7 @@ def import_function(spec: str, what: str, base_dir: Path | None = None) -> Calla
         raise
     except Exception as e:  # any import failure of user code is bad input
         raise UserError(f"{what}: cannot import {module_name!r} ({type(e).__name__}: {e})") from None
-    func = getattr(module, func_name, None)
+    func: object = getattr(module, func_name, None)
     if not callable(func):
         raise UserError(f"{what}: {module_name!r} has no function {func_name!r}")
     return func
@@ -57,7 +63,7 @@ def build_model(
     input_shape: tuple[int, ...] | None = None,
     num_classes: int | None = None,
     base_dir: Path | None = None,
-):
+) -> nn.Module:
     """A fresh (untrained) network. input_shape = (C, H, W) of one sample; defaults per model."""
     from torch import nn
 
@@ -91,7 +97,7 @@ def build_model(
     return model
 
 
-def load_checkpoint(model, path: Path, what: str = "model.checkpoint") -> None:
+def load_checkpoint(model: nn.Module, path: Path, what: str = "model.checkpoint") -> None:
     """Load float weights into `model`: a state_dict, or a dict holding one under 'state_dict'/'model'."""
     import torch
 
@@ -116,7 +122,7 @@ def load_checkpoint(model, path: Path, what: str = "model.checkpoint") -> None:
         raise UserError(f"{what}: {path} does not fit the model ({detail})") from None
 
 
-def fold_batchnorm(model) -> list[str]:
+def fold_batchnorm(model: nn.Module) -> list[str]:
     """Fold each BatchNorm2d that is registered directly after a Conv2d in the same parent (and has its
     channel count) into that conv, replacing the BN by nn.Identity. In place; returns the folded BN
     names. Uses the BN's running statistics: the folded model equals the original in eval mode."""
@@ -131,6 +137,8 @@ def fold_batchnorm(model) -> list[str]:
                 continue
             if bn.num_features != conv.out_channels or not bn.track_running_stats:
                 continue
+            # track_running_stats (checked above): the running_mean / running_var buffers exist
+            assert bn.running_var is not None and bn.running_mean is not None
             with torch.no_grad():
                 std = torch.sqrt(bn.running_var + bn.eps)
                 gamma = bn.weight if bn.affine else torch.ones_like(std)

@@ -27,7 +27,8 @@ class DigitsCNN(nn.Module):
         x = F.relu(self.conv1(x))
         x = F.max_pool2d(F.relu(self.conv2(x)), 2)
         x = F.relu(self.fc1(torch.flatten(x, 1)))
-        return self.fc2(x)
+        out: torch.Tensor = self.fc2(x)
+        return out
 
 
 class LeNet5(nn.Module):
@@ -48,7 +49,8 @@ class LeNet5(nn.Module):
         x = torch.flatten(x, 1)
         x = F.relu(self.fc1(x))
         x = F.relu(self.fc2(x))
-        return self.fc3(x)
+        out: torch.Tensor = self.fc3(x)
+        return out
 
 
 class BasicBlock(nn.Module):
@@ -99,7 +101,8 @@ class CifarResNet(nn.Module):
         x = F.relu(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
         x = F.adaptive_avg_pool2d(x, 1)
-        return self.fc(torch.flatten(x, 1))
+        out: torch.Tensor = self.fc(torch.flatten(x, 1))
+        return out
 
 
 def _conv_bn(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
@@ -130,4 +133,5 @@ class MobileNetTiny(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.blocks(self.stem(x))
         x = F.adaptive_avg_pool2d(x, 1)
-        return self.fc(torch.flatten(x, 1))
+        out: torch.Tensor = self.fc(torch.flatten(x, 1))
+        return out
