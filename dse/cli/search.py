@@ -34,7 +34,7 @@ def search(study, out, storage, budget, study_name, seed, no_report, threads, da
     \b
     Examples:
       dse search                                  # the default study (digits), CPU, a few minutes
-      dse search mnist_lenet5 --data ../shared/data/mnist10k.npz
+      dse search mnist_lenet5 --data ~/data/mnist10k.npz   # x [N,28,28] uint8, y
       dse search digits --storage postgresql://user:pw@host/db   # then: dse worker --storage … --study digits
     """
     from dse.rundir import RunDir
