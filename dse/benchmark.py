@@ -62,7 +62,7 @@ def bench_model(
         assign(model, {n: lib[name] for n in layers})
         set_mode(model, "lut")
         forward()  # prepares the layers' kernels (weights, tables, backend races) once
-        backends = sorted({b for layer in layers.values() for b in _layer_backends(layer)})
+        backends = sorted({b for layer in layers.values() for b in layer.kernel_backends()})
         best = float("inf")
         for _ in range(reps):
             set_mode(model, "lut")
@@ -91,14 +91,6 @@ def bench_model(
         "float_seconds": best_float,
         "rows": rows,
     }
-
-
-def _layer_backends(layer) -> list[str]:
-    """Backends of the kernel the layer prepared for its current multiplier (empty if none yet)."""
-    from dse.nn import table_key
-
-    state = layer._luts.get(table_key(layer.multiplier))
-    return list(getattr(getattr(state, "prepared", None), "backends", []))
 
 
 def format_model_table(result: dict) -> str:

@@ -228,6 +228,11 @@ class ApproxLayer(nn.Module):
             self._luts.add(tkey, ls)
         return ls
 
+    def kernel_backends(self) -> list[str]:
+        """Backends of the kernel prepared for the current multiplier (empty before its first lut forward)."""
+        ls = self._luts.get(table_key(self.multiplier))
+        return [] if ls is None else list(ls.prepared.backends)
+
     def invalidate(self) -> None:
         """Re-check cached codes (they are also re-checked automatically when weights or ranges change);
         prepared tables stay cached per multiplier while the quantization state is unchanged."""

@@ -39,6 +39,9 @@ class PreparedKernel(Protocol):
     @property
     def nbytes(self) -> int: ...
 
+    @property
+    def backends(self) -> list[str]: ...
+
     def __call__(self, codes: torch.Tensor, /) -> torch.Tensor: ...
 
 
