@@ -7,35 +7,15 @@ import pytest
 
 from dse.data import Split
 from dse.nn import Mode, approx_layers
-from dse.prepare import load_prepared, prepare
+from dse.prepare import load_prepared
 from dse.simulation import simulate_accuracy
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
-TINY = """
-name = "tiny_sim"
-[model]
-name = "digits_cnn"
-[data]
-name = "digits"
-train_size = 300
-val_size = 200
-test_size = 97
-[train]
-epochs = 2
-qat_epochs = 0
-batch_size = 64
-lr = 0.01
-calibration_batches = 2
-"""
-
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("sim")
-    (tmp / "s.toml").write_text(TINY)
-    prepare(tmp / "s.toml", out=tmp / "run", device="cpu")
-    return load_prepared(tmp / "run", device="cpu")
+def prepared(tiny_digits_run):
+    return load_prepared(tiny_digits_run, device="cpu")
 
 
 def test_the_exact_assignment_reproduces_the_quantized_accuracy_on_each_split(prepared):
