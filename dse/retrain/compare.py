@@ -12,7 +12,6 @@ from typing import Any
 from dse.data import Split
 from dse.hwconfig import resolve_assignment
 from dse.retrain.loop import RetrainResult, load_retrained, load_run, retrain
-from dse.retrain.statistics import CALIBRATION_SAMPLES
 from dse.retrain.surrogates import METHODS
 from dse.simulation import simulate_accuracy
 from dse.util import UserError
@@ -118,15 +117,12 @@ def cross_evaluate(
     multiplier_names: Sequence[str],
     method: str = "errmodel",
     epochs: int = 3,
-    lr: float = 1e-3,
-    batch_size: int | None = None,
-    calibration_samples: int = CALIBRATION_SAMPLES,
-    refresh_stats: bool = True,
-    seed: int = 0,
     data: str | None = None,
     device: str = "cpu",
+    **kwargs: Any,
 ) -> CrossEvaluation:
-    """Retrain with each multiplier's model (homogeneous), evaluate each with every multiplier (lut mode)."""
+    """Retrain with each multiplier's model (homogeneous), evaluate each with every multiplier (lut mode).
+    `kwargs`: the other arguments of `retrain` (lr, batch_size, calibration_samples, refresh_stats, seed)."""
     if not multiplier_names:
         raise UserError("--cross: no multipliers to cross-evaluate")
     prepared = load_run(Path(run_dir), data=data, device=device)
@@ -146,14 +142,10 @@ def cross_evaluate(
             {layer: name for layer in layer_names},
             method,
             epochs=epochs,
-            lr=lr,
-            batch_size=batch_size,
-            calibration_samples=calibration_samples,
-            refresh_stats=refresh_stats,
-            seed=seed,
             device=device,
             where="--cross",
             prepared=prepared,
+            **kwargs,
         )
         load_retrained(prepared, Path(res.checkpoint))
         matrix.append([simulate_accuracy(prepared, homog[c], Split.VAL, device=device) for c in columns])
