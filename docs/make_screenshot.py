@@ -13,16 +13,6 @@ import argparse
 import json
 from pathlib import Path
 
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(
@@ -36,7 +26,7 @@ def main() -> None:
 
     from playwright.sync_api import sync_playwright
 
-    from dse.report.html import write_report
+    from dse.report.html import CHROMIUM_ARGS, write_report
 
     page_path, _ = write_report(args.run_dir)
     html = page_path.read_text()
@@ -47,7 +37,7 @@ def main() -> None:
     within = [i for i in front if q is None or data["points"][i]["accuracy"] >= q - 0.01 - 1e-12]
     pick = min(within or front, key=lambda i: data["points"][i]["energy_rel"])
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=args.chromium, args=ARGS)
+        browser = pw.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": args.width, "height": 1000}, device_scale_factor=1)
         page.goto(page_path.resolve().as_uri())
         page.wait_for_selector("#pareto .scatterlayer .point")

@@ -31,6 +31,17 @@ from dse.report.results import RunResults, read_results
 from dse.rundir import RunDir
 from dse.util import UserError, atomic_write_text, to_jsonable
 
+# How docs/make_screenshot.py and the browser test open the page: headless Chromium, no network chatter.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
+
 
 def _facts(run: RunResults, points: list[PagePoint]) -> list[tuple[str, str]]:
     s, q = run.summary, run.quant_accuracy

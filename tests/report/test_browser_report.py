@@ -15,17 +15,9 @@ from test_report_fixture import fake_library, make_run_dir
 
 from dse.cli import cli
 from dse.hwconfig import config_schema
+from dse.report.html import CHROMIUM_ARGS
 
 CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
 
 
 def chromium_path() -> str:
@@ -60,7 +52,7 @@ def test_report_in_chromium(tmp_path, monkeypatch):
 
     errors: list[str] = []
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=executable, args=ARGS)
+        browser = pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         try:
             context = browser.new_context(viewport={"width": 1500, "height": 1100}, accept_downloads=True)
             # offline: any request leaving file:// fails the test
