@@ -26,7 +26,7 @@ from dse.multipliers.formulas import sign_magnitude_table
 from dse.util import atomic_write_bytes
 
 # Bump when any family definition, parameter list or cost table changes: it keys the on-disk cache.
-BUILTIN_VERSION = "4"
+BUILTIN_VERSION = "5"
 
 
 def _cache_path() -> Path:

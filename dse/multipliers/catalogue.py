@@ -115,7 +115,7 @@ def _unsigned_specs() -> tuple[BuiltinSpec, ...]:
         build = in_array(partial(circuits.operand_truncated, t))
         specs.append(BuiltinSpec(f"optrunc{t}_u8", "optrunc", {"t": t}, build, array))
     for v, t in ((4, 2), (1, 2), (1, 4), (3, 4), (4, 4), (1, 6), (2, 6), (4, 6), (1, 8)):
-        build = _circuit(partial(circuits.recursive, v, t), energy_model.exact_recursive_cost)
+        build = in_array(partial(circuits.recursive, v, t))
         params: dict[str, int | str] = {"block": f"M{v}", "max_weight": t}
         specs.append(
             BuiltinSpec(f"rec2x2_m{v}_w{t}_u8", "recursive2x2", params, build, energy_model.GATES_RECURSIVE)

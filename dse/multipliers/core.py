@@ -101,6 +101,12 @@ class Multiplier:
     def is_exact(self) -> bool:
         return not self.error_table.any()
 
+    @property
+    def dominated(self) -> bool:
+        """An approximate design that costs at least the exact multiplier of its format (energy_rel >= 1):
+        never worth choosing, so wildcard patterns (`"*"`) leave it out; its name still selects it."""
+        return self.energy_rel >= 1.0 and not self.is_exact
+
     @cached_property
     def metrics(self) -> dict[str, float]:
         return table_metrics(self.lut, self.signed)
@@ -116,6 +122,7 @@ class Multiplier:
             "signed": self.signed,
             "energy_rel": self.energy_rel,
             "energy_method": self.energy_method,
+            "dominated": self.dominated,
             "source": self.source,
             "params": self.params,
             "lut_sha256": self.sha256,

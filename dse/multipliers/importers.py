@@ -56,12 +56,14 @@ def validate_table(table: np.ndarray, signed: bool, what: str) -> np.ndarray:
 
 
 def validate_energy(value: float, what: str) -> float:
+    """A finite energy or power >= 0. Zero is a circuit with no gates (EvoApprox publishes
+    `PDK45_PWR = 0.000 mW` for its constant-output multipliers); negative, NaN and infinite are refused."""
     try:
         value = float(value)
     except (TypeError, ValueError):
-        raise UserError(f"{what}: expected a positive number, got {value!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise UserError(f"{what}: expected a positive finite number, got {value}")
+        raise UserError(f"{what}: expected a number >= 0, got {value!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise UserError(f"{what}: expected a finite number >= 0, got {value}")
     return value
 
 

@@ -23,6 +23,11 @@ from dse.multipliers.core import Multiplier
 from dse.util import UserError, atomic_write_bytes, atomic_write_json
 
 LIBRARY_ENV = "DSE_LIBRARY"
+# how to point a command at another user library (the end of a "matches no multiplier" error)
+ELSEWHERE = (
+    "; multipliers imported elsewhere: pass --library DIR or set DSE_LIBRARY=DIR "
+    '(or library = "DIR" in the search space)'
+)
 
 
 def default_library_dir() -> Path:
@@ -47,11 +52,20 @@ def select(
     Pool order (not pattern order) keeps a search genome's multiplier indices independent of how the
     patterns are written. A pattern that matches nothing is the UserError
     `f"{where}: {pattern!r} matches {nothing}{hint(pattern)}"` (a typo must not silently shrink a search
-    space)."""
+    space). A wildcard pattern leaves out dominated designs (`Multiplier.dominated`: they cost at least
+    the exact multiplier); a pattern without wildcards is a name and selects its multiplier whatever it
+    costs."""
     chosen: set[str] = set()
     for pattern in patterns:
-        hits = [m.name for m in pool if fnmatch.fnmatchcase(m.name, pattern)]
+        wildcard = any(c in pattern for c in "*?[")
+        matched = [m for m in pool if fnmatch.fnmatchcase(m.name, pattern)]
+        hits = [m.name for m in matched if not (wildcard and m.dominated)]
         if not hits:
+            if matched:
+                raise UserError(
+                    f"{where}: {pattern!r} matches only dominated multipliers (they cost at least the exact "
+                    f"one: {', '.join(m.name for m in matched[:3])}); name them to select them"
+                )
             raise UserError(f"{where}: {pattern!r} matches {nothing}{hint(pattern)}")
         chosen.update(hits)
     return [m for m in pool if m.name in chosen]
@@ -77,7 +91,8 @@ class Library:
             hint = (
                 f"; did you mean {', '.join(close)}?" if close else "; `dse multipliers list` shows them all"
             )
-            raise UserError(f"multiplier {name!r}: not in the library{hint}") from None
+            searched = f" (the built-ins + {self.library_dir})" if self.library_dir is not None else ""
+            raise UserError(f"multiplier {name!r}: not in the library{searched}{hint}{ELSEWHERE}") from None
 
     def names(self) -> list[str]:
         return list(self._items)
@@ -105,9 +120,14 @@ class Library:
                 else ""
             )
             close = difflib.get_close_matches(pattern, [m.name for m in pool], n=5, cutoff=0.5)
-            return f"{why}{'; close names: ' + ', '.join(close) if close else ''}; see `dse multipliers list`"
+            return (
+                f"{why}{'; close names: ' + ', '.join(close) if close else ''}; see `dse multipliers list`"
+                f"{ELSEWHERE}"
+            )
 
-        return select(pool, patterns, where=where, nothing=f"no {fmt}multiplier in the library", hint=hint)
+        searched = f" (the built-ins + {self.library_dir})" if self.library_dir is not None else ""
+        nothing = f"no {fmt}multiplier in the library{searched}"
+        return select(pool, patterns, where=where, nothing=nothing, hint=hint)
 
     def __iter__(self) -> Iterator[Multiplier]:
         return iter(self._items.values())

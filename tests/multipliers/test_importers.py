@@ -283,11 +283,11 @@ def test_bad_tables(tmp_path, case):
 @pytest.mark.parametrize(
     "opt,value",
     [
-        ("--energy-rel", "0"),
         ("--energy-rel", "-1"),
+        ("--energy-rel", "-0.001"),
         ("--energy-rel", "nan"),
         ("--energy-rel", "inf"),
-        ("--power-mw", "0"),
+        ("--power-mw", "-0.5"),
         ("--power-mw", "nan"),
     ],
 )
@@ -298,10 +298,28 @@ def test_bad_energy(tmp_path, opt, value):
     assert_bad(r, lib, opt)
 
 
-def test_bad_published_power_in_c_header(tmp_path):
+@pytest.mark.parametrize("power", ["-0.1", "-2"])
+def test_bad_published_power_in_c_header(tmp_path, power):
     lib = tmp_path / "lib"
-    src = write(tmp_path, "z.c", "// PDK45_PWR = 0 mW\nint mul8u_z(int a, int b) { return a * b; }\n")
+    src = write(
+        tmp_path, "z.c", f"// PDK45_PWR = {power} mW\nint mul8u_z(int a, int b) {{ return a * b; }}\n"
+    )
     assert_bad(run(["multipliers", "import", str(src), "--library", str(lib)]), lib, "PDK45_PWR")
+
+
+def test_zero_power_constant_circuit_imports_in_a_batch(tmp_path):
+    """EvoApprox publishes PDK45_PWR = 0.000 mW for constant-output circuits (mul8u_199Z, mul8u_TD3): a
+    circuit with no gates, energy 0, imported together with the rest of its set."""
+    lib = tmp_path / "lib"
+    zero = write(
+        tmp_path, "mul8u_td3.c", "// PDK45_PWR = 0.000 mW\nint mul8u_TD3(int a, int b) { return 0; }\n"
+    )
+    other = write(tmp_path, "mul8u_tst.c", EVO_UNSIGNED)
+    r = run(["multipliers", "import", str(zero), str(other), "--library", str(lib), "--json"])
+    assert r.exit_code == 0, r.output
+    by = {m.name: m for m in load_library(lib)}
+    assert by["mul8u_td3"].energy_rel == 0.0 and not by["mul8u_td3"].lut.any()
+    assert not by["mul8u_td3"].dominated and by["mul8u_tst"].energy_rel == pytest.approx(0.387 / 0.391)
 
 
 def test_existing_name_says_how_to_replace(tmp_path):

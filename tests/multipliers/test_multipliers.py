@@ -213,6 +213,43 @@ def test_all_exact_recursive_circuit_is_exact():
     assert np.array_equal(circuits.circuit_table(circuits.recursive(None, -1)), exact_table(False))
 
 
+def test_every_unsigned_circuit_is_costed_against_the_one_exact_multiplier():
+    """One scale per format: every gate-level design is its circuit's gate cost over the exact array's
+    (372 units, exact_u8 = 1.0); the recursive family was once divided by its own exact recursive circuit
+    (852.5 units) and labelled 0.68-0.99 while costing 1.55-2.27x exact_u8."""
+    by = lib_by_name()
+    reference = energy_model.gate_cost(circuits.array_multiplier(8, 8))
+    assert reference == pytest.approx(372.0)
+    for v, t in ((1, 2), (1, 6), (4, 6), (1, 8)):
+        m = by[f"rec2x2_m{v}_w{t}_u8"]
+        cost = energy_model.gate_cost(circuits.recursive(v, t))
+        assert m.energy_rel == pytest.approx(cost / reference) and m.energy_rel > 1.5, m.name
+    assert by["rec2x2_m1_w6_u8"].energy_rel == pytest.approx(1.711, abs=1e-3)
+    for h, v in ((2, 6), (4, 10)):
+        cost = energy_model.gate_cost(circuits.broken_array(h, v))
+        assert by[f"bam_h{h}_v{v}_u8"].energy_rel == pytest.approx(cost / reference)
+    for m in by.values():
+        if not m.signed and "array" not in m.energy_method and m.params["family"] != "exact":
+            pytest.fail(f"{m.name}: energy method {m.energy_method!r} does not name the exact array")
+
+
+def test_designs_that_cost_at_least_exact_are_dominated_and_left_out_of_wildcards(tmp_path):
+    by = lib_by_name()
+    dominated = {n for n, m in by.items() if m.dominated}
+    assert dominated == {n for n, m in by.items() if m.energy_rel >= 1.0 and not m.is_exact}
+    assert {"roba_u8", "roba_s8", "rec2x2_m1_w8_u8", "rec2x2_m4_w6_s8"} <= dominated
+    assert not by["exact_u8"].dominated and not by["exact_s8"].dominated and not by["drum4_u8"].dominated
+    assert by["roba_u8"].to_json()["dominated"] is True and by["drum4_u8"].to_json()["dominated"] is False
+    lib = load_library(tmp_path / "none")
+    for signed in (False, True):
+        star = {m.name for m in lib.select(["*"], signed=signed)}
+        assert star and not star & dominated
+        assert star == {m.name for m in lib.multipliers(signed) if not m.dominated}
+    assert [m.name for m in lib.select(["roba_u8"], signed=False)] == ["roba_u8"]  # by name: selected
+    with pytest.raises(UserError, match=r"'rec2x2_\*' matches only dominated multipliers"):
+        lib.select(["rec2x2_*"], signed=False)
+
+
 @pytest.mark.parametrize("k", [3, 4, 6])
 def test_drum_is_rank_one_nearly_unbiased_and_exact_on_small_operands(k):
     m = lib_by_name()[f"drum{k}_u8"]
@@ -270,7 +307,8 @@ def test_signed_variants_are_sign_magnitude_wrappers_with_their_own_metrics():
         assert m.lut[0x80, 3] == -core.lut[128, 3]
         assert m.metrics != core.metrics
         assert m.metrics["mean_error"] == pytest.approx(0, abs=1.0)  # sign symmetry cancels the core's bias
-        assert 0 < m.energy_rel < 1.5
+        assert m.energy_rel == pytest.approx(energy_model.signed_energy(core.energy_rel))
+        assert m.dominated == core.dominated and (m.energy_rel < 1.0) == (core.energy_rel < 1.0)
     exact_core = by["trunc8_u8"]
     assert by["trunc8_s8"].energy_rel == pytest.approx(energy_model.signed_energy(exact_core.energy_rel))
     assert energy_model.signed_energy(1.0) == pytest.approx(1.0)
