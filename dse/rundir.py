@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from dse.study import Study, load_study
-from dse.util import UserError, atomic_write_json, atomic_write_text
+from dse.util import UserError, atomic_write_json, atomic_write_text, load_checkpoint
 
 __all__ = ["RunDir", "stage_key"]
 
@@ -179,12 +179,12 @@ class RunDir:
 
     def read_stage_checkpoint(self, path: Path, key: str) -> dict[str, Any] | None:
         """A torch checkpoint dict a stage stored at `path`, if its `inputs_sha256` equals `key`."""
-        import torch
-
         if not Path(path).is_file():
             return None
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception:
+            obj = load_checkpoint(path, "stage checkpoint")
+        except UserError:
+            raise  # a crafted checkpoint is refused, not silently recomputed
+        except Exception:  # a truncated or stale file is recomputed
             return None
         return obj if isinstance(obj, dict) and obj.get("inputs_sha256") == key else None

@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import TensorDataset
 
-from dse.util import UserError, atomic_torch_save, log, progress
+from dse.util import UserError, atomic_torch_save, load_checkpoint, log, progress
 
 
 @dataclass
@@ -155,7 +155,7 @@ def fit(
     stream = None if reseed_each_epoch else torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     if resume_path is not None and Path(resume_path).exists():
-        state = torch.load(resume_path, map_location=device, weights_only=False)
+        state = load_checkpoint(resume_path, "training resume checkpoint", map_location=device)
         if state.get("key") == resume_key:
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])

@@ -83,6 +83,23 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def load_checkpoint(path: Path | str, what: str = "checkpoint", map_location: Any = "cpu") -> Any:
+    """A torch checkpoint of a run directory, loaded with `weights_only=True`: tensors and plain data only
+    (what dse writes). A file that holds anything else (a pickle that would run code) is refused with a
+    one-line UserError before any of it runs. Other read errors (missing, truncated) propagate as they are."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise UserError(
+            f"{path}: {what} refused: it holds objects other than tensors and plain data, which dse never "
+            "writes (loading it could run code); delete it to recompute that stage"
+        ) from None
+
+
 def read_json(path: Path, what: str = "JSON file") -> Any:
     path = Path(path)
     if not path.exists():

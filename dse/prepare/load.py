@@ -20,7 +20,7 @@ from dse.quant import QuantFormat
 from dse.rundir import RunDir, stage_key
 from dse.study import SearchSpace, Study, load_study
 from dse.train import dataset_tensors
-from dse.util import UserError, resolve_device
+from dse.util import UserError, load_checkpoint, resolve_device
 
 __all__ = ["Prepared", "is_prepared", "load_prepared", "open_run"]
 
@@ -69,7 +69,9 @@ def is_prepared(run_dir: str | Path | RunDir) -> bool:
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     try:
         result = json.loads(run.result_json.read_text())
-        key = torch.load(run.qat_ckpt, map_location="cpu", weights_only=False).get("inputs_sha256")
+        key = load_checkpoint(run.qat_ckpt, "QAT checkpoint").get("inputs_sha256")
+    except UserError:
+        raise  # a crafted checkpoint is refused, not taken for "not prepared"
     except Exception:
         return False
     return isinstance(result, dict) and result.get("inputs_sha256") == stage_key("result", key)
@@ -97,7 +99,7 @@ def load_prepared(
                 f"prepared on ({k} differs from splits.json); give the original with --data or prepare again"
             )
     fmt = study.load_search_space().quant_format(study.train.per_channel)
-    ckpt = torch.load(run.qat_ckpt, map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint(run.qat_ckpt, "QAT checkpoint")
     model = quantized_model(study, splits, fmt, ckpt.get("folded_batchnorm", []))
     model.load_state_dict(ckpt["state_dict"])
     model.to(dev).eval()

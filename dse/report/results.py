@@ -26,7 +26,7 @@ from dse.prepare.records import PreparedLayer
 from dse.rundir import RunDir
 from dse.search.records import BASELINE_NAMES, SearchPoint, Summary
 from dse.search.summary import summary_from_storage
-from dse.util import UserError, read_json, sha256_file
+from dse.util import UserError, load_checkpoint, read_json, sha256_file
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -210,7 +210,6 @@ def quant_params(
     """Per layer: the activation (scale, zero point, observed range) and weight (scale, zero point per output
     channel) quantization parameters of the QAT checkpoint, computed by `dse.quant` from its state_dict.
     None when there is no checkpoint (or one torch cannot read)."""
-    import torch
 
     from dse.quant import ActivationQuantizer, QuantFormat, weight_qparams
 
@@ -218,11 +217,13 @@ def quant_params(
     if not ckpt.is_file() or not space.get("format"):
         return None
     try:
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        state = load_checkpoint(ckpt, "QAT checkpoint")
         state = state.get("state_dict", state) if isinstance(state, dict) else None
         fmt = QuantFormat.from_names(
             space["format"], space.get("weight_scheme"), True if per_channel is None else per_channel
         )
+    except UserError:
+        raise  # a crafted checkpoint is refused
     except Exception:  # a checkpoint we cannot read here: the configuration says so with null
         return None
     if not isinstance(state, dict):

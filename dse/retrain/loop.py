@@ -46,7 +46,14 @@ from dse.retrain.surrogates import METHODS, build_surrogates
 from dse.rundir import RunDir
 from dse.simulation import simulate_accuracy
 from dse.train import fit
-from dse.util import UserError, atomic_torch_save, atomic_write_json, sha256_bytes, sha256_file
+from dse.util import (
+    UserError,
+    atomic_torch_save,
+    atomic_write_json,
+    load_checkpoint,
+    sha256_bytes,
+    sha256_file,
+)
 
 
 @dataclass(frozen=True)
@@ -178,7 +185,7 @@ def train_epochs(
     cpu_times: list[float] = []
     start = 0
     if resume_path is not None and resume_path.exists():
-        state = torch.load(resume_path, map_location="cpu", weights_only=False)
+        state = load_checkpoint(resume_path, "retraining resume checkpoint")
         if state.get("key") == key:
             model.load_state_dict(state["model"])
             start, times, cpu_times = state["epoch"], state["times"], state["cpu_times"]
@@ -308,6 +315,6 @@ def retrain(
 
 def load_retrained(prepared: Prepared, checkpoint: Path) -> nn.Module:
     """The prepared model with the retrained weights of `checkpoint` loaded (in place; returned)."""
-    blob = torch.load(Path(checkpoint), map_location="cpu", weights_only=False)
+    blob = load_checkpoint(Path(checkpoint), "retrained checkpoint")
     prepared.model.load_state_dict(blob["state_dict"])
     return prepared.model

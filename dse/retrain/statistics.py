@@ -22,7 +22,7 @@ from dse.multipliers.core import Multiplier
 from dse.nn import approx_layers, approximated
 from dse.prepare import Prepared
 from dse.train import dataset_tensors
-from dse.util import atomic_torch_save
+from dse.util import atomic_torch_save, load_checkpoint
 
 CALIBRATION_SAMPLES = 512
 STATS_VERSION = 1
@@ -201,7 +201,7 @@ def get_error_stats(
     assignment's layers (0 seconds), else measured and stored there."""
     path = out_dir / "errstats.pt"
     if path.exists():
-        blob = torch.load(path, map_location="cpu", weights_only=False)
+        blob = load_checkpoint(path, "error statistics")
         if blob.get("version") == STATS_VERSION and set(blob["layers"]) == {
             n for n, m in multipliers.items() if not m.is_exact
         }:

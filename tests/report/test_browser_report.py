@@ -11,7 +11,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 from click.testing import CliRunner
-from test_report_fixture import fake_library, make_run_dir
+from report_fixture import fake_library, make_run_dir
 
 from dse.cli import cli
 from dse.hwconfig import config_schema

@@ -8,7 +8,7 @@ import json
 import jsonschema
 import pytest
 from click.testing import CliRunner
-from test_report_fixture import LAYERS, QUANT_ACC, fake_library, make_run_dir
+from report_fixture import LAYERS, QUANT_ACC, fake_library, make_run_dir
 
 from dse.cli import cli
 from dse.hwconfig import config_schema, read_assignment, read_config, validate_config

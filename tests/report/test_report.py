@@ -8,7 +8,7 @@ import re
 
 import pytest
 from click.testing import CliRunner
-from test_report_fixture import fake_library, make_run_dir
+from report_fixture import fake_library, make_run_dir
 
 from dse.cli import cli
 from dse.report.export import export_config
@@ -124,7 +124,7 @@ def test_report_while_search_runs_reads_optuna_storage(tmp_path):
     """No summary.json yet: the page shows the trials completed so far in search/optuna.db."""
     import optuna
     from optuna.distributions import CategoricalDistribution
-    from test_report_fixture import LAYERS, MULTS
+    from report_fixture import LAYERS, MULTS
 
     run_dir = tmp_path / "run"
     summary = make_run_dir(run_dir)

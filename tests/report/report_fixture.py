@@ -1,5 +1,6 @@
 """A synthetic but realistic run directory (what `dse search` leaves behind) and a small multiplier library,
-shared by the report / export / browser tests. No tests here: helpers only (imported by name)."""
+shared by the report / export / browser tests and the crafted-checkpoint tests. Helpers only, hence no
+`test_` prefix (a test file without tests is a defect)."""
 
 from __future__ import annotations
 
