@@ -88,9 +88,13 @@ def predict_p3(
     col_scale: ArrayLike | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """P3's population model (paper Eqs. 15–16 via agn-approx): per sampled field i, (μ_i, σ_i²) of the
-    table under (local p_x^{(i)}, global p_w); σ_pred = √(K·mean σ_i² + K²·Var μ_i), mean = K·mean μ_i.
+    table under (local p_x^{(i)}, global p_w); the accumulator error X has Var X = K·mean σ_i² +
+    K²·Var μ_i and E X = K·mean μ_i. Pooled over output columns with their float scales s (independent
+    of X): Var(sX) = E[s²]·Var X + Var(s)·(E X)², mean E[s]·E X (the Var(s) term matters for a biased
+    table with spread scales: scales 0.2–2.0, K = 64, truncation: 799 with it, 239 without).
 
-    local_hists [S, 256] (rows normalised), hist_w [256], err [M, 256, 256]. Returns (σ [M], mean [M]).
+    local_hists [S, 256] (rows normalised), hist_w [256], err [M, 256, 256], col_scale: one scale or
+    one per output column. Returns (σ [M], mean [M]).
     """
     hx = np.asarray(local_hists, np.float64)
     hw = np.asarray(hist_w, np.float64)
@@ -101,9 +105,11 @@ def predict_p3(
     mu_i = hx @ ew.T  # [S, M]
     var_i = np.maximum(hx @ e2w.T - mu_i**2, 0.0)
     k = float(fan_in)
-    total_var = k * var_i.mean(axis=0) + k * k * mu_i.var(axis=0)
-    s = np.atleast_1d(np.asarray(1.0 if col_scale is None else col_scale, np.float64))
-    return np.sqrt(total_var) * np.sqrt(np.mean(s * s)), k * mu_i.mean(axis=0) * np.mean(s)
+    var_x = k * var_i.mean(axis=0) + k * k * mu_i.var(axis=0)
+    mean_x = k * mu_i.mean(axis=0)
+    s = np.atleast_1d(np.asarray(1.0 if col_scale is None else col_scale, np.float64)).reshape(-1)
+    var_out = np.mean(s * s) * var_x + np.var(s) * mean_x**2
+    return np.sqrt(var_out), mean_x * np.mean(s)
 
 
 def predict_weight_aware(

@@ -211,3 +211,26 @@ def test_t11_p3_population_model():
     s_same, _ = est.predict_p3(same, hw, err[None], k)
     _, var_e = an.error_moments(err, local[0], hw)
     assert s_same[0] == pytest.approx(np.sqrt(k * var_e), rel=1e-9)
+
+
+def test_p3_pools_spread_column_scales_with_the_variance_of_the_scales():
+    """Var(sX) = E[s²]·Var X + Var(s)·(E X)² over output columns with float scales s: with a biased table
+    (truncation errs low) and scales 0.2–2.0 the Var(s) term dominates; scaling σ by rms(s) alone (the
+    old form) predicted about a third of the Monte Carlo std."""
+    rng = np.random.default_rng(3)
+    _, hw, _ = _dists()
+    err = _trunc_table()
+    k = 64
+    local = _field_sample(rng, 256, k)
+    scales = np.linspace(0.2, 2.0, 32)
+    sig, mean = est.predict_p3(local, hw, err[None], k, col_scale=scales)
+    sums = []  # MC: per field, 64 outputs, each of K fresh activations and weights, one column's scale
+    for i in range(local.shape[0]):
+        x = _draw(rng, local[i], (64, k))
+        w = _draw(rng, hw, (64, k))
+        sums.append(err[x, w].sum(axis=1) * rng.choice(scales, size=64))
+    sums = np.concatenate(sums)
+    assert sig[0] == pytest.approx(sums.std(), rel=0.03)
+    assert mean[0] == pytest.approx(sums.mean(), rel=0.03)
+    s_old, _ = est.predict_p3(local, hw, err[None], k, col_scale=np.sqrt(np.mean(scales**2)))
+    assert s_old[0] < 0.6 * sums.std()  # the Var(s)·(E X)² term is most of it here
