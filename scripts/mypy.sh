@@ -10,7 +10,7 @@ mkdir "$tree/dse"
 for f in "$root"/dse/*; do ln -s "$f" "$tree/dse/"; done
 ln -s "$root/kernels" "$tree/dse/kernels"
 cd "$tree"
-packages=(dse.kernels dse.multipliers dse.search dse.nn dse.quant dse.prepare dse.rundir dse.study dse.train dse.agn dse.simulation dse.util dse.cli.options dse.hwconfig dse.errors dse.retrain dse.energy dse.data dse.models)
+packages=(dse.kernels dse.multipliers dse.search dse.nn dse.quant dse.prepare dse.rundir dse.study dse.train dse.agn dse.simulation dse.util dse.cli.options dse.hwconfig dse.errors dse.retrain dse.energy dse.data dse.models dse.hardware)
 args=()
 for p in "${packages[@]}"; do args+=(-p "$p"); done
 exec mypy --config-file "$root/pyproject.toml" --cache-dir "$root/.mypy_cache" "${args[@]}" "$@"

@@ -79,6 +79,9 @@ class Multiplier:
     energy_method: str
     source: str = "builtin"
     params: dict[str, Any] = field(default_factory=dict)
+    # yosys' generic-cell synthesis of the circuit (`dse.hardware.synth`; shipped in `synth.json`), or None
+    synth_cells: int | None = None
+    synth_area_rel: float | None = None  # relative to the exact multiplier of the same format
 
     def __post_init__(self) -> None:
         lut = np.ascontiguousarray(self.lut, dtype=np.int32)
@@ -122,6 +125,8 @@ class Multiplier:
             "signed": self.signed,
             "energy_rel": self.energy_rel,
             "energy_method": self.energy_method,
+            "synth_cells": self.synth_cells,
+            "synth_area_rel": self.synth_area_rel,
             "dominated": self.dominated,
             "source": self.source,
             "params": self.params,

@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 LAYERS: list[tuple[str, ...]] = [
     ("dse.util",),
     ("dse.multipliers",),
+    ("dse.hardware",),
     ("dse.kernels",),
     ("dse.energy", "dse.quant", "dse.nn", "dse.models", "dse.data"),
     ("dse.study", "dse.rundir", "dse.train", "dse.prepare", "dse.simulation"),

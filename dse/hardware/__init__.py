@@ -1,0 +1,1 @@
+"""Hardware hand-off: Verilog, test vectors, iverilog verification, yosys synthesis, toggle activity."""
