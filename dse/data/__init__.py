@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from dse.data.batches import load_batch
 from dse.util import UserError
 
 if TYPE_CHECKING:
@@ -141,7 +141,7 @@ def load_cifar10(path: Path | str | None) -> tuple[np.ndarray, np.ndarray]:
     for f in found:
         try:
             with open(f, "rb") as fh:
-                batch = pickle.load(fh, encoding="bytes")
+                batch = load_batch(fh)  # restricted: a crafted batch runs nothing
             xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
             ys.append(np.asarray(batch[b"labels"], dtype=np.int64))
         except Exception as e:
