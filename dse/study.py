@@ -45,8 +45,17 @@ class ModelConfig(_Section):
 
 
 class DataConfig(_Section):
-    name: str = Field("digits", description="digits | npz | cifar10 | mnist_idx | 'module:function'")
-    path: str = Field("", description="file or directory of the data ('' for digits); --data overrides it")
+    name: str = Field(
+        "digits",
+        description="digits | npz | cifar10 | mnist_idx | fashion_mnist | 'module:function'. Sources with an "
+        "official train/test division (CIFAR-10 batches, idx train + t10k files, an .npz with x_test/y_test) "
+        "draw val and test from the official test split and train from the train split",
+    )
+    path: str = Field(
+        "",
+        description="file or directory of the data ('' for digits; for fashion_mnist '' means Debian's "
+        "/usr/share/datasets/fashion-mnist); --data overrides it",
+    )
     train_size: int | None = Field(
         None, ge=1, description="at most this many train images; None: all the rest"
     )
@@ -56,10 +65,23 @@ class DataConfig(_Section):
     augment: Literal["none", "shift", "crop_flip"] | None = Field(
         None, description="train-batch augmentation; None: crop_flip for cifar10, none otherwise"
     )
+    mean: list[float] | None = Field(
+        None,
+        description="per-channel input mean: the model sees (x - mean) / std of the [0, 1] images "
+        "(give with std, one value per channel); None: no normalisation",
+    )
+    std: list[float] | None = Field(
+        None, description="per-channel input std (each > 0), with mean; None: no normalisation"
+    )
 
 
 class TrainConfig(_Section):
-    epochs: int = Field(10, ge=0, description="float training epochs")
+    epochs: int | None = Field(
+        None,
+        ge=0,
+        description="float training epochs; None: 10, or 0 with model.checkpoint (the checkpoint is used as "
+        "it is; epochs > 0 fine-tunes it)",
+    )
     qat_epochs: int = Field(2, ge=0, description="quantization-aware training epochs")
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0)

@@ -1,16 +1,28 @@
 """Datasets, all local (nothing is downloaded), and their fixed, seeded, disjoint splits.
 
-A loader returns the whole pool of labelled images; `load_splits` draws train / validation / test from
-one seeded permutation of that pool (so the official train/test division of CIFAR-10 or MNIST is not
-kept: the pool is re-split, and the split is recorded in the run directory's splits.json).
-Images become float32 in [0, 1] (uint8 / 255; digits / 16), shape [N, C, H, W], labels int64.
-No mean subtraction: inputs stay non-negative so that unsigned activation formats carry them.
+A loader returns the labelled images of a source (`Source`) and, where the source has one, where its
+official test split starts. `load_splits` then draws the splits:
+- **official split** (CIFAR-10 batches, MNIST / Fashion-MNIST idx files with both train and t10k files, an
+  `.npz` with `x_test` / `y_test`): validation and test are drawn, by one seeded permutation, from the
+  official *test* split, and training from the official *train* split only, so that a network trained on
+  the train split never sees a validation image it was trained on;
+- **pool** (digits, an `.npz` without a test split, a user function, idx files of one split): the pool is
+  re-split by one seeded permutation (validation, test, then train from the rest).
+splits.json records which (`"split": "official" | "pool"`).
+Images become float32 in [0, 1] (uint8 / 255; digits / 16), shape [N, C, H, W], labels int64. With
+`[data] mean` / `std` (one value per channel) the images are normalised, (x - mean) / std, before the model
+sees them; without, inputs stay non-negative so that unsigned activation formats carry them (with, the
+first layer's negative inputs take the format's rule: a shifted zero point for unsigned).
 
 Sources (`[data] name`):
 - `digits`: scikit-learn's bundled 8x8 digits (1,797 images, no path).
-- `npz`: a `.npz` file with arrays `x` ([N,H,W], [N,H,W,C] or [N,C,H,W]) and `y` ([N]).
-- `cifar10`: a directory with the CIFAR-10 python batches (`data_batch_1..5`, `test_batch`).
-- `mnist_idx`: a directory with MNIST idx files (`*-images-idx3-ubyte` / `*-labels-idx1-ubyte`, `.gz` ok).
+- `npz`: a `.npz` file with arrays `x` ([N,H,W], [N,H,W,C] or [N,C,H,W]) and `y` ([N]), optionally
+  `x_test` / `y_test` (the official test split).
+- `cifar10`: a directory with the CIFAR-10 python batches (`data_batch_1..5`, `test_batch`; all six).
+- `mnist_idx`: a directory with MNIST idx files (`*-images-idx3-ubyte` / `*-labels-idx1-ubyte`, `.gz` ok;
+  `train-*` and `t10k-*` files are the official splits).
+- `fashion_mnist`: Fashion-MNIST idx files; the path defaults to Debian's `dataset-fashion-mnist`
+  (`FASHION_MNIST_DIR`, /usr/share/datasets/fashion-mnist).
 - `"module:function"`: the user's function; called with the path if one is given, returns `(x, y)`.
 The file-based sources follow what the path is: a `.npz` file is read as `npz`, a directory as CIFAR-10
 batches (when it holds them) or MNIST idx files, so `--data` may point at either form of a dataset.
@@ -35,7 +47,10 @@ if TYPE_CHECKING:
     import torch
     from torch.utils.data import TensorDataset
 
-BUILTIN_DATASETS = ("digits", "npz", "cifar10", "mnist_idx")
+BUILTIN_DATASETS = ("digits", "npz", "cifar10", "mnist_idx", "fashion_mnist")
+# where Debian's package `dataset-fashion-mnist` installs the idx files: the default of `fashion_mnist`
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_HINT = "apt-get install dataset-fashion-mnist"
 
 
 class Split(str, Enum):
@@ -86,6 +101,21 @@ class DataSpec(Protocol):
     def seed(self) -> int: ...
     @property
     def augment(self) -> str | None: ...
+    @property
+    def mean(self) -> list[float] | None: ...
+    @property
+    def std(self) -> list[float] | None: ...
+
+
+@dataclass(frozen=True)
+class Source:
+    """The labelled images of a source: x float32 [N,C,H,W], y int64 [N]. `test_start`: the index where
+    the official test split begins (x[:test_start] is the official train split), None for a pool."""
+
+    x: np.ndarray
+    y: np.ndarray
+    test_start: int | None = None
+    kind: str = ""
 
 
 # ---------------------------------------------------------------------------------------------- loaders
@@ -111,7 +141,8 @@ def load_digits_pool() -> tuple[np.ndarray, np.ndarray]:
     return (images.astype(np.float32) / 16.0)[:, None], target.astype(np.int64)
 
 
-def load_npz(path: Path | str | None) -> tuple[np.ndarray, np.ndarray]:
+def load_npz(path: Path | str | None) -> Source:
+    """Arrays `x`, `y` and, when both are there, the official test split `x_test`, `y_test` (appended)."""
     path = _existing(path, "file")
     try:
         with np.load(path, allow_pickle=False) as f:
@@ -122,14 +153,28 @@ def load_npz(path: Path | str | None) -> tuple[np.ndarray, np.ndarray]:
                         f"data.path: {path} has no array '{key}' (found: {', '.join(sorted(keys)) or 'none'}); "
                         "expected arrays 'x' (images) and 'y' (labels)"
                     )
-            return f["x"], f["y"]
+            if ("x_test" in keys) != ("y_test" in keys):
+                raise UserError(
+                    f"data.path: {path} has only one of 'x_test' / 'y_test' (give both or neither)"
+                )
+            x, y = f["x"], f["y"]
+            if "x_test" not in keys:
+                return Source(x, y, None, "npz")
+            xt, yt = f["x_test"], f["y_test"]
+            if xt.shape[1:] != x.shape[1:] or len(xt) != len(yt) or len(y) != len(x):
+                raise UserError(
+                    f"data.path: {path}: x_test {list(xt.shape)} / y_test {list(yt.shape)} do not match "
+                    f"x {list(x.shape)} / y {list(y.shape)}"
+                )
+            return Source(np.concatenate([x, xt]), np.concatenate([y, yt]), len(x), "npz")
     except UserError:
         raise
     except Exception as e:
         raise UserError(f"data.path: {path} is not a readable .npz file ({type(e).__name__}: {e})") from None
 
 
-def load_cifar10(path: Path | str | None) -> tuple[np.ndarray, np.ndarray]:
+def load_cifar10(path: Path | str | None) -> Source:
+    """The five training batches, then `test_batch` (the official test split); all six must be there."""
     path = _existing(path, "directory")
     if (path / "cifar-10-batches-py").is_dir():
         path = path / "cifar-10-batches-py"
@@ -137,6 +182,11 @@ def load_cifar10(path: Path | str | None) -> tuple[np.ndarray, np.ndarray]:
     found = [path / n for n in names if (path / n).exists()]
     if not found:
         raise UserError(f"data.path: {path} holds no CIFAR-10 python batches (expected {', '.join(names)})")
+    missing = [n for n in names if not (path / n).exists()]
+    if missing:
+        raise UserError(
+            f"data.path: {path} lacks the CIFAR-10 batch {', '.join(missing)} (expected {', '.join(names)})"
+        )
     xs, ys = [], []
     for f in found:
         try:
@@ -148,7 +198,7 @@ def load_cifar10(path: Path | str | None) -> tuple[np.ndarray, np.ndarray]:
             raise UserError(
                 f"data.path: {f} is not a CIFAR-10 python batch ({type(e).__name__}: {e})"
             ) from None
-    return np.concatenate(xs), np.concatenate(ys)
+    return Source(np.concatenate(xs), np.concatenate(ys), sum(len(v) for v in ys[:-1]), "cifar10")
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -165,10 +215,20 @@ def _read_idx(path: Path) -> np.ndarray:
     return body.reshape(dims)
 
 
-def load_mnist_idx(path: Path | str | None) -> tuple[np.ndarray, np.ndarray]:
-    path = _existing(path, "directory")
-    xs, ys = [], []
-    for images in sorted(path.glob("*images*idx3-ubyte*")):
+def _idx_split(name: str) -> str:
+    """'train', 'test' (t10k / test files) or '' for an idx file name."""
+    low = name.lower()
+    return "test" if ("t10k" in low or "test" in low) else "train" if "train" in low else ""
+
+
+def load_mnist_idx(path: Path | str | None, kind: str = "mnist_idx") -> Source:
+    """Every images/labels pair of the directory; with both `train-*` and `t10k-*` (or `test`) files,
+    the train files first and then the official test split."""
+    path = _existing(path, "directory", kind)
+    xs, ys, splits = [], [], []
+    # train files first, then test files (sorted within each), so that test_start is one index
+    files = sorted(path.glob("*images*idx3-ubyte*"), key=lambda f: (_idx_split(f.name) == "test", f.name))
+    for images in files:
         labels = path / images.name.replace("images", "labels").replace("idx3", "idx1")
         if not labels.exists():
             raise UserError(f"data.path: {images} has no matching labels file {labels.name}")
@@ -177,17 +237,22 @@ def load_mnist_idx(path: Path | str | None) -> tuple[np.ndarray, np.ndarray]:
             raise UserError(f"data.path: {images.name} has {len(x)} images but {labels.name} {len(y)} labels")
         xs.append(x)
         ys.append(y)
+        splits.append(_idx_split(images.name))
     if not xs:
         raise UserError(f"data.path: {path} holds no MNIST idx files (expected *-images-idx3-ubyte[.gz])")
-    return np.concatenate(xs), np.concatenate(ys)
+    test_start = None
+    if "test" in splits and "train" in splits and "" not in splits:
+        test_start = sum(len(v) for v, s in zip(ys, splits) if s == "train")
+    return Source(np.concatenate(xs), np.concatenate(ys), test_start, kind)
 
 
-def _existing(path: Path | str | None, kind: str) -> Path:
+def _existing(path: Path | str | None, kind: str, source: str = "") -> Path:
+    hint = f"; install it with `{FASHION_MNIST_HINT}`" if source == "fashion_mnist" else ""
     if path is None or str(path) == "":
         raise UserError(f"data.path: this dataset needs a {kind}; give it in the study or with --data PATH")
     path = Path(path).expanduser()
     if not path.exists():
-        raise UserError(f"data.path: {path} not found (expected a {kind}; override with --data PATH)")
+        raise UserError(f"data.path: {path} not found (expected a {kind}; override with --data PATH){hint}")
     return path
 
 
@@ -232,16 +297,30 @@ def load_pool(
     name: str, path: str | Path | None = None, base_dir: Path | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """All labelled images of a dataset source -> (x float32 [N,C,H,W], y int64 [N])."""
-    if name in ("npz", "mnist_idx", "cifar10") and path not in (None, ""):
-        name = _kind_of(Path(path).expanduser(), name)
+    source = load_source(name, path, base_dir)
+    return source.x, source.y
+
+
+def load_source(name: str, path: str | Path | None = None, base_dir: Path | None = None) -> Source:
+    """The labelled images of a dataset source, normalised to x float32 [N,C,H,W] and y int64 [N], with
+    where its official test split starts (None: the source is one pool)."""
+    if name == "fashion_mnist" and path in (None, ""):
+        path = FASHION_MNIST_DIR
+    fashion = name == "fashion_mnist"
+    if name in ("npz", "mnist_idx", "cifar10", "fashion_mnist") and path not in (None, ""):
+        name = _kind_of(Path(path).expanduser(), "mnist_idx" if fashion else name)
+    test_start: int | None = None
     if name == "digits":
         x, y = load_digits_pool()
-    elif name == "npz":
-        x, y = load_npz(path)
-    elif name == "cifar10":
-        x, y = load_cifar10(path)
-    elif name == "mnist_idx":
-        x, y = load_mnist_idx(path)
+    elif name in ("npz", "cifar10", "mnist_idx"):
+        if name == "npz":
+            src = load_npz(path)
+        elif name == "cifar10":
+            src = load_cifar10(path)
+        else:
+            src = load_mnist_idx(path, "fashion_mnist" if fashion else "mnist_idx")
+        x, y, test_start = src.x, src.y, src.test_start
+        name = "fashion_mnist" if fashion and name == "mnist_idx" else name
     elif ":" in name:
         from dse.models import import_function
 
@@ -259,7 +338,8 @@ def load_pool(
         raise UserError(
             f"data.name: unknown dataset {name!r}; expected one of {', '.join(BUILTIN_DATASETS)} or 'module:function'"
         )
-    return _normalise(x, y, f"data ({name})")
+    x, y = _normalise(x, y, f"data ({name})")
+    return Source(x, y, test_start, name)
 
 
 # ------------------------------------------------------------------------------------------------ splits
@@ -287,6 +367,51 @@ def split_indices(
     return train, val, test
 
 
+def official_split_indices(
+    n: int, test_start: int, train_size: int | None, val_size: int, test_size: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Seeded disjoint (train, val, test) over range(n) for a source whose official test split is
+    [test_start, n): val and test are drawn from the official test split (one permutation of it: val
+    first, then test), train from the official train split [0, test_start) (at most `train_size`)."""
+    if val_size < 1 or test_size < 0:
+        raise UserError(f"data: val_size must be >= 1 and test_size >= 0 (got {val_size}, {test_size})")
+    n_test = n - test_start
+    if val_size + test_size > n_test:
+        raise UserError(
+            f"data: the official test split has {n_test} images, too few for val_size={val_size} + "
+            f"test_size={test_size} (validation and test are drawn from it)"
+        )
+    if test_start < 1:
+        raise UserError("data: the official train split is empty")
+    rng = np.random.default_rng(seed)
+    perm_test = test_start + rng.permutation(n_test)
+    val = np.sort(perm_test[:val_size])
+    test = np.sort(perm_test[val_size : val_size + test_size])
+    train_size = test_start if train_size is None else min(train_size, test_start)
+    train = np.sort(rng.permutation(test_start)[:train_size])
+    return train, val, test
+
+
+def normalisation(
+    mean: list[float] | None, std: list[float] | None, channels: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """[data] mean / std as float32 [1, C, 1, 1] arrays (None when neither is given); UserError when only
+    one is given, a length is not the channel count, or a std is <= 0."""
+    if mean is None and std is None:
+        return None
+    if mean is None or std is None:
+        raise UserError("data: give both mean and std (one value per channel), or neither")
+    for key, values in (("mean", mean), ("std", std)):
+        if len(values) != channels:
+            raise UserError(
+                f"data.{key}: expected {channels} value(s), one per image channel, got {len(values)}"
+            )
+    if min(std) <= 0:
+        raise UserError(f"data.std: every value must be > 0, got {list(std)}")
+    shape = (1, channels, 1, 1)
+    return np.asarray(mean, np.float32).reshape(shape), np.asarray(std, np.float32).reshape(shape)
+
+
 def _sha(arr: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()
 
@@ -300,24 +425,44 @@ def load_splits(
     from torch.utils.data import TensorDataset
 
     path = path_override if path_override not in (None, "") else data_cfg.path
-    x, y = load_pool(data_cfg.name, path, base_dir)
-    train, val, test = split_indices(
-        len(x), data_cfg.train_size, data_cfg.val_size, data_cfg.test_size, data_cfg.seed
-    )
+    source = load_source(data_cfg.name, path, base_dir)
+    x, y = source.x, source.y
+    norm = normalisation(data_cfg.mean, data_cfg.std, x.shape[1])
+    if source.test_start is not None:
+        train, val, test = official_split_indices(
+            len(x),
+            source.test_start,
+            data_cfg.train_size,
+            data_cfg.val_size,
+            data_cfg.test_size,
+            data_cfg.seed,
+        )
+    else:
+        train, val, test = split_indices(
+            len(x), data_cfg.train_size, data_cfg.val_size, data_cfg.test_size, data_cfg.seed
+        )
+    data_sha = hashlib.sha256(_sha(x).encode() + _sha(y).encode()).hexdigest()
+    if norm is not None:
+        x = (x - norm[0]) / norm[1]
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     num_classes = int(y.max()) + 1
     augment = data_cfg.augment
     if augment is None:  # default: the standard augmentation where it is standard
         augment = "crop_flip" if data_cfg.name == "cifar10" else "none"
-    info = {
+    info: dict[str, Any] = {
         "seed": data_cfg.seed,
         "pool_size": len(x),
         "sizes": {"train": len(train), "val": len(val), "test": len(test)},
         "index_sha256": {"train": _sha(train), "val": _sha(val), "test": _sha(test)},
-        "data_sha256": hashlib.sha256(_sha(x).encode() + _sha(y).encode()).hexdigest(),
+        "data_sha256": data_sha,
         "num_classes": num_classes,
         "input_shape": list(x.shape[1:]),
+        "split": "official" if source.test_start is not None else "pool",
     }
+    if source.test_start is not None:
+        info["official_sizes"] = {"train": int(source.test_start), "test": int(len(x) - source.test_start)}
+    if norm is not None:
+        info["mean"], info["std"] = list(data_cfg.mean or []), list(data_cfg.std or [])
     return Splits(
         train=TensorDataset(xt[train], yt[train]),
         val=TensorDataset(xt[val], yt[val]),

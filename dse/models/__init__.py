@@ -42,7 +42,17 @@ def import_function(spec: str, what: str, base_dir: Path | None = None) -> Calla
             assert loader_spec is not None and loader_spec.loader is not None
             module = importlib.util.module_from_spec(loader_spec)
             sys.modules[mod_id] = module
-            loader_spec.loader.exec_module(module)
+            # the file's folder on sys.path while it runs, so that it imports its sibling modules
+            folder = str(path.resolve().parent)
+            sys.path.insert(0, folder)
+            try:
+                loader_spec.loader.exec_module(module)
+            except BaseException:
+                sys.modules.pop(mod_id, None)
+                raise
+            finally:
+                if folder in sys.path:
+                    sys.path.remove(folder)
         else:
             if base_dir is not None and str(base_dir) not in sys.path:
                 sys.path.insert(0, str(base_dir))
@@ -50,7 +60,8 @@ def import_function(spec: str, what: str, base_dir: Path | None = None) -> Calla
     except UserError:
         raise
     except Exception as e:  # any import failure of user code is bad input
-        raise UserError(f"{what}: cannot import {module_name!r} ({type(e).__name__}: {e})") from None
+        message = " ".join(str(e).split())  # one line
+        raise UserError(f"{what}: cannot import {module_name!r} ({type(e).__name__}: {message})") from None
     func: object = getattr(module, func_name, None)
     if not callable(func):
         raise UserError(f"{what}: {module_name!r} has no function {func_name!r}")
@@ -97,8 +108,31 @@ def build_model(
     return model
 
 
+def checkpoint_state_dict(obj: object) -> dict[str, Any] | None:
+    """The state_dict in a loaded checkpoint as people save it: a state_dict, or a dict holding one under
+    'state_dict' / 'model' / 'model_state_dict' / 'net' (next to 'epoch', 'best_prec1', optimizer state …),
+    with the 'module.' prefix of nn.DataParallel / DistributedDataParallel removed. None: no state_dict."""
+    import torch
+
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "model", "net"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(k, str) for k in obj):
+        return None
+    if not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        return None
+    state: dict[str, Any] = dict(obj)
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    return state
+
+
 def load_checkpoint(model: nn.Module, path: Path, what: str = "model.checkpoint") -> None:
-    """Load float weights into `model`: a state_dict, or a dict holding one under 'state_dict'/'model'."""
+    """Load float weights into `model`: a state_dict, or a dict holding one (`checkpoint_state_dict`:
+    'state_dict' / 'model' / …, DataParallel's 'module.' prefixes removed). UserError naming the first
+    missing and unexpected keys when it does not fit."""
     import torch
 
     path = Path(path)
@@ -108,46 +142,127 @@ def load_checkpoint(model: nn.Module, path: Path, what: str = "model.checkpoint"
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise UserError(f"{what}: {path} is not a readable torch checkpoint ({type(e).__name__})") from None
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
-    elif isinstance(obj, dict) and isinstance(obj.get("model"), dict):
-        obj = obj["model"]
-    if not isinstance(obj, dict):
-        raise UserError(f"{what}: {path} holds no state_dict")
+    state = checkpoint_state_dict(obj)
+    if state is None:
+        raise UserError(f"{what}: {path} holds no state_dict (a dict of tensors, or one under 'state_dict')")
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing, first {missing[0]!r}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected, first {unexpected[0]!r}")
+        raise UserError(f"{what}: {path} does not fit the model (keys: {'; '.join(parts)})")
+    for k, v in expected.items():
+        got = state[k]
+        if isinstance(got, torch.Tensor) and got.shape != v.shape:
+            raise UserError(
+                f"{what}: {path} does not fit the model ({k}: shape {list(got.shape)} in the checkpoint, "
+                f"{list(v.shape)} in the model)"
+            )
     try:
-        model.load_state_dict(obj)
+        model.load_state_dict(state)
     except RuntimeError as e:
         first = str(e).strip().splitlines()
         detail = "; ".join(line.strip() for line in first[1:3]) or first[0]
         raise UserError(f"{what}: {path} does not fit the model ({detail})") from None
 
 
-def fold_batchnorm(model: nn.Module) -> list[str]:
-    """Fold each BatchNorm2d that is registered directly after a Conv2d in the same parent (and has its
-    channel count) into that conv, replacing the BN by nn.Identity. In place; returns the folded BN
-    names. Uses the BN's running statistics: the folded model equals the original in eval mode."""
+def _fold_into(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    """conv <- bn(conv(.)) with the BN's running statistics (exact in eval mode)."""
     import torch
+    from torch import nn
+
+    # track_running_stats (checked by the callers): the running_mean / running_var buffers exist
+    assert bn.running_var is not None and bn.running_mean is not None
+    with torch.no_grad():
+        std = torch.sqrt(bn.running_var + bn.eps)
+        gamma = bn.weight if bn.affine else torch.ones_like(std)
+        beta = bn.bias if bn.affine else torch.zeros_like(std)
+        scale = gamma / std
+        conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(std)
+        new_bias = (bias - bn.running_mean) * scale + beta
+        conv.bias = nn.Parameter(new_bias.detach().clone())
+
+
+def _foldable(conv: object, bn: object) -> bool:
+    from torch import nn
+
+    return (
+        isinstance(conv, nn.Conv2d)
+        and isinstance(bn, nn.BatchNorm2d)
+        and bn.num_features == conv.out_channels
+        and bn.track_running_stats
+    )
+
+
+def _replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+
+
+def _fold_traced(model: nn.Module) -> list[str]:
+    """Fold, through the traced graph (torch.fx), each BatchNorm2d whose input is the output of a Conv2d
+    used by nothing else, where both modules are called once: BN wherever the model registers it. A model
+    that cannot be traced (data-dependent control flow) folds nothing here. -> folded BN names."""
+    from collections import Counter
+
+    from torch import fx, nn
+
+    try:
+        graph = fx.Tracer().trace(model)
+    except Exception:  # untraceable user code: its BNs stay in float (listed by unfolded_batchnorm)
+        return []
+    calls = Counter(str(node.target) for node in graph.nodes if node.op == "call_module")
+    folded = []
+    for node in graph.nodes:
+        if node.op != "call_module" or len(node.args) != 1 or node.kwargs:
+            continue
+        src = node.args[0]
+        if not isinstance(src, fx.Node) or src.op != "call_module" or len(src.users) != 1:
+            continue
+        bn_name, conv_name = str(node.target), str(src.target)
+        if calls[bn_name] != 1 or calls[conv_name] != 1:
+            continue
+        bn, conv = model.get_submodule(bn_name), model.get_submodule(conv_name)
+        if not _foldable(conv, bn):
+            continue
+        assert isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)  # _foldable
+        _fold_into(conv, bn)
+        _replace_module(model, bn_name, nn.Identity())
+        folded.append(bn_name)
+    return folded
+
+
+def fold_batchnorm(model: nn.Module) -> list[str]:
+    """Fold BatchNorm2d into the Conv2d it normalises, replacing the BN by nn.Identity; in place; returns
+    the folded BN names. First each BN registered directly after a Conv2d in the same parent (and of its
+    channel count), then, through the traced graph (torch.fx), each remaining BN whose input is a conv's
+    output that nothing else reads (a block that registers its BN before its conv, or elsewhere). Uses the
+    BN's running statistics: the folded model equals the original in eval mode. BNs that neither finds
+    stay (`unfolded_batchnorm`)."""
     from torch import nn
 
     folded = []
     for parent_name, parent in list(model.named_modules()):
         children = list(parent.named_children())
         for (_, conv), (bn_name, bn) in zip(children, children[1:]):
-            if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)):
+            if not _foldable(conv, bn):
                 continue
-            if bn.num_features != conv.out_channels or not bn.track_running_stats:
-                continue
-            # track_running_stats (checked above): the running_mean / running_var buffers exist
-            assert bn.running_var is not None and bn.running_mean is not None
-            with torch.no_grad():
-                std = torch.sqrt(bn.running_var + bn.eps)
-                gamma = bn.weight if bn.affine else torch.ones_like(std)
-                beta = bn.bias if bn.affine else torch.zeros_like(std)
-                scale = gamma / std
-                conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
-                bias = conv.bias if conv.bias is not None else torch.zeros_like(std)
-                new_bias = (bias - bn.running_mean) * scale + beta
-                conv.bias = nn.Parameter(new_bias.detach().clone())
+            assert isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)  # _foldable
+            _fold_into(conv, bn)
             setattr(parent, bn_name, nn.Identity())
             folded.append(f"{parent_name}.{bn_name}" if parent_name else bn_name)
+    if unfolded_batchnorm(model):
+        folded += _fold_traced(model)
     return folded
+
+
+def unfolded_batchnorm(model: nn.Module) -> list[str]:
+    """Names of the BatchNorm layers still in `model` (they run in float, unapproximated)."""
+    from torch import nn
+
+    return [name for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]

@@ -67,7 +67,9 @@ class PrepareResult:
     Accuracies are fractions on the validation split (`*_test_accuracy`: the test split): float network,
     exactly quantized (`quant`), and through the exact table (`lut`, equal to quant by construction).
     `splits`: images per split; `stages`: per stage whether it was trained / cached / computed;
-    `seconds`: per stage and `total`, of this call."""
+    `seconds`: per stage and `total`, of this call. `float_batchnorm`: the BatchNorm layers that could not
+    be folded into a convolution and run in float; `lut_exact_test_accuracy`: the exact table on test
+    (None in results written before it was measured); `split`: "official" or "pool" (splits.json)."""
 
     study: str
     run_dir: str
@@ -84,6 +86,9 @@ class PrepareResult:
     device: str
     stages: dict[str, str]
     seconds: dict[str, float]
+    lut_exact_test_accuracy: float | None = None
+    float_batchnorm: tuple[str, ...] = ()
+    split: str = "pool"
 
     def to_json(self) -> dict[str, Any]:
         """The JSON document, keys in the order result.json has always had."""
@@ -103,6 +108,9 @@ class PrepareResult:
             "device": self.device,
             "stages": dict(self.stages),
             "seconds": dict(self.seconds),
+            "lut_exact_test_accuracy": self.lut_exact_test_accuracy,
+            "float_batchnorm": list(self.float_batchnorm),
+            "split": self.split,
         }
 
     @staticmethod
@@ -124,4 +132,9 @@ class PrepareResult:
             device=d["device"],
             stages=dict(d["stages"]),
             seconds={k: float(v) for k, v in d["seconds"].items()},
+            lut_exact_test_accuracy=(
+                None if d.get("lut_exact_test_accuracy") is None else float(d["lut_exact_test_accuracy"])
+            ),
+            float_batchnorm=tuple(d.get("float_batchnorm", ())),
+            split=str(d.get("split", "pool")),
         )

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from dse.data import Splits, load_splits
-from dse.models import build_model, fold_batchnorm, load_checkpoint
+from dse.models import build_model, fold_batchnorm, load_checkpoint, unfolded_batchnorm
 from dse.nn import Mode, approximated, calibrate, convert, layer_infos, set_mode
 from dse.prepare.records import PreparedFormat, PreparedLayer, PrepareResult
 from dse.quant import QuantFormat
@@ -42,6 +42,13 @@ def _calibration_batches(
     return [(x[idx[i : i + bs]].to(device), y[idx[i : i + bs]].to(device)) for i in range(0, len(idx), bs)]
 
 
+def float_epochs(study: Study) -> int:
+    """Float training epochs: `[train] epochs`, else 0 with a checkpoint (used as it is) and 10 without."""
+    if study.train.epochs is not None:
+        return study.train.epochs
+    return 0 if study.model.checkpoint else 10
+
+
 def _fold_checked(model: torch.nn.Module, sample: torch.Tensor) -> list[str]:
     """Fold BatchNorm into the preceding convs if the folded network computes the same outputs on
     `sample` (eval mode); otherwise leave the model alone (BN then stays a float layer). -> folded names."""
@@ -58,6 +65,9 @@ def _fold_checked(model: torch.nn.Module, sample: torch.Tensor) -> list[str]:
         log(f"prepare: BatchNorm not folded (folded outputs differ by {err:.3g}); BN stays in float")
         return []
     fold_batchnorm(model)
+    left = unfolded_batchnorm(model)
+    if left:
+        log(f"prepare: {len(left)} BatchNorm layer(s) not foldable, they stay in float: {', '.join(left)}")
     return names
 
 
@@ -128,6 +138,8 @@ def prepare(
     run.write_study(study)
     atomic_write_json(run.splits_json, splits.info)
     data_id = {k: splits.info[k] for k in ("data_sha256", "index_sha256", "seed")}
+    if "mean" in splits.info:  # the normalised images are other inputs (absent: the keys of before)
+        data_id["normalisation"] = [splits.info["mean"], splits.info["std"]]
     stages: dict[str, str] = {}
     seconds: dict[str, float] = {}
 
@@ -135,8 +147,9 @@ def prepare(
     t = study.train
     ckpt_path = Path(study.model.checkpoint) if study.model.checkpoint else None
     checkpoint_sha = sha256_file(ckpt_path) if ckpt_path is not None and ckpt_path.is_file() else None
+    epochs = float_epochs(study)
     float_key = stage_key(
-        "float", study.model.model_dump(), checkpoint_sha, data_id, study.data.augment, t.epochs, t.batch_size, t.lr,
+        "float", study.model.model_dump(), checkpoint_sha, data_id, study.data.augment, epochs, t.batch_size, t.lr,
         t.optimizer, t.weight_decay, t.seed,
     )  # fmt: skip
     torch.manual_seed(t.seed)
@@ -155,12 +168,12 @@ def prepare(
         if study.model.checkpoint:
             load_checkpoint(model, Path(study.model.checkpoint))
             stages["float"] = "checkpoint"
-        else:
+        if epochs > 0:  # train, or fine-tune the checkpoint
             fit(
                 model,
                 splits.train,
                 splits.val,
-                epochs=t.epochs,
+                epochs=epochs,
                 lr=t.lr,
                 augment=splits.augment,
                 desc="float",
@@ -168,7 +181,7 @@ def prepare(
                 resume_key=float_key,
                 **_train_kwargs(study, dev),
             )
-            stages["float"] = "trained"
+            stages["float"] = "fine-tuned" if study.model.checkpoint else "trained"
         atomic_torch_save({"state_dict": model.state_dict(), "inputs_sha256": float_key}, run.float_ckpt)
     model.to(dev).eval()
     float_accuracy = evaluate_accuracy(model, splits.val, t.eval_batch_size, dev)
@@ -232,6 +245,7 @@ def prepare(
     quant_test_accuracy = evaluate_accuracy(model, splits.test, t.eval_batch_size, dev)
     with approximated(model, {}):
         lut_exact_accuracy = evaluate_accuracy(model, splits.val, t.eval_batch_size, dev)
+        lut_exact_test_accuracy = evaluate_accuracy(model, splits.test, t.eval_batch_size, dev)
     stages["evaluate"] = "computed"
     seconds["evaluate"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - t_start
@@ -254,6 +268,9 @@ def prepare(
         device=str(dev),
         stages=stages,
         seconds=seconds,
+        lut_exact_test_accuracy=lut_exact_test_accuracy,
+        float_batchnorm=tuple(unfolded_batchnorm(model)),
+        split=str(splits.info.get("split", "pool")),
     )
     run.write_stage_json(run.result_json, result_key, result.to_json())
     return result

@@ -15,7 +15,16 @@ from dse.data import crop_flip, load_pool, load_splits, split_indices
 from dse.util import UserError
 
 
-def cfg(name: str, path: str = "", val_size: int = 10, test_size: int = 5, train_size=None, seed: int = 0):
+def cfg(
+    name: str,
+    path: str = "",
+    val_size: int = 10,
+    test_size: int = 5,
+    train_size=None,
+    seed: int = 0,
+    mean=None,
+    std=None,
+):
     return SimpleNamespace(
         name=name,
         path=path,
@@ -24,6 +33,8 @@ def cfg(name: str, path: str = "", val_size: int = 10, test_size: int = 5, train
         train_size=train_size,
         seed=seed,
         augment=None,
+        mean=mean,
+        std=std,
     )
 
 
@@ -80,14 +91,20 @@ def test_mnist_idx_without_labels_says_which(tmp_path):
         load_pool("mnist_idx", tmp_path)
 
 
+def write_cifar(folder: Path, rng, train_sizes, test_size: int) -> None:
+    """CIFAR-10 python batches data_batch_1..5 (of `train_sizes` images) and test_batch, labels 0, 1, …"""
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name, n in zip(names, [*train_sizes, test_size]):
+        data = rng.integers(0, 256, (n, 3072)).astype(np.uint8)
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"data": data, b"labels": list(range(n))}, f)
+
+
 def test_cifar10_python_batches(tmp_path):
     rng = np.random.default_rng(1)
-    for name, n in (("data_batch_1", 5), ("test_batch", 3)):
-        data = rng.integers(0, 256, (n, 3072)).astype(np.uint8)
-        with open(tmp_path / name, "wb") as f:
-            pickle.dump({b"data": data, b"labels": list(range(n))}, f)
+    write_cifar(tmp_path, rng, [2, 1, 1, 1, 0], 3)
     x, y = load_pool("cifar10", tmp_path)
-    assert x.shape == (8, 3, 32, 32) and y.tolist() == [0, 1, 2, 3, 4, 0, 1, 2]
+    assert x.shape == (8, 3, 32, 32) and y.tolist() == [0, 1, 0, 0, 0, 0, 1, 2]
     with open(tmp_path / "data_batch_1", "rb") as f:
         first = pickle.load(f)[b"data"][0]
     # channel-major rows, as the CIFAR-10 python format stores them
