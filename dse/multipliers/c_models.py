@@ -8,11 +8,20 @@ the function's name `mul8s_*` / `mul8u_*`, then its argument types (`int8_t`/`si
 signed model whose result type is unsigned has its result read as int16 (the low 16 bits in two's
 complement), as EvoApprox's signed models need. `// KEY = value` header lines are kept as published
 metadata (EvoApprox's `PDK45_PWR = … mW` gives the energy).
+
+A C model is code compiled and run as the user (trust it as such); the driver still runs fenced in: in a
+session and process group of its own (the whole group is killed at the time limit and after the driver
+exits, so a `fork()`ed child cannot outlive the import), under CPU-time, address-space, file-size and
+process-count limits (`DRIVER_*`), with its stdout/stderr written to a file capped at
+`DRIVER_OUTPUT_BYTES` (a model that prints without end is stopped, not buffered in memory).
 """
 
 from __future__ import annotations
 
+import math
+import os
 import re
+import signal
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -25,6 +34,9 @@ from dse.util import UserError
 
 COMPILE_TIMEOUT_S = 60.0
 RUN_TIMEOUT_S = 10.0
+DRIVER_MEMORY_BYTES = 1 << 30  # address space of the driver (its table is 512 KiB)
+DRIVER_OUTPUT_BYTES = 1 << 20  # stdout + stderr, and any file it writes (the table file is 512 KiB)
+DRIVER_PROCESSES = 0  # processes it may fork (RLIMIT_NPROC; not enforced for root: the group kill is)
 
 _HEADER_RE = re.compile(r"^\s*//\s*([A-Za-z][A-Za-z0-9_%]*)\s*=\s*(.*?)\s*$")
 _FUNC_RE = re.compile(
@@ -133,6 +145,66 @@ int main(int argc, char **argv) {
 """
 
 
+def _driver_limits(timeout_s: float) -> None:
+    """In the driver's process before exec: CPU seconds, address space, file size, process count."""
+    import resource
+
+    cpu = int(math.ceil(timeout_s)) + 1
+    for limit, value in (
+        (resource.RLIMIT_CPU, cpu),
+        (resource.RLIMIT_AS, DRIVER_MEMORY_BYTES),
+        (resource.RLIMIT_FSIZE, DRIVER_OUTPUT_BYTES),
+        (resource.RLIMIT_NPROC, DRIVER_PROCESSES),
+        (resource.RLIMIT_CORE, 0),
+    ):
+        resource.setrlimit(limit, (value, value))
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):  # the group is gone already
+        pass
+
+
+def _run_driver(argv: list[str], cwd: Path, timeout_s: float, path: Path) -> int:
+    """Run the compiled driver fenced in (see the module docstring); its exit status (negative: signal).
+    Its process group is killed whatever happens, so nothing it started survives this call."""
+    if not (math.isfinite(timeout_s) and timeout_s > 0):
+        raise UserError(f"--timeout: expected a positive finite number of seconds, got {timeout_s}")
+    with open(cwd / "output.txt", "wb") as out:
+        proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,  # its own session and process group (pgid = its pid)
+            preexec_fn=lambda: _driver_limits(timeout_s),
+        )
+        try:
+            return proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise UserError(
+                f"{path}: the C model did not finish all 65,536 products within {timeout_s:g} s (does it loop?)"
+            ) from None
+        finally:
+            _kill_group(proc.pid)
+            proc.wait()
+
+
+def _last_line(path: Path, limit: int = 200) -> str:
+    """The last non-empty line of the driver's (capped) output, shortened to `limit` characters."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            tail = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    lines = [ln.strip() for ln in tail.splitlines() if ln.strip()]
+    return lines[-1][:limit] if lines else ""
+
+
 def _run_c_model(source: bytes, fn: CFunction, signed: bool, path: Path, timeout_s: float) -> np.ndarray:
     with tempfile.TemporaryDirectory(prefix="dse-cimport-") as tmp:
         tmpdir = Path(tmp)
@@ -157,17 +229,18 @@ def _run_c_model(source: bytes, fn: CFunction, signed: bool, path: Path, timeout
             first = first.replace(str(tmpdir) + "/", "").replace("model.c", path.name)
             raise UserError(f"{path}: does not compile with cc: {first.strip()}")
         out_file = tmpdir / "table.bin"
-        try:
-            run = subprocess.run(
-                [str(exe), str(out_file)], cwd=tmpdir, capture_output=True, timeout=timeout_s
-            )
-        except subprocess.TimeoutExpired:
+        returncode = _run_driver([str(exe), str(out_file)], tmpdir, timeout_s, path)
+        if returncode == -signal.SIGXFSZ:
             raise UserError(
-                f"{path}: the C model did not finish all 65,536 products within {timeout_s:g} s (does it loop?)"
-            ) from None
-        if run.returncode != 0:
-            how = f"signal {-run.returncode}" if run.returncode < 0 else f"exit code {run.returncode}"
-            raise UserError(f"{path}: the C model crashed while computing the table ({how})")
+                f"{path}: the C model wrote more than {DRIVER_OUTPUT_BYTES >> 20} MiB (output or files); "
+                "stopped"
+            )
+        if returncode != 0:
+            how = f"signal {-returncode}" if returncode < 0 else f"exit code {returncode}"
+            last = _last_line(tmpdir / "output.txt")
+            raise UserError(
+                f"{path}: the C model crashed while computing the table ({how}{': ' + last if last else ''})"
+            )
         raw = np.fromfile(out_file, dtype="<i8")
     if raw.size != 65536:
         raise UserError(f"{path}: the C model produced {raw.size} products instead of 65,536")
