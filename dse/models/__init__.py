@@ -204,18 +204,18 @@ def _replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
 
-def _fold_traced(model: nn.Module) -> list[str]:
+def _fold_traced(model: nn.Module) -> list[str] | None:
     """Fold, through the traced graph (torch.fx), each BatchNorm2d whose input is the output of a Conv2d
-    used by nothing else, where both modules are called once: BN wherever the model registers it. A model
-    that cannot be traced (data-dependent control flow) folds nothing here. -> folded BN names."""
+    used by nothing else, where both modules are called once: BN wherever the model registers it.
+    -> folded BN names (graph order); None when the model cannot be traced (nothing folded)."""
     from collections import Counter
 
     from torch import fx, nn
 
     try:
         graph = fx.Tracer().trace(model)
-    except Exception:  # untraceable user code: its BNs stay in float (listed by unfolded_batchnorm)
-        return []
+    except Exception:  # untraceable user code (data-dependent control flow)
+        return None
     calls = Counter(str(node.target) for node in graph.nodes if node.op == "call_module")
     folded = []
     for node in graph.nodes:
@@ -239,14 +239,18 @@ def _fold_traced(model: nn.Module) -> list[str]:
 
 def fold_batchnorm(model: nn.Module) -> list[str]:
     """Fold BatchNorm2d into the Conv2d it normalises, replacing the BN by nn.Identity; in place; returns
-    the folded BN names. First each BN registered directly after a Conv2d in the same parent (and of its
-    channel count), then, through the traced graph (torch.fx), each remaining BN whose input is a conv's
-    output that nothing else reads (a block that registers its BN before its conv, or elsewhere). Uses the
-    BN's running statistics: the folded model equals the original in eval mode. BNs that neither finds
-    stay (`unfolded_batchnorm`)."""
+    the folded BN names. Through the traced graph (torch.fx): each BN whose input is a conv's output that
+    nothing else reads, wherever the model registers it (before its conv, in another container). A model
+    that cannot be traced (data-dependent control flow) folds each BN registered directly after a Conv2d
+    in the same parent (and of its channel count) instead. Uses the BN's running statistics: the folded
+    model equals the original in eval mode (`dse prepare` checks it). BNs not folded stay in float
+    (`unfolded_batchnorm`)."""
     from torch import nn
 
-    folded = []
+    folded = _fold_traced(model)
+    if folded is not None:
+        return folded
+    folded = []  # the model cannot be traced: fold by registration order
     for parent_name, parent in list(model.named_modules()):
         children = list(parent.named_children())
         for (_, conv), (bn_name, bn) in zip(children, children[1:]):
@@ -256,8 +260,6 @@ def fold_batchnorm(model: nn.Module) -> list[str]:
             _fold_into(conv, bn)
             setattr(parent, bn_name, nn.Identity())
             folded.append(f"{parent_name}.{bn_name}" if parent_name else bn_name)
-    if unfolded_batchnorm(model):
-        folded += _fold_traced(model)
     return folded
 
 

@@ -61,7 +61,9 @@ def test_checkpoint_that_does_not_fit_names_the_first_missing_and_unexpected_key
     state = Net().state_dict()
     state["head.weight"] = state.pop("fc.weight")
     torch.save({"state_dict": state, "epoch": 3}, tmp_path / "renamed.pt")
-    with pytest.raises(UserError, match=r"1 missing, first 'fc\.weight'; 1 unexpected, first 'head\.weight'") as e:
+    with pytest.raises(
+        UserError, match=r"1 missing, first 'fc\.weight'; 1 unexpected, first 'head\.weight'"
+    ) as e:
         load_checkpoint(Net(), tmp_path / "renamed.pt")
     assert "\n" not in str(e.value)
     state = Net().state_dict()
@@ -125,3 +127,46 @@ def test_conv_whose_output_is_also_read_elsewhere_is_not_folded():
 
     model = Branch().eval()
     assert fold_batchnorm(model) == [] and unfolded_batchnorm(model) == ["bn"]
+
+
+def test_batchnorm_registered_after_the_wrong_conv_is_folded_into_its_own():
+    class ConvsThenNorms(nn.Module):
+        """conv1, conv2, bn1, bn2: registration order would pair conv2 with bn1."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(4, 4, 3, padding=1)
+            self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+            self.bn1 = nn.BatchNorm2d(4)
+            self.bn2 = nn.BatchNorm2d(4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+
+    torch.manual_seed(2)
+    model = ConvsThenNorms()
+    model.train()
+    model(torch.randn(8, 4, 6, 6) * 3 + 2)
+    model.eval()
+    x = torch.randn(2, 4, 6, 6)
+    ref = model(x)
+    assert fold_batchnorm(model) == ["bn1", "bn2"]
+    assert torch.allclose(model(x), ref, atol=1e-5)
+
+
+def test_untraceable_model_folds_by_registration_order():
+    class Dynamic(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3)
+            self.bn = nn.BatchNorm2d(4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.sum() > 0:  # data-dependent: torch.fx cannot trace it
+                x = x * 2
+            return self.bn(self.conv(x))
+
+    model = Dynamic().eval()
+    x = torch.rand(2, 1, 6, 6)
+    ref = model(x)
+    assert fold_batchnorm(model) == ["bn"] and torch.allclose(model(x), ref, atol=1e-5)
