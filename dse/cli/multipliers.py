@@ -63,6 +63,8 @@ _COLUMNS = (
     ("MRE%", "{:>8.3f}"),
     ("EP%", "{:>7.2f}"),
     ("energy", "{:>7.3f}"),
+    ("synth", "{:>7}"),
+    ("cells", "{:>7}"),
     ("source", "{}"),
 )
 
@@ -76,7 +78,7 @@ def _table_rows(mults: Sequence[Multiplier]) -> list[str]:
         else f"{name:>8}"
         if i < 5
         else f"{name:>7}"
-        if i < 7
+        if i < 9
         else name
         for i, (name, _) in enumerate(_COLUMNS)
     )
@@ -91,6 +93,8 @@ def _table_rows(mults: Sequence[Multiplier]) -> list[str]:
             x["mre_percent"],
             x["ep_percent"],
             m.energy_rel,
+            "-" if m.synth_area_rel is None else f"{m.synth_area_rel:.3f}",
+            "-" if m.synth_cells is None else str(m.synth_cells),
         )
         cells = [fmt.format(v) for (_, fmt), v in zip(_COLUMNS, vals)]
         src = m.params.get("family", "") if m.source == "builtin" else m.params.get("file", "")
@@ -109,6 +113,10 @@ def _table_rows(mults: Sequence[Multiplier]) -> list[str]:
 def list_cmd(ctx: click.Context, signed: bool | None, as_json: bool, library: Path | None) -> None:
     """List the multipliers with their metrics (MAE%, WCE%, MRE%, EP% over all 65,536 operand pairs) and
     energy_rel (relative to the exact multiplier of the same format).
+
+    `energy` is the gate-model energy_rel; `synth` / `cells` the yosys synthesis of the circuit
+    (synth_area_rel: generic-cell area relative to the exact multiplier of the same format; synth_cells:
+    cell count), `-` for designs without a circuit (closed-form families, imported tables).
 
     \b
     Examples:
@@ -246,26 +254,110 @@ def import_cmd(
 
 @multipliers.command("export")
 @click.argument("name")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="FILE.npy: the table.")
 @click.option(
-    "-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="FILE.npy"
+    "--verilog",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="FILE.v: the circuit's Verilog (built-in circuit families only).",
+)
+@click.option(
+    "--vectors",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="FILE.hex: all 65,536 operand pairs and products ($readmemh; a, b, int32 product per line).",
 )
 @_library_option
 @click.pass_context
-def export_cmd(ctx: click.Context, name: str, output: Path, library: Path | None) -> None:
+def export_cmd(
+    ctx: click.Context,
+    name: str,
+    output: Path | None,
+    verilog: Path | None,
+    vectors: Path | None,
+    library: Path | None,
+) -> None:
     """Write a multiplier's table as .npy: int32 [256, 256], lut[activation_byte, weight_byte]
-    (signed operands indexed by their two's-complement byte).
+    (signed operands indexed by their two's-complement byte); with --verilog its gate-level Verilog (top
+    module NAME, ports a = activation, b = weight, NAME_out = 16-bit product; from ariths-gen, signed
+    designs as a sign-magnitude wrapper around the core), with --vectors its test vectors.
 
     \b
     Examples:
       dse multipliers export drum4_u8 -o drum4.npy
+      dse multipliers export bam_h2_v6_u8 --verilog bam.v --vectors bam.hex
       python -c "import numpy; print(numpy.load('drum4.npy')[3, 5])"
     """
     from dse.multipliers.importers import table_to_npy_bytes
     from dse.multipliers.library import load_library
-    from dse.util import atomic_write_bytes
+    from dse.util import atomic_write_bytes, atomic_write_text
 
+    if output is None and verilog is None and vectors is None:
+        raise UserError("export: give -o FILE.npy, --verilog FILE.v and/or --vectors FILE.hex")
     m = load_library(_library_dir(ctx, library)).get(name)
-    if output.suffix.lower() != ".npy":
+    if output is not None and output.suffix.lower() != ".npy":
         raise UserError(f"-o {output}: expected a file name ending in .npy")
-    atomic_write_bytes(output, table_to_npy_bytes(m.lut))
-    click.echo(f"wrote {output} ({m.name}, {m.format}, int32 [256, 256], sha256 {m.sha256[:16]}…)", err=True)
+    design = None
+    if verilog is not None:
+        from dse.hardware.verilog import verilog as verilog_of
+
+        design = verilog_of(m)
+        if design is None:
+            raise UserError(
+                f"--verilog: {m.name} has no circuit (closed-form family or imported table); "
+                "use -o for its table"
+            )
+    if output is not None:
+        atomic_write_bytes(output, table_to_npy_bytes(m.lut))
+        click.echo(
+            f"wrote {output} ({m.name}, {m.format}, int32 [256, 256], sha256 {m.sha256[:16]}…)", err=True
+        )
+    if verilog is not None and design is not None:
+        atomic_write_text(verilog, design)
+        click.echo(f"wrote {verilog} (module {m.name})", err=True)
+    if vectors is not None:
+        from dse.hardware.vectors import vector_text
+
+        atomic_write_text(vectors, vector_text(m))
+        click.echo(f"wrote {vectors} (65,536 operand pairs of {m.name})", err=True)
+
+
+@multipliers.command("verify")
+@click.argument("names", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Every multiplier of the library that has a circuit.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON list of the results.")
+@_library_option
+@click.pass_context
+def verify_cmd(
+    ctx: click.Context, names: tuple[str, ...], all_: bool, as_json: bool, library: Path | None
+) -> None:
+    """Simulate each multiplier's exported Verilog with Icarus Verilog (Debian `iverilog`) over all 65,536
+    operand pairs and check that it reproduces the table bit for bit. Exit 1 when a design differs (the
+    first differing operand pair is named); designs without a circuit are errors when named, skipped
+    with --all.
+
+    \b
+    Examples:
+      dse multipliers verify bam_h2_v6_u8 bam_h2_v6_s8
+      dse multipliers verify --all --json
+    """
+    from dse.hardware.simulate import verify
+    from dse.hardware.verilog import has_circuit
+    from dse.multipliers.library import load_library
+    from dse.util import emit_json, progress
+
+    if bool(names) == all_:
+        raise UserError("verify: give multiplier NAMES or --all (not both)")
+    lib = load_library(_library_dir(ctx, library))
+    mults = [m for m in lib.multipliers() if has_circuit(m)] if all_ else [lib.get(n) for n in names]
+    for m in mults:
+        if not has_circuit(m):
+            raise UserError(f"{m.name}: no circuit to verify (closed-form family or imported table)")
+    results = [verify(m) for m in progress(mults, desc="iverilog", unit="design")]
+    if as_json:
+        emit_json([r.to_json() for r in results])
+    else:
+        for r in results:
+            click.echo(("ok    " if r.ok else "FAIL  ") + r.message())
+        bad = sum(not r.ok for r in results)
+        click.echo(f"{len(results) - bad} of {len(results)} designs reproduce their table", err=True)
+    if any(not r.ok for r in results):
+        ctx.exit(1)

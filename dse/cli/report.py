@@ -63,21 +63,36 @@ def report(run_dir: Path, out: Path | None, open_browser: bool, as_json: bool) -
     help="Output file (default RUN_DIR/configs/trial_N.json).",
 )
 @click.option(
+    "--hardware",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Also write DIR: per multiplier used, its Verilog (built-in circuits) or C file (imported C "
+    "models), its 65,536 test vectors, and manifest.json tying them to the configuration's LUT sha256.",
+)
+@click.option(
     "--json", "as_json", is_flag=True, help='Print {"path", "trial", "energy_rel", "accuracy"} as JSON.'
 )
 def export(
-    run_dir: Path, trial: int | None, max_accuracy_loss: float | None, out: Path | None, as_json: bool
+    run_dir: Path,
+    trial: int | None,
+    max_accuracy_loss: float | None,
+    out: Path | None,
+    hardware: Path | None,
+    as_json: bool,
 ) -> None:
     """Write one point of a run as a per-layer configuration JSON (validated against the shipped schema).
 
     \b
     Examples:
       dse export runs/digits --max-accuracy-loss 1.0 -o cfg.json
-      dse export runs/digits --trial 17 -o trial17.json
+      dse export runs/digits --trial 17 -o trial17.json --hardware hw/
     """
-    from dse.report.export import export_config
+    from dse.report.export import export_config, export_hardware
 
     path, config = export_config(run_dir, out, trial=trial, max_accuracy_loss=max_accuracy_loss)
+    if hardware is not None:
+        for e in export_hardware(path, config, hardware):
+            log(f"{hardware}/{e.name}: {e.note} (layers {', '.join(e.layers)})")
     t = config["totals"]
     info = {
         "path": str(path),

@@ -28,7 +28,7 @@ import numpy as np
 from dse.multipliers.c_models import RUN_TIMEOUT_S, read_c_model
 from dse.multipliers.core import Multiplier
 from dse.multipliers.library import load_library, save_user_multiplier
-from dse.util import UserError, sha256_bytes
+from dse.util import UserError, atomic_write_bytes, sha256_bytes
 
 EXACT_POWER_MW = {False: 0.391, True: 0.425}  # EvoApprox exact 8-bit multipliers, PDK45
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,79}$")
@@ -232,8 +232,10 @@ def import_into_library(
                     f"--name {m.name}: already in the library {library_dir}; pass --replace to overwrite it "
                     "or --name to choose another name"
                 )
-    for m in imported:
+    for m, p in zip(imported, paths):
         save_user_multiplier(m, library_dir, replace=replace)
+        if "function" in m.params:  # a C model: keep its source for the hardware hand-off
+            atomic_write_bytes(Path(library_dir) / f"{m.name}.c", Path(p).read_bytes())
     return imported
 
 

@@ -87,3 +87,13 @@ def export_config(
         raise UserError(f"-o {out}: is a directory; expected a file name such as cfg.json")
     write_config(out, config)
     return out, config
+
+
+def export_hardware(config_path: Path, config: dict[str, Any], out: Path) -> list[Any]:
+    """The hardware hand-off of an exported configuration (`dse.hardware.handoff.write_handoff`): Verilog or
+    C file, test vectors and a manifest per multiplier the configuration uses."""
+    from dse.hardware.handoff import write_handoff
+    from dse.multipliers.library import default_library_dir
+
+    lib = load_library()
+    return write_handoff(out, config["layers"], {m.name: m for m in lib}, config_path, default_library_dir())

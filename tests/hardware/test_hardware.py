@@ -157,3 +157,78 @@ def test_layer_activity_relative_to_exact() -> None:
     assert a.shape == b.shape == (64, 64)
     assert (b == b[:, :1]).all()  # weight-stationary: one weight per multiplier
     assert b.max() <= 127
+
+
+C_MODEL = """// PDK45_PWR = 0.200 mW
+#include <stdint.h>
+uint16_t mul8u_HW(uint8_t A, uint8_t B) { return (uint16_t)(A * B) & 0xFFF0; }
+"""
+
+
+def test_handoff_writes_verilog_c_file_vectors_and_manifest(tmp_path) -> None:
+    from dse.hardware.handoff import write_handoff
+    from dse.multipliers.importers import import_into_library
+    from dse.multipliers.library import load_library
+
+    lib_dir = tmp_path / "lib"
+    src = tmp_path / "mul8u_HW.c"
+    src.write_text(C_MODEL)
+    import_into_library([src], lib_dir)
+    lib = {m.name: m for m in load_library(lib_dir)}
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text("{}")
+    layers = [
+        {"name": "conv1", "multiplier": "mul8u_hw", "lut_sha256": lib["mul8u_hw"].sha256},
+        {"name": "fc1", "multiplier": "bam_h2_v6_u8", "lut_sha256": lib["bam_h2_v6_u8"].sha256},
+        {"name": "fc2", "multiplier": "drum4_u8", "lut_sha256": lib["drum4_u8"].sha256},
+        {"name": "fc3", "multiplier": "bam_h2_v6_u8", "lut_sha256": lib["bam_h2_v6_u8"].sha256},
+    ]
+    out = tmp_path / "hw"
+    write_handoff(out, layers, lib, cfg, lib_dir)
+    manifest = json.loads((out / "manifest.json").read_text())
+    by = {e["name"]: e for e in manifest["multipliers"]}
+    assert by["bam_h2_v6_u8"]["layers"] == ["fc1", "fc3"]
+    assert by["bam_h2_v6_u8"]["verilog"] == "bam_h2_v6_u8.v" and (out / "bam_h2_v6_u8.v").is_file()
+    assert by["mul8u_hw"]["verilog"] is None and (out / "mul8u_hw.c").read_text() == C_MODEL
+    assert by["drum4_u8"]["verilog"] is None and by["drum4_u8"]["c_model"] is None
+    for name, e in by.items():
+        assert e["lut_sha256"] == lib[name].sha256
+        words = vectors.vector_words(lib[name])
+        lines = [x for x in (out / e["vectors"]).read_text().splitlines() if not x.startswith("//")]
+        assert [int(x, 16) for x in lines[:5]] == words[:5].tolist()
+    bad = [{**layers[0], "lut_sha256": "0" * 64}]
+    with pytest.raises(UserError, match="lut_sha256 differs"):
+        write_handoff(tmp_path / "hw2", bad, lib, cfg, lib_dir)
+
+
+def _cli(*args: str):
+    from click.testing import CliRunner
+
+    from dse.cli import cli
+
+    return CliRunner().invoke(cli, list(args), env={"DSE_NO_PROGRESS": "1"})
+
+
+@eda
+@pytest.mark.eda
+def test_cli_verify_and_export_verilog(tmp_path) -> None:
+    r = _cli("multipliers", "verify", "trunc8_s8", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)[0]["ok"] is True
+    assert _cli("multipliers", "verify", "drum4_u8").exit_code == 2
+    v = tmp_path / "t.v"
+    assert _cli("multipliers", "export", "trunc8_u8", "--verilog", str(v)).exit_code == 0
+    assert "module trunc8_u8(" in v.read_text()
+    r = _cli("multipliers", "export", "mitchell_u8", "--verilog", str(tmp_path / "m.v"))
+    assert r.exit_code == 2 and "no circuit" in r.output and not (tmp_path / "m.v").exists()
+
+
+def test_cli_list_shows_synthesis_next_to_energy() -> None:
+    r = _cli("multipliers", "list", "--unsigned")
+    head, exact = r.stdout.splitlines()[:2]
+    assert head.split()[6:9] == ["energy", "synth", "cells"]
+    assert exact.split()[6:9] == ["1.000", "1.000", str(MULTS["exact_u8"].synth_cells)]
+    r = _cli("multipliers", "list", "--json")
+    rows = {x["name"]: x for x in json.loads(r.stdout)}
+    assert rows["trunc8_u8"]["synth_area_rel"] == MULTS["trunc8_u8"].synth_area_rel
+    assert rows["drum4_u8"]["synth_cells"] is None
