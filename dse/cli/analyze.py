@@ -39,6 +39,11 @@ from dse.cli.options import data_option, device_option, json_option
     show_default=True,
     help="Validation images for the layer-level measurement.",
 )
+@click.option(
+    "--toggle-only",
+    is_flag=True,
+    help="Only the data-dependent energy table (no simulations; needs the run's profiles and front).",
+)
 @json_option
 def analyze(
     run_dir: Path,
@@ -48,6 +53,7 @@ def analyze(
     predictor: str,
     images: int | None,
     layer_images: int,
+    toggle_only: bool,
     as_json: bool,
 ) -> None:
     """Predicted vs measured error std and mean at every layer's output for every multiplier (measured
@@ -63,11 +69,21 @@ def analyze(
     """
     from dse.errors.analyze import analyze as run_analyze
     from dse.prepare import load_prepared
+    from dse.rundir import RunDir
     from dse.util import UserError, emit_json
 
     for name, v in (("--images", images), ("--layer-images", layer_images)):
         if v is not None and v <= 0:
             raise UserError(f"{name}: expected a positive number of images, got {v}")
+    from dse.report.activity import front_toggle_table, toggle_lines
+
+    if toggle_only:
+        table = front_toggle_table(run_dir)
+        if as_json:
+            emit_json({"toggle_energy": table.to_json()})
+        else:
+            click.echo("\n".join(toggle_lines(table)))
+        return
     prepared = load_prepared(run_dir, data=data, device=device)
     result = run_analyze(
         prepared,
@@ -76,6 +92,10 @@ def analyze(
         layer_images=layer_images,
         network_images=images,
     )
+    toggles = None
+    if RunDir(run_dir).summary_json.is_file():  # the front's multipliers: after a search
+        toggles = front_toggle_table(run_dir)
+        result["toggle_energy"] = toggles.to_json()
     if as_json:
         emit_json(result)
         return
@@ -105,4 +125,6 @@ def analyze(
     by = ", ".join(f"{k} {fmt(v)}" for k, v in result["sigma_median_rel_error_by_predictor"].items())
     click.echo(f"sigma_median_rel_error ({predictor}): {fmt(result['sigma_median_rel_error'])}  [{by}]")
     click.echo(f"distortion_accuracy_spearman: {fmt(result['distortion_accuracy_spearman'])}")
+    if toggles is not None:
+        click.echo("\n".join(toggle_lines(toggles)))
     click.echo(f"distortion_logit_spearman: {fmt(result['distortion_logit_spearman'])}")

@@ -25,7 +25,8 @@ from dse.util import UserError, atomic_write_text, dumps_json, read_json
 if TYPE_CHECKING:
     from dse.prepare import Prepared
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 2 added per-layer synth_area_rel / toggle_energy_rel
 
 
 @cache
@@ -67,7 +68,7 @@ def write_config(path: Path, config: dict[str, Any]) -> None:
 def read_config(path: Path) -> dict[str, Any]:
     """A configuration file, validated against the schema (UserError naming the field otherwise)."""
     raw = read_json(Path(path), "configuration JSON")
-    if isinstance(raw, dict) and "schema_version" in raw and raw["schema_version"] != SCHEMA_VERSION:
+    if isinstance(raw, dict) and "schema_version" in raw and raw["schema_version"] not in READABLE_VERSIONS:
         raise UserError(
             f"{path}: schema_version: this dse reads version {SCHEMA_VERSION}, the file has {raw['schema_version']!r}"
         )

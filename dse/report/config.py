@@ -10,6 +10,7 @@ from dse import __version__
 from dse.energy import mac_shares
 from dse.hwconfig import SCHEMA_VERSION, validate_config
 from dse.multipliers.core import Multiplier
+from dse.report.activity import toggle_energy, weight_scheme_of
 from dse.report.results import RunResults
 from dse.rundir import RunDir
 from dse.search.records import SearchPoint
@@ -37,6 +38,7 @@ def build_config(run: RunResults, point: SearchPoint, library: MultiplierSource)
     total_energy = sum(energy.values())
     agn = run.tolerance_for(point)
     qparams = run.quant_params or {}
+    scheme = weight_scheme_of(run.search_space)
     out_layers = []
     for layer in layers:
         name = layer.name
@@ -60,6 +62,8 @@ def build_config(run: RunResults, point: SearchPoint, library: MultiplierSource)
                 "predicted_mean": _num(mean),
                 "tolerance": _magnitude(agn.tolerance.get(name)) if agn else None,
                 "quant": qparams.get(name),
+                "synth_area_rel": m.synth_area_rel,
+                "toggle_energy_rel": toggle_energy(run.run_dir, name, m, scheme),
             }
         )
     study, summary = run.study, run.summary

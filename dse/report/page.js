@@ -57,6 +57,7 @@
       const lam = c.provenance.tolerance_lambda;
       body =
         `<table class="layers"><thead><tr><th>layer</th><th>MACs share</th><th>multiplier</th><th>energy share</th>` +
+        `<th title="the multiplier's energy relative to exact: static (gate count) / data-dependent (toggle activity of its circuit under this layer's profiled operands, weight-stationary; – : no circuit)">energy static / toggle</th>` +
         `<th title="predicted std of the output error vs the learned AGN tolerance${lam === null ? "" : " (λ = " + lam + ")"}">predicted σ / tolerance</th>` +
         `<th>predicted mean</th></tr></thead><tbody>` +
         c.layers.map((l) => {
@@ -67,6 +68,7 @@
             `<td class="num">${fmtPct(l.mac_share, 1)}</td>` +
             `<td>${esc(l.multiplier)}${l.energy_rel < 1 ? ` <span class="muted">e=${l.energy_rel.toFixed(3)}</span>` : ""}</td>` +
             `<td class="num">${fmtPct(l.energy_share, 1)}</td>` +
+            `<td class="num">${l.energy_rel.toFixed(3)} / ${l.toggle_energy_rel == null ? "–" : l.toggle_energy_rel.toFixed(3)}</td>` +
             `<td class="num">${fmtNum(l.predicted_sigma)} / ${fmtNum(l.tolerance)} ${bar}</td>` +
             `<td class="num">${fmtNum(l.predicted_mean)}</td></tr>`;
         }).join("") + "</tbody></table>" +
