@@ -7,11 +7,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from dse.kernels import prepare_conv2d
-from dse.nn.exact import exact_conv_acc
+from dse.nn.exact import exact_conv_acc, exact_conv_unfold
 from dse.nn.layer import ApproxLayer
 from dse.nn.state import PreparedKernel, QState
 from dse.quant import QuantFormat
 from dse.util import UserError
+
+
+def use_unfold(x: torch.Tensor) -> bool:
+    """Whether the exact (quant-mode, no-grad) convolution takes the unfold + GEMM path: on CUDA."""
+    return x.is_cuda
 
 
 class ApproxConv2d(ApproxLayer):
@@ -61,6 +66,9 @@ class ApproxConv2d(ApproxLayer):
         return F.conv2d(x, w, None, self.stride, self.padding, self.dilation, g)
 
     def _exact_acc(self, xc: torch.Tensor, wc: torch.Tensor) -> torch.Tensor:
+        if self._groups == 1 and use_unfold(xc) and not (xc.requires_grad or wc.requires_grad):
+            # CUDA, no grad: one unfold + chunked float32 GEMMs instead of cuDNN-less thnn_conv2d
+            return exact_conv_unfold(xc, wc, self.stride, self.padding, self.dilation, self._chunk_bound())
         return exact_conv_acc(self._conv, xc, wc, self.kernel_size, self._groups, self._chunk_bound())
 
     def _prepare(self, st: QState, table: torch.Tensor) -> PreparedKernel:
