@@ -35,7 +35,7 @@ def search(study, out, storage, budget, study_name, seed, no_report, threads, da
     Examples:
       dse search                                  # the default study (digits), CPU, a few minutes
       dse search mnist_lenet5 --data ~/data/mnist10k.npz   # x [N,28,28] uint8, y
-      dse search digits --storage postgresql://user:pw@host/db   # then: dse worker --storage … --study digits
+      dse search digits --storage postgresql://user:pw@host/db   # then: dse worker digits --storage … --study digits
     """
     from dse.rundir import RunDir
     from dse.search.run import run_search
@@ -83,6 +83,7 @@ def _write_report(run_dir: Path) -> None:
 
 
 @click.command("worker")
+@click.argument("study", required=False)
 @click.option("--storage", required=True, help="Optuna storage URL of the running study.")
 @click.option("--study", "study_name", required=True, help="Name of the study in the storage.")
 @threads_option
@@ -90,17 +91,21 @@ def _write_report(run_dir: Path) -> None:
 @data_option
 @device_option
 @json_option
-def worker(storage, study_name, threads, out, data, device, as_json):
-    """Join a running search from another process or machine (configuration read from the storage).
+def worker(study, storage, study_name, threads, out, data, device, as_json):
+    """Join a running search from another process or machine.
+
+    STUDY (a study file, built-in study name or run directory) and/or --out RUN_DIR say what the worker
+    runs; it takes no study, code or paths from the storage, and joins only a study whose identity hash in
+    the storage equals that of its own study, data and QAT checkpoint.
 
     \b
     Example:
-      dse worker --storage postgresql://user:pw@host/db --study digits
+      dse worker runs/digits --storage postgresql://user:pw@host/db --study digits
     """
     from dse.search.run import run_worker
     from dse.util import emit_json
 
-    result = run_worker(storage, study_name, out=out, data=data, device=device, threads=threads)
+    result = run_worker(storage, study_name, study, out=out, data=data, device=device, threads=threads)
     if as_json:
         emit_json(result.to_json())
     else:

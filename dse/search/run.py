@@ -25,6 +25,7 @@ from dse.search.setup import build_setup
 from dse.search.storage import (
     ATTR_BUDGET,
     ATTR_CONFIG,
+    ATTR_FINGERPRINT,
     ATTR_SEEDED,
     create_or_load_study,
     default_storage_url,
@@ -34,7 +35,7 @@ from dse.search.storage import (
     redact,
 )
 from dse.search.summary import build_summary
-from dse.util import UserError, atomic_write_json, log, progress, set_threads, sha256_file
+from dse.util import UserError, atomic_write_json, progress, set_threads, sha256_file
 
 if TYPE_CHECKING:
     import optuna
@@ -177,32 +178,54 @@ def run_search(
 def run_worker(
     storage: str,
     study_name: str,
+    target: str | Path | None = None,
     out: str | Path | None = None,
     data: str | Path | None = None,
     device: str = "auto",
     threads: int | None = None,
 ) -> WorkerResult:
-    """Join a study that `dse search` started: same configuration, read from the storage."""
-    from dse.prepare import load_prepared, prepare
+    """Join a study that `dse search` started. What the worker runs — the study (its model hook, data,
+    search space) and the run directory — comes from its own command line only: `target` (a study file,
+    built-in study name or run directory, as for `dse search`) and/or `out`; never from the storage, which
+    anyone with write access to it could change. The storage gives trials, the budget and the search seed
+    (numbers); the worker joins only when the storage's study identity (the fingerprint of study, problem
+    and QAT checkpoint) equals the one it computes itself."""
+    from dse.prepare import open_run
     from dse.rundir import RunDir
-    from dse.study import Study
 
     set_threads(threads)
+    if target is None:
+        if out is None:
+            raise UserError(
+                "dse worker: give the study (study file, built-in study name or run directory) and/or "
+                "--out RUN_DIR; a worker takes no study, code or paths from the storage"
+            )
+        if not RunDir(out).is_run_dir():
+            raise UserError(f"--out {out}: not a run directory (no study.toml); give the study file as well")
     storage_obj = open_storage(storage)
     probe = load_existing_study(storage_obj, study_name, None, storage)
     config = probe.user_attrs[ATTR_CONFIG]
-    budget = int(probe.user_attrs.get(ATTR_BUDGET, config["study"]["search"]["budget"]))
-    study_cfg = Study.model_validate(config["study"])
-    run_dir = Path(out) if out is not None else Path(config["run_dir"])
-    run = RunDir(run_dir)
-    if not (run.result_json.is_file() and run.qat_ckpt.is_file()):
-        log(f"worker: {run_dir} is not prepared; preparing it from the study stored in the storage")
-        prepare(study_cfg, out=run_dir, data=data, device=device)
-    prepared = load_prepared(run, data=data, device=device)
+    try:
+        budget = int(probe.user_attrs.get(ATTR_BUDGET, config["study"]["search"]["budget"]))
+        seed = int(config.get("seed", 0))
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"--study {study_name}: the storage's budget or seed is not a number") from None
+    if target is None:  # the run directory names the study (its study.toml)
+        prepared = open_run(out, data=data, device=device)
+    else:
+        prepared = open_run(target, out=out, data=data, device=device)
+    study_cfg = prepared.study
+    run_dir = Path(prepared.run_dir.path)
     setup = build_setup(prepared, with_error_models=False)
-    population = int(config.get("population", study_cfg.search.population))
-    seed = int(config.get("seed", 0))
+    population = study_cfg.search.population
     _, fp = _config_and_fingerprint(prepared, setup.problem, population, seed)
+    stored = probe.user_attrs.get(ATTR_FINGERPRINT)
+    if stored != fp:
+        raise UserError(
+            f"--study {study_name}: the study in the storage is not the one given here (identity "
+            f"{str(stored)[:12]} there, {fp[:12]} here: study, data, search space or QAT checkpoint differ); "
+            "give the worker the run directory or study file and data of the search"
+        )
     worker_seed = seed + 1 + (hash(run_dir.resolve()) ^ int(time.time() * 1e6)) % 100_000
     study = create_or_load_study(
         storage_obj, study_name, fp, config, make_sampler(population, worker_seed), storage

@@ -75,9 +75,18 @@ def test_search_end_to_end_on_digits_writes_a_valid_summary_and_workers_join(tmp
     assert set(summary["baselines"]) == {"homogeneous", "agn", "random"}
     assert len(summary["baselines"]["random"]["points"]) == 10
     layer_names = {layer["name"] for layer in summary["layers"]}
+    from dse.multipliers import load_library
+
+    lib = load_library(tmp_path / "no-user-library")
+    macs = {layer["name"]: layer["macs"] for layer in summary["layers"]}
     for p in summary["front"] + [p for b in summary["baselines"].values() for p in b["points"]]:
         assert set(p["assignment"]) == layer_names
-        assert p["energy_rel"] > 0 and 0 <= p["accuracy"] <= 1  # some library entries cost more than exact
+        # energy on the one exact scale: the MAC-weighted mean of the chosen multipliers' energy_rel, and
+        # never above exact (the space's "*" leaves dominated designs out)
+        chosen = {n: lib.get(m) for n, m in p["assignment"].items()}
+        expect = sum(macs[n] * m.energy_rel for n, m in chosen.items()) / sum(macs.values())
+        assert p["energy_rel"] == pytest.approx(expect, rel=1e-9) and 0 <= p["energy_rel"] <= 1
+        assert not any(m.dominated for m in chosen.values()) and 0 <= p["accuracy"] <= 1
         assert p["test_accuracy"] is not None  # re-measured on the test split
     assert summary["front"] and all(p["trial"] is not None for p in summary["front"])
     assert summary["hypervolume"] >= summary["baselines"]["homogeneous"]["hypervolume"] * 0.5
@@ -90,8 +99,8 @@ def test_search_end_to_end_on_digits_writes_a_valid_summary_and_workers_join(tmp
     old = {p["trial"]: p["assignment"] for p in summary["points"]}
     new = {p["trial"]: p["assignment"] for p in s2["points"]}
     assert all(new[t] == a for t, a in old.items())
-    # a worker joins with the URL and the name only; the budget is already spent, so it simulates nothing
-    r = _dse("worker", "--storage", url, "--study", "digits_tiny", "--json")
+    # a worker joins with its own run directory (never the storage's); the budget is spent: it simulates nothing
+    r = _dse("worker", str(run), "--storage", url, "--study", "digits_tiny", "--json")
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads(r.stdout)["simulated"] == 0
     # another configuration under the same study name is refused, with the way out
