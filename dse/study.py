@@ -173,6 +173,22 @@ class LayerRestriction(_Section):
     multipliers: list[str] = Field(min_length=1)
 
 
+def energy_objective(m: Multiplier, energy: str, where: str = "search space") -> Multiplier:
+    """`m` with the energy objective of a search space: unchanged for "gates"; for "synth" its
+    energy_rel is the synthesized area (synth_area_rel), UserError for a design without a circuit."""
+    if energy == "gates":
+        return m
+    if m.synth_area_rel is None:
+        raise UserError(
+            f'{where}: energy = "synth": {m.name} has no synthesized cost (closed-form family or imported '
+            'table); choose multipliers with a circuit (exact, trunc, bam, optrunc, rec2x2) or energy = "gates"'
+        )
+    from dataclasses import replace
+
+    method = "synth:yosys generic cells (dse.hardware.synth) / exact of the same format"
+    return replace(m, energy_rel=m.synth_area_rel, energy_method=method)
+
+
 class SearchSpace(_Section):
     """Operand format + the multipliers a search may use (fnmatch patterns over library names of that
     format) + optional per-layer restrictions `[layers.<name>] multipliers = [...]`."""
@@ -182,6 +198,9 @@ class SearchSpace(_Section):
     weight_scheme: Literal["symmetric", "sign-magnitude", "affine"]
     multipliers: list[str] = Field(min_length=1)
     layers: dict[str, LayerRestriction] = Field(default_factory=dict)
+    # the energy objective: "gates" (energy_rel, the gate model) or "synth" (synth_area_rel, the yosys
+    # synthesis of the circuit; only designs with a circuit)
+    energy: Literal["gates", "synth"] = "gates"
 
     @model_validator(mode="after")
     def _scheme_fits_format(self) -> SearchSpace:
@@ -203,7 +222,8 @@ class SearchSpace(_Section):
         return QuantFormat(signed=self.signed, weight_scheme=self.weight_scheme, per_channel=per_channel)
 
     def _select(self, library: Library, patterns: list[str], where: str) -> list[Multiplier]:
-        return library.select(patterns, self.signed, where=f"search space {self.name}: {where}")
+        chosen = library.select(patterns, self.signed, where=f"search space {self.name}: {where}")
+        return [energy_objective(m, self.energy, f"search space {self.name}: {where}") for m in chosen]
 
     def resolve(self, library: Library) -> list[Multiplier]:
         """The allowed multipliers (library order), each pattern matching at least one -> list[Multiplier]."""

@@ -14,6 +14,7 @@ from dse.report.activity import toggle_energy, weight_scheme_of
 from dse.report.results import RunResults
 from dse.rundir import RunDir
 from dse.search.records import SearchPoint
+from dse.study import energy_objective
 from dse.util import UserError
 
 
@@ -33,7 +34,11 @@ def build_config(run: RunResults, point: SearchPoint, library: MultiplierSource)
         raise UserError(f"{RunDir(run.run_dir).summary_json}: point {point.trial}: unknown layers {unknown}")
     macs = {layer.name: int(layer.macs) for layer in layers}
     shares = mac_shares(macs)
-    mults = {name: library.get(assignment.get(name) or _exact_name(run)) for name in names}
+    objective = str(run.search_space.get("energy", "gates"))  # the space's energy objective
+    mults = {
+        name: energy_objective(library.get(assignment.get(name) or _exact_name(run)), objective)
+        for name in names
+    }
     energy = {name: shares[name] * mults[name].energy_rel for name in names}
     total_energy = sum(energy.values())
     agn = run.tolerance_for(point)
