@@ -59,13 +59,17 @@ def analyze(
     """Predicted vs measured error std and mean at every layer's output for every multiplier (measured
     by behavioural simulation of the layer with exact inputs on validation images, disjoint from the
     training images the predictors saw), and, for every homogeneous assignment, predicted network
-    distortion vs measured accuracy drop and logit distortion (Spearman).
+    distortion vs measured accuracy drop and logit distortion (Spearman). After a search, also the
+    data-dependent energy of every multiplier the front uses, per layer: the toggle activity of its circuit
+    under the layer's profiled operands (weight-stationary: one weight per multiplier, the im2col rows stream
+    past) relative to the exact array on the same stream, next to the static gate-count energy_rel.
 
     \b
     Examples:
       dse analyze runs/digits
       dse analyze runs/mnist_lenet5 --data mnist10k.npz --json
       dse analyze runs/digits --multipliers 'trunc*' --predictor p3
+      dse analyze runs/mnist_lenet5 --toggle-only
     """
     from dse.errors.analyze import analyze as run_analyze
     from dse.prepare import load_prepared
