@@ -91,7 +91,7 @@ def export(
 
     path, config = export_config(run_dir, out, trial=trial, max_accuracy_loss=max_accuracy_loss)
     if hardware is not None:
-        for e in export_hardware(path, config, hardware):
+        for e in export_hardware(run_dir, path, config, hardware):
             log(f"{hardware}/{e.name}: {e.note} (layers {', '.join(e.layers)})")
     t = config["totals"]
     info = {

@@ -89,11 +89,19 @@ def export_config(
     return out, config
 
 
-def export_hardware(config_path: Path, config: dict[str, Any], out: Path) -> list[Any]:
+def export_hardware(
+    run_dir: Path,
+    config_path: Path,
+    config: dict[str, Any],
+    out: Path,
+    library: MultiplierSource | None = None,
+) -> list[Any]:
     """The hardware hand-off of an exported configuration (`dse.hardware.handoff.write_handoff`): Verilog or
-    C file, test vectors and a manifest per multiplier the configuration uses."""
+    C file, test vectors and a manifest per multiplier the configuration uses (names resolved in the
+    run's library, as the export does)."""
     from dse.hardware.handoff import write_handoff
     from dse.multipliers.library import default_library_dir
 
-    lib = load_library()
-    return write_handoff(out, config["layers"], {m.name: m for m in lib}, config_path, default_library_dir())
+    lib = library if library is not None else load_library_for(read_results(run_dir))
+    mults = {str(layer["multiplier"]): lib.get(str(layer["multiplier"])) for layer in config["layers"]}
+    return write_handoff(out, config["layers"], mults, config_path, default_library_dir())

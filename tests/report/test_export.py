@@ -179,3 +179,21 @@ def test_schema_is_shipped_and_valid():
     jsonschema.Draft202012Validator.check_schema(schema)
     item = schema["properties"]["layers"]["items"]
     assert {"name", "multiplier"} <= set(item["required"])  # the minimal shape of ARCHITECTURE.md
+
+
+def test_hardware_handoff_of_an_exported_point(run, tmp_path):
+    """`dse export --hardware DIR`: vectors and a manifest entry per multiplier the configuration uses, with
+    the configuration's LUT sha256; these synthetic tables have no circuit, so no Verilog."""
+    run_dir, _ = run
+    hw = tmp_path / "hw"
+    result = invoke("export", run_dir, "--trial", 3, "-o", tmp_path / "cfg.json", "--hardware", hw)
+    assert result.exit_code == 0, result.output
+    cfg = json.loads((tmp_path / "cfg.json").read_text())
+    manifest = json.loads((hw / "manifest.json").read_text())
+    used = {layer["multiplier"]: layer["lut_sha256"] for layer in cfg["layers"]}
+    assert {e["name"]: e["lut_sha256"] for e in manifest["multipliers"]} == used
+    for e in manifest["multipliers"]:
+        assert e["verilog"] is None and (hw / e["vectors"]).is_file()
+        assert sorted(e["layers"]) == sorted(
+            n for n, m in ((x["name"], x["multiplier"]) for x in cfg["layers"]) if m == e["name"]
+        )
