@@ -201,6 +201,9 @@ class SearchSpace(_Section):
     # the energy objective: "gates" (energy_rel, the gate model) or "synth" (synth_area_rel, the yosys
     # synthesis of the circuit; only designs with a circuit)
     energy: Literal["gates", "synth"] = "gates"
+    # user library directory the patterns also see (relative to the search-space file); None: --library,
+    # else $DSE_LIBRARY, else the per-user data directory
+    library: str | None = None
 
     @model_validator(mode="after")
     def _scheme_fits_format(self) -> SearchSpace:
@@ -220,6 +223,12 @@ class SearchSpace(_Section):
         from dse.quant import QuantFormat
 
         return QuantFormat(signed=self.signed, weight_scheme=self.weight_scheme, per_channel=per_channel)
+
+    def load_library(self) -> Library:
+        """The built-ins plus this space's user library directory (else --library / $DSE_LIBRARY / default)."""
+        from dse.multipliers.library import load_library
+
+        return load_library(self.library)
 
     def _select(self, library: Library, patterns: list[str], where: str) -> list[Multiplier]:
         chosen = library.select(patterns, self.signed, where=f"search space {self.name}: {where}")
@@ -356,11 +365,19 @@ def load_study(name_or_path: str | Path | None = None) -> Study:
 
 def load_search_space(name_or_path: str | Path, base_dir: Path | None = None) -> SearchSpace:
     """A built-in search space by name (`unsigned_sm`, `unsigned_affine`, `signed`) or a TOML file."""
-    raw, display, _ = _read_toml(name_or_path, "dse.search_spaces", "search space", base_dir)
+    raw, display, source = _read_toml(name_or_path, "dse.search_spaces", "search space", base_dir)
     try:
-        return SearchSpace.model_validate(raw)
+        space = SearchSpace.model_validate(raw)
     except ValidationError as e:
         raise UserError(_validation_message(display, SearchSpace, e)) from None
+    if space.library is not None:
+        lib = Path(space.library).expanduser()
+        if not lib.is_absolute() and source is not None:
+            lib = source.parent / lib
+        if lib.exists() and not lib.is_dir():
+            raise UserError(f"{display}: library: {lib} is not a directory")
+        space.library = str(lib.resolve())
+    return space
 
 
 def _toml_value(v: Any) -> str:

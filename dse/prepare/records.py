@@ -20,13 +20,22 @@ class PreparedFormat:
 
 @dataclass(frozen=True)
 class PreparedLayer:
-    """One approximable layer as prepare/result.json lists it; `macs` per sample."""
+    """One approximable layer as prepare/result.json lists it; `macs` per sample. `act_rule`: how its
+    input is encoded (dse.quant): "relu" (never negative, zero point 0), "shifted" (negative inputs under
+    an unsigned format: a non-zero activation zero point, which the hardware must apply too), "symmetric"
+    (signed), "" (unknown: a result written before this was recorded)."""
 
     name: str
     kind: str
     macs: int
     fan_in: int
     weight_shape: tuple[int, ...]
+    act_rule: str = ""
+
+    @property
+    def shifted(self) -> bool:
+        """True when the layer's input runs with a shifted (non-zero) zero point."""
+        return self.act_rule == "shifted"
 
     @staticmethod
     def of(info: LayerInfo) -> PreparedLayer:
@@ -38,6 +47,7 @@ class PreparedLayer:
             macs=int(info.macs),
             fan_in=int(info.fan_in),
             weight_shape=tuple(int(d) for d in info.weight_shape),
+            act_rule=info.act_rule,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -47,6 +57,7 @@ class PreparedLayer:
             "macs": self.macs,
             "fan_in": self.fan_in,
             "weight_shape": list(self.weight_shape),
+            "act_rule": self.act_rule,
         }
 
     @staticmethod
@@ -57,6 +68,7 @@ class PreparedLayer:
             macs=int(d["macs"]),
             fan_in=int(d["fan_in"]),
             weight_shape=tuple(int(x) for x in d["weight_shape"]),
+            act_rule=str(d.get("act_rule", "")),
         )
 
 

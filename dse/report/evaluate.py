@@ -38,10 +38,18 @@ def _recorded_from_summary(run_dir: Path, assignment: dict[str, str], split: str
 
 
 def evaluate_config(
-    path: Path, run_dir: Path | None = None, data: Path | None = None, device: str = "cpu", split: str = "val"
+    path: Path,
+    run_dir: Path | None = None,
+    data: Path | None = None,
+    device: str = "cpu",
+    split: str = "val",
+    rest: str | None = None,
 ) -> dict[str, Any]:
     """Re-measure a configuration file (or a plain {layer: multiplier} JSON object with `run_dir`).
+    A plain object must name every layer, or `rest="exact"` runs the layers it does not name exact.
     Returns {"accuracy", "energy_rel", "matches_recorded", "recorded_accuracy", "split", "run_dir", …}."""
+    if rest not in (None, "exact"):
+        raise UserError(f"--rest {rest}: expected exact")
     path = Path(path)
     raw = read_json(path, "configuration JSON")
     config = read_config(path) if isinstance(raw, dict) and "schema_version" in raw else None
@@ -64,14 +72,27 @@ def evaluate_config(
     names = [info.name for info in prepared.layers]
     macs = {info.name: PreparedLayer.of(info).macs for info in prepared.layers}
     unknown = [n for n in assignment if n not in macs]
-    missing = [n for n in names if n not in assignment] if config is not None else []
-    if unknown or missing:
-        what = "layers" if config is not None else "keys"
+    missing = [n for n in names if n not in assignment]
+    what = "layers" if config is not None else "keys"
+    if unknown:
         raise UserError(
-            f"{path}: {what}: do not match the model of {run_dir} (unknown: {unknown or 'none'}, missing: "
-            f"{missing or 'none'}; the model's layers: {names})"
+            f"{path}: {what}: do not match the model of {run_dir}: {', '.join(unknown)} "
+            f"{'is' if len(unknown) == 1 else 'are'} not among its layers ({', '.join(names)})"
+        )
+    if missing and (config is not None or rest != "exact"):
+        fix = (
+            ""
+            if config is not None
+            else "; name them, or pass --rest exact to run them with the exact multiplier"
+        )
+        raise UserError(
+            f"{path}: {what}: do not match the model of {run_dir}: layers missing from the file: "
+            f"{', '.join(missing)}{fix}"
         )
     chosen: dict[str, Multiplier] = {}
+    if missing:  # --rest exact: the unnamed layers on the exact multiplier of the run's format
+        exact = next(m for m in prepared.library.multipliers(signed=bool(prepared.fmt.signed)) if m.is_exact)
+        assignment = {n: assignment.get(n, exact.name) for n in names}
     for i, name in enumerate(names):
         if name in assignment:
             where = f"{path}: layers[{i}].multiplier" if config is not None else f"{path}: {name}"
@@ -103,4 +124,5 @@ def evaluate_config(
         "samples": len(dataset),
         "run_dir": str(run_dir.resolve()),
         "assignment": {n: chosen[n].name if n in chosen else None for n in names},
+        "exact_rest": missing,
     }

@@ -10,7 +10,7 @@ from typing import Any
 
 from dse.multipliers.core import Multiplier
 from dse.multipliers.library import Library
-from dse.report.points import GROUP_STYLE, PagePoint
+from dse.report.points import GROUP_STYLE, PagePoint, group_label
 from dse.report.results import BASELINE_NAMES, RunResults
 from dse.util import UserError
 
@@ -30,12 +30,10 @@ def pct(x: float | None, digits: int = 2) -> str:
     return "–" if x is None else f"{100 * x:.{digits}f} %"
 
 
-def _hover(p: PagePoint, q: float | None, max_layers: int = 14) -> str:
+def _hover(p: PagePoint, q: float | None, max_layers: int = 10) -> str:
     """The hover text of one point: dse's <b>/<br> markup around escaped text (a layer or multiplier
     name that starts with "<b>" is shown as text, never passed to plotly raw)."""
-    head = (
-        f"<b>{'trial ' + str(p.trial) if p.trial is not None else 'point'}</b> ({esc(p.origin or p.group)})"
-    )
+    head = f"<b>{'trial ' + str(p.trial) if p.trial is not None else 'point'}</b> ({esc(p.group_label)})"
     acc = p.accuracy
     loss = "" if q is None or acc is None else f" ({100 * (acc - q):+.2f} pp)"
     lines = [
@@ -52,9 +50,15 @@ def _hover(p: PagePoint, q: float | None, max_layers: int = 14) -> str:
 
 
 def _scatter(
-    points: list[PagePoint], indices: list[int], group: str, q: float | None, mode: str = "markers"
+    points: list[PagePoint],
+    indices: list[int],
+    group: str,
+    q: float | None,
+    mode: str = "markers",
+    label: str | None = None,
 ) -> Figure:
-    label, marker = GROUP_STYLE[group]
+    default_label, marker = GROUP_STYLE[group]
+    label = label or default_label
     pts = [points[i] for i in indices]
     return {
         "type": "scatter",
@@ -78,7 +82,7 @@ def pareto_figure(run: RunResults, points: list[PagePoint]) -> Figure:
     for name in BASELINE_NAMES:
         idx = [i for i, p in enumerate(points) if p.group == name]
         if idx:
-            traces.append(_scatter(points, idx, name, q))
+            traces.append(_scatter(points, idx, name, q, label=points[idx[0]].group_label))
     front = sorted((i for i, p in enumerate(points) if p.on_front), key=lambda i: points[i].energy_rel)
     traces.append(_scatter(points, front, "front", q, mode="lines+markers"))
     shapes, annotations = [], []
@@ -125,21 +129,31 @@ def pareto_figure(run: RunResults, points: list[PagePoint]) -> Figure:
                 },
             )
     accs = [100 * p.accuracy for p in points]
+    savings = [100 * (1 - p.energy_rel) for p in points]
     lo = min(accs + ([100 * q - 1.5] if q is not None else []))
     hi = max(accs + ([100 * q] if q is not None else []))
+    hidden = []
     if q is not None and lo < 100 * q - FOCUS_PP:
         # the decisions happen near the quantized accuracy: open zoomed there, the rest one click away
         lo = 100 * q - FOCUS_PP
-        below = sum(a < lo for a in accs)
+        hidden.append(f"{sum(a < lo for a in accs)} points below {lo:.1f} %")
+    # designs costing more than exact (negative saving) would stretch the axis far left: cut at 0
+    x_lo, x_hi = min(savings + [0.0]), max(savings + [1.0])
+    if x_lo < 0:
+        hidden.append(f"{sum(s < 0 for s in savings)} costing more than exact")
+        x_lo = 0.0
+    x_pad = 0.03 * (x_hi - x_lo)
+    if hidden:
+        # above the plot area (under the title), never over a marker
         annotations.append(
             {
                 "xref": "paper",
                 "yref": "paper",
-                "x": 1,
-                "y": 0,
-                "xanchor": "right",
+                "x": 0,
+                "y": 1.0,
+                "xanchor": "left",
                 "yanchor": "bottom",
-                "text": f"{below} points below {lo:.1f} % not in view: autoscale (modebar) or drag to zoom out",
+                "text": f"not in view: {esc(', '.join(hidden))}; autoscale (modebar) or drag to zoom out",
                 "showarrow": False,
                 "font": {"color": "#888", "size": 10},
             }
@@ -149,11 +163,12 @@ def pareto_figure(run: RunResults, points: list[PagePoint]) -> Figure:
         "id": "pareto",
         "data": traces,
         "layout": {
-            "title": {"text": "Energy saving vs accuracy (validation split): click a point"},
+            # the title sits in the page (a card heading), where the hover box cannot cover it
             "xaxis": {
                 "title": {"text": "multiplication energy saving vs exact (%)"},
                 "ticksuffix": " %",
                 "zeroline": False,
+                "range": [x_lo - x_pad, x_hi + x_pad],
             },
             "yaxis": {
                 "title": {"text": "accuracy, behavioural simulation (%)"},
@@ -161,10 +176,11 @@ def pareto_figure(run: RunResults, points: list[PagePoint]) -> Figure:
                 "range": [lo - pad, hi + pad],
             },
             "hovermode": "closest",
+            "hoverlabel": {"font": {"size": 11}},
             "shapes": shapes,
             "annotations": annotations,
             "legend": {"orientation": "h", "y": -0.18},
-            "margin": {"t": 50, "r": 20, "b": 40, "l": 70},
+            "margin": {"t": 30, "r": 20, "b": 40, "l": 70},
             "height": 560,
         },
     }
@@ -203,7 +219,7 @@ def hypervolume_figure(run: RunResults) -> Figure:
                 {
                     "type": "scatter",
                     "mode": "lines",
-                    "name": f"{label[0]} (final)",
+                    "name": f"{esc(group_label(run, name))} (final)",
                     "x": [min(x), max(x)],
                     "y": [base.hypervolume] * 2,
                     "line": {"dash": "dash", "color": label[1]["color"]},
@@ -298,7 +314,13 @@ def library_figure(run: RunResults, library: Library | None, points: list[PagePo
             "height": 360,
             "margin": {"t": 50, "r": 20, "b": 50, "l": 70},
             "xaxis": {"title": {"text": "energy relative to exact"}},
-            "yaxis": {"title": {"text": "mean relative error, MRE (%)"}, "type": "log"},
+            # labels at powers of ten only (plotly's default on a short log range labels 2 and 5 too)
+            "yaxis": {
+                "title": {"text": "mean relative error, MRE (%)"},
+                "type": "log",
+                "dtick": 1,
+                "exponentformat": "power",
+            },
             "legend": {"orientation": "h", "y": -0.25},
         },
     }

@@ -98,6 +98,9 @@ def _facts(run: RunResults, points: list[PagePoint]) -> list[tuple[str, str]]:
     if s.surrogate_kendall_tau is not None:
         facts.append(("surrogate Kendall τ", f"{s.surrogate_kendall_tau:.3f}"))
     facts.append(("front points", str(len(front))))
+    shifted = [layer.name for layer in run.layers if layer.shifted]
+    if shifted:  # the hardware flow must apply these layers' activation zero point too
+        facts.append(("input zero point shifted (negative inputs)", ", ".join(shifted)))
     return facts
 
 
@@ -137,6 +140,7 @@ def render_report(run: RunResults, library: Library | None) -> tuple[str, dict[s
         "config_error": config_error,
         "figures": figures,
         "points": [p.to_json() for p in points],
+        "shifted_layers": [layer.name for layer in run.layers if layer.shifted],
     }
     facts = "".join(
         f"<div class='fact'><div class='k'>{html.escape(k)}</div><div class='v'>{html.escape(v)}</div></div>"

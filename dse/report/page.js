@@ -44,7 +44,7 @@
       `<p class="facts"><b>${fmtPct(1 - p.energy_rel, 1)}</b> energy saving (energy_rel ${p.energy_rel.toFixed(4)}) · ` +
       `accuracy <b>${fmtPct(p.accuracy, 2)}</b> validation` +
       (loss === null ? "" : ` (${loss >= 0 ? "−" : "+"}${Math.abs(loss).toFixed(2)} pp)`) +
-      ` · ${fmtPct(p.test_accuracy, 2)} test` +
+      (p.test_accuracy === null ? "" : ` · ${fmtPct(p.test_accuracy, 2)} test`) +
       (p.predicted_accuracy === null ? "" : ` · surrogate ${fmtPct(p.predicted_accuracy, 2)}`) +
       `<br><span class="muted">origin: ${esc(p.origin || "–")}</span></p>`;
     let body;
@@ -64,7 +64,9 @@
           const ratio = l.predicted_sigma !== null && l.tolerance ? l.predicted_sigma / l.tolerance : null;
           const bar = ratio === null ? "" :
             `<span class="bar ${ratio > 1 ? "over" : ""}"><span style="width:${Math.min(100, 100 * ratio / 2).toFixed(1)}%"></span></span>`;
-          return `<tr><td>${esc(l.name)} <span class="muted">${esc(l.kind)}</span></td>` +
+          const shifted = DATA.shifted_layers.includes(l.name)
+            ? ' <span class="muted" title="negative inputs: a non-zero activation zero point (layers[].quant)">shifted zero point</span>' : "";
+          return `<tr><td>${esc(l.name)} <span class="muted">${esc(l.kind)}</span>${shifted}</td>` +
             `<td class="num">${fmtPct(l.mac_share, 1)}</td>` +
             `<td>${esc(l.multiplier)}${l.energy_rel < 1 ? ` <span class="muted">e=${l.energy_rel.toFixed(3)}</span>` : ""}</td>` +
             `<td class="num">${fmtPct(l.energy_share, 1)}</td>` +

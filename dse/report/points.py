@@ -25,6 +25,14 @@ GROUP_STYLE = {  # group -> (label, marker)
 }
 
 
+def group_label(run: RunResults, group: str) -> str:
+    """The legend / badge name of a group; under per-layer restrictions the homogeneous baseline is one
+    multiplier wherever the layer allows it, not homogeneous, and says so."""
+    if group == "homogeneous" and run.search_space.get("layers"):
+        return "uniform where allowed"
+    return str(GROUP_STYLE.get(group, (group,))[0])
+
+
 @dataclass(frozen=True)
 class PagePoint:
     """A simulated point of the run as the page shows it: its group ("search" or a baseline), whether it
@@ -81,6 +89,20 @@ class PagePoint:
         }
 
 
+def origin_label(origin: str) -> str:
+    """A point's origin in words ("homogeneous" -> "homogeneous seed", "agn:0.2" -> "AGN seed λ=0.2")."""
+    if origin.startswith("agn:"):
+        return f"AGN seed λ={origin[4:]}"
+    return {
+        "exact": "exact seed",
+        "homogeneous": "homogeneous seed",
+        "surrogate": "surrogate",
+        "nsga2": "NSGA-II",
+        "random": "random",
+        "random-restart": "random restart",
+    }.get(origin, origin)
+
+
 def report_points(run: RunResults) -> list[PagePoint]:
     """The page's points (search, then baselines), each with its group and whether it is on the front."""
     front_keys = {json.dumps(dict(p.assignment), sort_keys=True) for p in run.summary.front}
@@ -90,6 +112,11 @@ def report_points(run: RunResults) -> list[PagePoint]:
             continue  # not simulated yet (a running trial)
         key = json.dumps(dict(g.point.assignment), sort_keys=True)
         on_front = g.group == "search" and key in front_keys
-        label = "front" if on_front else GROUP_STYLE.get(g.group, (g.group,))[0]
-        points.append(PagePoint(g.point, g.group, on_front, str(label)))
+        if g.group == "search":
+            # the badge and the tooltip name the same thing: a search point and where it came from
+            where = "Pareto front" if on_front else "search"
+            label = f"{where} · {origin_label(g.point.origin.to_json())}"
+        else:
+            label = group_label(run, g.group)
+        points.append(PagePoint(g.point, g.group, on_front, label))
     return points

@@ -35,7 +35,7 @@ from dse.search.storage import (
     redact,
 )
 from dse.search.summary import build_summary
-from dse.util import UserError, atomic_write_json, progress, set_threads, sha256_file
+from dse.util import UserError, atomic_write_json, log, progress, set_threads, sha256_file
 
 if TYPE_CHECKING:
     import optuna
@@ -122,6 +122,7 @@ def run_search(
     if budget <= 0:
         raise UserError(f"search.budget = {budget}: expected a positive number of simulations")
     seed = int(cfg.seed if seed is None else seed)
+    log(f"search {prepared.study.name}: layer profiles, σ predictions and AGN tolerances (cached in the run)")
     setup = build_setup(prepared)
     problem = setup.problem
     stage_seconds = {"prepare": t_prepared - t_start, **setup.stage_seconds}
@@ -132,8 +133,12 @@ def run_search(
     config, fp = _config_and_fingerprint(prepared, problem, cfg.population, seed)
     study = create_or_load_study(storage_obj, name, fp, config, make_sampler(cfg.population, seed), url)
     study.set_user_attr(ATTR_BUDGET, budget)
+    done = simulated_count(study.get_trials(deepcopy=False))
+    if done:
+        log(f"search {name}: resuming: {min(done, budget)} of {budget} trials done")
 
     t_search = time.perf_counter()
+    log(f"search {name}: the seeds (all-exact, AGN mappings, homogeneous), then the surrogate's batches")
     seeds = first_generation(setup, cfg.population, seed)
     if not study.user_attrs.get(ATTR_SEEDED):
         for g, origin in seeds[:budget]:
@@ -156,6 +161,10 @@ def run_search(
         )
     points = completed_points(problem, study)
     stage_seconds["search"] = time.perf_counter() - t_search
+    random_txt = f", random search of {budget}" if cfg.random_baseline else ""
+    log(
+        f"search {name}: baselines (homogeneous, AGN{random_txt}) and the front re-measured on the test split"
+    )
     summary = build_summary(setup, points, budget, seed, random_baseline=cfg.random_baseline)
     search_wall = time.perf_counter() - t_search
     sim_s = setup.cache.seconds

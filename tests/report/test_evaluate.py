@@ -182,3 +182,27 @@ def test_evaluate_refuses_bad_configs(recorded_run, tmp_path):
 
     (tmp_path / "notjson.json").write_text("{")
     one_line_error(invoke("evaluate", tmp_path / "notjson.json"))
+
+
+@pytest.mark.slow
+def test_partial_plain_assignment_names_the_missing_layers_or_runs_them_exact_with_rest(
+    recorded_run, tmp_path
+):
+    run_dir, summary = recorded_run
+    names = [layer["name"] for layer in summary["layers"]]
+    first = names[0]
+    point = next(p for p in summary["points"] if p["assignment"][first] != "exact_u8")
+    partial = tmp_path / "partial.json"
+    partial.write_text(json.dumps({first: point["assignment"][first]}))
+    line = one_line_error(invoke("evaluate", partial, "--run", run_dir))
+    assert all(n in line for n in names[1:]) and "--rest exact" in line
+
+    result = invoke("evaluate", partial, "--run", run_dir, "--rest", "exact", "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["exact_rest"] == names[1:]
+    full = tmp_path / "full.json"
+    full.write_text(json.dumps({n: point["assignment"][first] if n == first else "exact_u8" for n in names}))
+    explicit = json.loads(invoke("evaluate", full, "--run", run_dir, "--json").stdout)
+    assert out["accuracy"] == explicit["accuracy"] and out["energy_rel"] == explicit["energy_rel"]
+    assert out["assignment"] == explicit["assignment"]
