@@ -21,7 +21,16 @@ from dse.util import UserError
 if TYPE_CHECKING:
     from torch import nn
 
-BUILTIN_MODELS = ("digits_cnn", "lenet5", "resnet8", "resnet14", "resnet20", "resnet32", "mobilenet_tiny")
+BUILTIN_MODELS = (
+    "digits_cnn",
+    "lenet5",
+    "resnet8",
+    "resnet14",
+    "resnet20",
+    "resnet32",
+    "resnet20a",  # option A shortcuts (zero-padding identity): 19 convolutions + 1 linear layer
+    "mobilenet_tiny",
+)
 
 
 def import_function(spec: str, what: str, base_dir: Path | None = None) -> Callable[..., Any]:
@@ -90,6 +99,8 @@ def build_model(
             return nets.LeNet5(c or 1, n_cls, side or 28)
         if name_or_hook == "mobilenet_tiny":
             return nets.MobileNetTiny(c or 3, n_cls)
+        if name_or_hook == "resnet20a":
+            return nets.CifarResNet(20, c or 3, n_cls, shortcut="A")
         return nets.CifarResNet(int(name_or_hook[len("resnet") :]), c or 3, n_cls)
     if ":" not in name_or_hook:
         raise UserError(
@@ -106,6 +117,53 @@ def build_model(
             f"model.name: {name_or_hook} returned {type(model).__name__}, expected a torch nn.Module"
         )
     return model
+
+
+def check_forward(model: nn.Module, sample: Any, num_classes: int, name: str) -> None:
+    """One forward of a few samples, before any training: a network whose layers do not fit the data
+    (`mat1 and mat2 shapes cannot be multiplied`) is a UserError naming the layer, its weight and the
+    shape it was given; an output that is not [batch, num_classes] is one too."""
+    import torch
+
+    names = {m: n for n, m in model.named_modules()}
+    stack: list[tuple[str, nn.Module, list[tuple[int, ...]]]] = []
+
+    def enter(mod: nn.Module, inputs: tuple[Any, ...]) -> None:
+        shapes = [tuple(x.shape) for x in inputs if isinstance(x, torch.Tensor)]
+        stack.append((names.get(mod, "?"), mod, shapes))
+
+    def leave(mod: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+        stack.pop()
+
+    handles = [m.register_forward_pre_hook(enter) for m in model.modules()]
+    handles += [m.register_forward_hook(leave) for m in model.modules()]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(sample)
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        message = " ".join(str(e).split())
+        where = ""
+        if stack:
+            layer, mod, shapes = stack[-1]
+            weight = getattr(mod, "weight", None)
+            wshape = f", weight {list(weight.shape)}" if isinstance(weight, torch.Tensor) else ""
+            given = ", ".join(str(list(sh)) for sh in shapes)
+            where = f" at layer {layer!r} ({type(mod).__name__}{wshape}) given input {given}"
+        raise UserError(
+            f"model.name: {name} does not fit the data (samples {list(sample.shape)}){where}: {message}"
+        ) from None
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[1] != num_classes:
+        got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise UserError(
+            f"model.name: {name} returns {got} for samples {list(sample.shape)}; expected "
+            f"[batch, {num_classes}] (one logit per class)"
+        )
 
 
 def checkpoint_state_dict(obj: object) -> dict[str, Any] | None:

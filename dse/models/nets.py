@@ -53,17 +53,33 @@ class LeNet5(nn.Module):
         return out
 
 
-class BasicBlock(nn.Module):
-    """He et al.'s CIFAR block; a 1x1 conv + BN shortcut where the shape changes (option B)."""
+class PadShortcut(nn.Module):
+    """He et al.'s option A shortcut: identity, subsampled by `stride`, the extra channels zero (no weights)."""
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+        self.extra = planes - in_planes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, :, :: self.stride, :: self.stride]
+        return F.pad(x, (0, 0, 0, 0, self.extra // 2, self.extra - self.extra // 2))
+
+
+class BasicBlock(nn.Module):
+    """He et al.'s CIFAR block; where the shape changes, a 1x1 conv + BN shortcut (option B, default) or
+    the parameter-free zero-padding identity (option A, as in the paper's CIFAR ResNets)."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str = "B") -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or in_planes != planes:
+        self.shortcut: nn.Module = nn.Sequential()
+        if (stride != 1 or in_planes != planes) and shortcut == "A":
+            self.shortcut = PadShortcut(in_planes, planes, stride)
+        elif stride != 1 or in_planes != planes:
             self.shortcut = nn.Sequential(
                 nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes)
             )
@@ -75,9 +91,11 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    """ResNet-(6n+2) for 32x32 images (He et al. 2016, §4.2): 16/32/64 channels, n blocks per stage."""
+    """ResNet-(6n+2) for 32x32 (or 28x28) images (He et al. 2016, §4.2): 16/32/64 channels, n blocks per
+    stage; `shortcut` "B" (1x1 projection convs where the shape changes: 6n+1 + 2 convs) or "A" (the
+    paper's zero-padding identity: 6n+1 convs, e.g. ResNet-20 = 19 convolutions + 1 linear layer)."""
 
-    def __init__(self, depth: int, in_channels: int = 3, num_classes: int = 10) -> None:
+    def __init__(self, depth: int, in_channels: int = 3, num_classes: int = 10, shortcut: str = "B") -> None:
         super().__init__()
         if (depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
@@ -88,7 +106,7 @@ class CifarResNet(nn.Module):
         for planes, stride in ((16, 1), (32, 2), (64, 2)):
             blocks = []
             for i in range(n):
-                blocks.append(BasicBlock(in_planes, planes, stride if i == 0 else 1))
+                blocks.append(BasicBlock(in_planes, planes, stride if i == 0 else 1, shortcut))
                 in_planes = planes
             layers.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3 = layers

@@ -40,10 +40,23 @@ def test_builtin_models_run_and_fold_to_the_same_outputs(name):
     n_bn = 0 if name in SHAPES else len(folded)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # every BN was folded
     if name.startswith("resnet"):
-        depth = int(name[6:])
-        # one BN per conv: stem + 2 in each of the (depth - 2) / 2 blocks + 2 projection shortcuts
-        assert n_bn == 1 + (depth - 2) + 2
+        depth = int(name[6:].rstrip("a"))
+        # one BN per conv: stem + 2 in each of the (depth - 2) / 2 blocks + 2 projection shortcuts (none
+        # in option A, whose shortcuts have no weights)
+        assert n_bn == 1 + (depth - 2) + (0 if name.endswith("a") else 2)
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
+
+
+def test_resnet20a_is_19_convolutions_and_one_linear_layer_on_28x28():
+    from dse.nn import approx_layers, convert
+    from dse.quant import QuantFormat
+
+    m = build_model("resnet20a", input_shape=(1, 28, 28), num_classes=10)
+    assert m(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    kinds = [
+        layer.kind for layer in approx_layers(convert(m, QuantFormat(False, "sign-magnitude", True))).values()
+    ]
+    assert kinds == ["conv"] * 19 + ["linear"]
 
 
 def test_model_sizes_follow_input_shape():
