@@ -175,7 +175,9 @@ def fit(
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         seen = 0
-        bar = progress(range(steps_per_epoch), desc=f"{desc} {epoch + 1}/{epochs}", leave=False)
+        # a one-epoch fit (the retrain loop's, whose desc already names its epoch) says no "epoch 1/1"
+        of_epochs = f" epoch {epoch + 1}/{epochs}" if epochs > 1 else ""
+        bar = progress(range(steps_per_epoch), desc=f"{desc}{of_epochs}", leave=False)
         for step in bar:
             idx = perm[step * batch_size : (step + 1) * batch_size]
             xb, yb = x_all[idx], y_all[idx]
@@ -218,7 +220,7 @@ def fit(
         val_txt = f", val acc {val_acc:.4f}" if val_acc is not None else ""
         status_txt = f", {status()}" if status is not None else ""
         log(
-            f"{desc} epoch {epoch + 1}/{epochs}: loss {row['loss']:.4f}, train acc {row['train_accuracy']:.4f}"
+            f"{desc}{of_epochs}: loss {row['loss']:.4f}, train acc {row['train_accuracy']:.4f}"
             f"{val_txt}{status_txt} ({seconds:.1f} s)"
         )
         if resume_path is not None and epoch + 1 < epochs:

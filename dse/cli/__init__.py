@@ -16,6 +16,7 @@ from dse.util import UserError
 
 # command name -> (module, attribute). Each module keeps its heavy imports inside the functions.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "init": ("dse.cli.init", "init"),
     "search": ("dse.cli.search", "search"),
     "worker": ("dse.cli.search", "worker"),
     "prepare": ("dse.cli.prepare", "prepare"),
@@ -59,6 +60,7 @@ def cli() -> None:
     \b
     Quick start:
       dse search                      # the default study (8x8 digits, CPU, minutes)
+      dse init my_study.toml          # a commented study file for your model and data
       dse report runs/digits --open   # the interactive Pareto page
       dse export runs/digits --max-accuracy-loss 1.0 -o cfg.json
     """

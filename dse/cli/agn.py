@@ -6,7 +6,14 @@ from pathlib import Path
 
 import click
 
-from dse.cli.options import data_option, device_option, json_option, out_option, threads_option
+from dse.cli.options import (
+    data_option,
+    device_option,
+    json_option,
+    library_option,
+    out_option,
+    threads_option,
+)
 
 
 @click.command("agn")
@@ -41,6 +48,7 @@ from dse.cli.options import data_option, device_option, json_option, out_option,
 )
 @threads_option
 @json_option
+@library_option
 def agn(
     study: str | None,
     out: Path | None,

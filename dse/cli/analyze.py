@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from dse.cli.options import data_option, device_option, json_option
+from dse.cli.options import data_option, device_option, json_option, library_option
 
 
 @click.command("analyze")
@@ -45,6 +45,7 @@ from dse.cli.options import data_option, device_option, json_option
     help="Only the data-dependent energy table (no simulations; needs the run's profiles and front).",
 )
 @json_option
+@library_option
 def analyze(
     run_dir: Path,
     data: Path | None,

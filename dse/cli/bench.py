@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from dse.cli.options import library_option
+
 
 @click.group("bench", context_settings={"help_option_names": ["-h", "--help"]})
 def bench() -> None:
@@ -68,6 +70,7 @@ def kernels(device: str, as_json: bool, quick: bool, threads: int | None) -> Non
 @click.option("--device", default="cpu", show_default=True, help="cpu | cuda | auto")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads.")
+@library_option
 def model(
     model_name: str, multipliers: tuple[str, ...], batch: int, device: str, as_json: bool, threads: int | None
 ) -> None:

@@ -229,13 +229,15 @@ def import_cmd(
       dse multipliers import axm.bin --power-mw 0.21 --replace
     """
     from dse.multipliers.importers import import_into_library
+    from dse.multipliers.library import default_library_dir
     from dse.util import emit_json
 
     if timeout_s <= 0:
         raise UserError("--timeout: expected a positive number of seconds")
+    library_dir = _library_dir(ctx, library)
     imported = import_into_library(
         list(files),
-        _library_dir(ctx, library),
+        library_dir,
         name=name,
         replace=replace,
         signed=signed,
@@ -245,6 +247,9 @@ def import_cmd(
         swap_operands=swap_operands,
         timeout_s=timeout_s,
     )
+    where = library_dir.resolve()
+    use = "" if where == default_library_dir().resolve() else f"; use them with --library {library_dir}"
+    click.echo(f"wrote {len(imported)} multiplier(s) into the library {where}{use}", err=True)
     if as_json:
         emit_json([m.to_json() for m in imported])
         return

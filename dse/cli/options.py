@@ -8,6 +8,8 @@ from typing import Any, TypeVar
 
 import click
 
+from dse.util import UserError
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -47,4 +49,36 @@ def json_option(f: F) -> F:
 def threads_option(f: F) -> F:
     return click.option(
         "--threads", type=int, default=None, help="CPU threads for torch (default: 1 on <= 2 cores)."
+    )(f)
+
+
+LIBRARY_HELP = (
+    "User library directory (imported multipliers), where the search space names no `library`. "
+    "Default: $DSE_LIBRARY, else ~/.local/share/dse/multipliers."
+)
+
+
+def _set_library(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """`--library DIR` is `DSE_LIBRARY=DIR` for this process (and the workers it starts), so every stage
+    that loads the library sees the same directory without threading it through every call."""
+    if value is not None:
+        import os
+
+        from dse.multipliers.library import LIBRARY_ENV
+
+        if value.exists() and not value.is_dir():
+            raise UserError(f"--library {value}: expected a directory")
+        os.environ[LIBRARY_ENV] = str(value.expanduser().resolve())
+    return value
+
+
+def library_option(f: F) -> F:
+    return click.option(
+        "--library",
+        "library",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        expose_value=False,
+        callback=_set_library,
+        help=LIBRARY_HELP,
     )(f)

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import click
 
-from dse.cli.options import data_option, device_option, json_option, out_option, threads_option
+from dse.cli.options import (
+    data_option,
+    device_option,
+    json_option,
+    library_option,
+    out_option,
+    threads_option,
+)
 
 
 @click.command("prepare")
@@ -16,6 +23,7 @@ from dse.cli.options import data_option, device_option, json_option, out_option,
 @device_option
 @threads_option
 @json_option
+@library_option
 def prepare(
     study: str | None, out: Path | None, data: Path | None, device: str, threads: int | None, as_json: bool
 ) -> None:
@@ -46,5 +54,15 @@ def prepare(
         f"exact table {result.lut_exact_accuracy:.4f} (validation, {result.splits['val']} images)"
     )
     for layer in result.layers:
-        click.echo(f"  {layer.name:<24} {layer.kind:<6} fan-in {layer.fan_in:>6}  MACs {layer.macs:>12,}")
+        shifted = "  input: shifted zero point (negative inputs)" if layer.shifted else ""
+        click.echo(
+            f"  {layer.name:<24} {layer.kind:<6} fan-in {layer.fan_in:>6}  MACs {layer.macs:>12,}{shifted}"
+        )
+    shifted_layers = [layer.name for layer in result.layers if layer.shifted]
+    if shifted_layers:
+        click.echo(
+            f"  {len(shifted_layers)} layer(s) get negative inputs under the unsigned format and run with a "
+            f"shifted activation zero point ({', '.join(shifted_layers)}); the hardware must apply it too "
+            "(the exported configuration's layers[].quant holds it)"
+        )
     click.echo(f"  total MACs per sample: {result.total_macs:,}; {result.seconds['total']:.1f} s")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from dse.cli.options import data_option
+from dse.cli.options import data_option, library_option
 from dse.util import emit_json, log
 
 
@@ -22,6 +22,7 @@ from dse.util import emit_json, log
 )
 @click.option("--open", "open_browser", is_flag=True, help="Open the page in the default web browser.")
 @click.option("--json", "as_json", is_flag=True, help='Print {"path", "points", "front"} as JSON.')
+@library_option
 def report(run_dir: Path, out: Path | None, open_browser: bool, as_json: bool) -> None:
     """Write the interactive Pareto report of a run: one self-contained HTML file (works offline).
 
@@ -38,7 +39,9 @@ def report(run_dir: Path, out: Path | None, open_browser: bool, as_json: bool) -
     if open_browser:
         import webbrowser
 
-        webbrowser.open(path.resolve().as_uri())
+        uri = path.resolve().as_uri()
+        if not webbrowser.open(uri):
+            log(f"report: no web browser found on this machine; open {uri} in a browser elsewhere")
     if as_json:
         emit_json({"path": str(path), **stats})
     else:
@@ -72,6 +75,7 @@ def report(run_dir: Path, out: Path | None, open_browser: bool, as_json: bool) -
 @click.option(
     "--json", "as_json", is_flag=True, help='Print {"path", "trial", "energy_rel", "accuracy"} as JSON.'
 )
+@library_option
 def export(
     run_dir: Path,
     trial: int | None,
@@ -129,10 +133,23 @@ def export(
     help="Split to measure (the recorded accuracy is on val).",
 )
 @click.option(
+    "--rest",
+    type=click.Choice(["exact"]),
+    default=None,
+    help="A plain {layer: multiplier} file that names only some layers: run the others exact.",
+)
+@click.option(
     "--json", "as_json", is_flag=True, help='Print {"accuracy", "energy_rel", "matches_recorded", …}.'
 )
+@library_option
 def evaluate(
-    config_file: Path, run_dir: Path | None, data: Path | None, device: str, split: str, as_json: bool
+    config_file: Path,
+    run_dir: Path | None,
+    data: Path | None,
+    device: str,
+    split: str,
+    rest: str | None,
+    as_json: bool,
 ) -> None:
     """Re-measure a configuration by behavioural simulation (every product through its multiplier's table).
 
@@ -143,10 +160,11 @@ def evaluate(
     Example:
       dse evaluate cfg.json --json
       dse evaluate assignment.json --run runs/digits
+      dse evaluate first_layers.json --run runs/digits --rest exact
     """
     from dse.report.evaluate import evaluate_config
 
-    result = evaluate_config(config_file, run_dir=run_dir, data=data, device=device, split=split)
+    result = evaluate_config(config_file, run_dir=run_dir, data=data, device=device, split=split, rest=rest)
     if as_json:
         emit_json(result)
         return
@@ -157,6 +175,8 @@ def evaluate(
         None: "nothing recorded to compare",
     }
     log(f"run {result['run_dir']}")
+    if result["exact_rest"]:
+        log(f"exact (--rest exact): {', '.join(result['exact_rest'])}")
     click.echo(
         f"accuracy {_pct(result['accuracy'])} ({split}), energy saving {100 * (1 - result['energy_rel']):.1f} % "
         f"(energy_rel {result['energy_rel']:.4f}): {match[result['matches_recorded']]}"

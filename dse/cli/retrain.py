@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from dse.cli.options import data_option, json_option
+from dse.cli.options import data_option, json_option, library_option
 from dse.util import UserError
 
 if TYPE_CHECKING:
@@ -62,9 +62,16 @@ METHOD_NAMES = ("behavioral", "errmodel", "multiplicative", "awgn", "agn")
     help="Comma-separated multipliers for --cross (default: those the config names).",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--rest",
+    type=click.Choice(["exact"]),
+    default=None,
+    help="A configuration that names only some layers: run the others exact (else an error).",
+)
 @data_option
 @click.option("--device", default="cpu", show_default=True, help="cpu | cuda | auto")
 @json_option
+@library_option
 def retrain(
     run_dir,
     config_path,
@@ -77,6 +84,7 @@ def retrain(
     cross,
     multiplier_list,
     seed,
+    rest,
     data,
     device,
     as_json,
@@ -138,14 +146,16 @@ def retrain(
         return
     if len(methods) > 1:
         comparison = compare_methods(
-            run_dir, assignment, methods, where=str(config_path), raw_config=raw, **common
+            run_dir, assignment, methods, where=str(config_path), raw_config=raw, rest=rest, **common
         )
         if as_json:
             emit_json(comparison.to_json())
         else:
             click.echo(format_comparison(comparison))
         return
-    result = run_retrain(run_dir, assignment, methods[0], where=str(config_path), raw_config=raw, **common)
+    result = run_retrain(
+        run_dir, assignment, methods[0], where=str(config_path), raw_config=raw, rest=rest, **common
+    )
     if as_json:
         emit_json(result.to_json())
         return

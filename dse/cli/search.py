@@ -4,10 +4,21 @@ report (dse.report), which sits above the search."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from dse.cli.options import data_option, device_option, json_option, out_option, threads_option
+from dse.cli.options import (
+    data_option,
+    device_option,
+    json_option,
+    library_option,
+    out_option,
+    threads_option,
+)
+
+if TYPE_CHECKING:
+    from dse.search.records import Summary
 
 
 @click.command("search")
@@ -28,6 +39,7 @@ from dse.cli.options import data_option, device_option, json_option, out_option,
 @data_option
 @device_option
 @json_option
+@library_option
 def search(study, out, storage, budget, study_name, seed, no_report, threads, data, device, as_json):
     """Run the study end to end: prepare, error models, AGN, the Pareto search, baselines, summary, report.
 
@@ -37,7 +49,6 @@ def search(study, out, storage, budget, study_name, seed, no_report, threads, da
       dse search mnist_lenet5 --data ~/data/mnist10k.npz   # x [N,28,28] uint8, y
       dse search digits --storage postgresql://user:pw@host/db   # then: dse worker digits --storage … --study digits
     """
-    from dse.rundir import RunDir
     from dse.search.run import run_search
     from dse.util import emit_json, log
 
@@ -58,17 +69,42 @@ def search(study, out, storage, budget, study_name, seed, no_report, threads, da
     if as_json:
         emit_json(summary.to_json())
         return
-    t = summary.targets
     log(
         f"search {summary.study}: {summary.evaluations} simulations in {summary.seconds:.1f} s, "
         f"front {len(summary.front)} points, hypervolume {summary.hypervolume:.4f} "
         f"(homogeneous {summary.baselines['homogeneous'].hypervolume:.4f})"
     )
-    click.echo(
-        f"best saving within 1 pp: {t.best_saving_within_1pp if t else 0:.3f} "
-        f"(homogeneous {t.best_homogeneous_saving_within_1pp if t else 0:.3f}); summary: "
-        f"{RunDir(Path(out) if out else Path('runs') / summary.study).summary_json}"
-    )
+    for line in end_of_run_lines(summary, result.run_dir, report=not no_report):
+        click.echo(line)
+
+
+def end_of_run_lines(summary: Summary, run_dir: Path, *, report: bool = True) -> list[str]:
+    """What the user got (the headline saving in percent, judged on test when the summary has the
+    test-judged figure), where it is, and the next commands."""
+    import shlex
+
+    t = summary.targets
+    best = getattr(t, "best_saving_within_1pp_test", None)
+    homo = getattr(t, "best_homogeneous_saving_within_1pp_test", None)
+    judged = "test split"
+    if best is None:
+        best, homo, judged = (
+            getattr(t, "best_saving_within_1pp", None),
+            getattr(t, "best_homogeneous_saving_within_1pp", None),
+            "validation split",
+        )
+    run = shlex.quote(str(run_dir))
+    lines = []
+    if best is None:
+        lines.append("no point within 1 pp of the quantized accuracy")
+    else:
+        vs = f" (best homogeneous {100 * homo:.1f} %)" if homo is not None else ""
+        lines.append(f"best energy saving within 1 pp: {100 * best:.1f} %{vs}, judged on the {judged}")
+    lines.append(f"run directory: {run_dir}  (summary.json{', report.html' if report else ''})")
+    lines.append("next:")
+    lines.append(f"  dse report {run} --open")
+    lines.append(f"  dse export {run} --max-accuracy-loss 1.0 -o cfg.json")
+    return lines
 
 
 def _write_report(run_dir: Path) -> None:
@@ -91,6 +127,7 @@ def _write_report(run_dir: Path) -> None:
 @data_option
 @device_option
 @json_option
+@library_option
 def worker(study, storage, study_name, threads, out, data, device, as_json):
     """Join a running search from another process or machine.
 

@@ -171,6 +171,11 @@ def import_multiplier(
         table, signed, params = read_c_model(path, signed=signed, function=function, timeout_s=timeout_s)
         pw = params["published"].get("PDK45_PWR")
         published_mw = pw if isinstance(pw, float) else None
+        if pw is not None and published_mw is None and energy_rel is None and power_mw is None:
+            raise UserError(
+                f"{path}: PDK45_PWR = {pw!r} is not a power figure (expected a number of mW >= 0); "
+                "give --energy-rel or --power-mw"
+            )
         default = params["function"]
     elif function is not None:
         raise UserError(f"--function: only applies to C models, not {path.name}")

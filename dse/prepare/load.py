@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from dse.data import Splits, load_splits
-from dse.multipliers import Library, Multiplier, load_library
+from dse.multipliers import Library, Multiplier
 from dse.nn import LayerInfo, Mode, layer_infos, set_mode
 from dse.prepare.records import PrepareResult
 from dse.prepare.stage import prepare, quantized_model, run_dir_target
@@ -47,7 +47,8 @@ class Prepared:
 
     @functools.cached_property
     def library(self) -> Library:
-        return load_library()
+        """The built-ins plus the user library (the search space's `library`, else $DSE_LIBRARY / default)."""
+        return self.search_space.load_library()
 
     @functools.cached_property
     def space(self) -> list[Multiplier]:

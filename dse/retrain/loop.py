@@ -246,9 +246,11 @@ def retrain(
     where: str = "config",
     raw_config: Mapping[str, Any] | None = None,
     prepared: Prepared | None = None,
+    rest: str | None = None,
 ) -> RetrainResult:
     """Retrain the prepared network of `run_dir` for `assignment` with `method`; save checkpoint + result.
-    The prepared model (`prepared`, when given) holds its original weights again afterwards."""
+    The prepared model (`prepared`, when given) holds its original weights again afterwards. An
+    assignment that leaves layers out is refused unless `rest="exact"` (those layers then run exact)."""
     if method not in METHODS:
         raise UserError(f"--method {method}: expected one of {', '.join(METHODS)}")
     if not isinstance(epochs, int) or epochs <= 0:
@@ -259,6 +261,12 @@ def retrain(
     if prepared is None:
         prepared = load_run(run_dir, data=data, device=device)
     multipliers = resolve_assignment(assignment, prepared, where=where, raw=raw_config)
+    missing = [n for n in prepared.layer_names if n not in multipliers]
+    if missing and rest != "exact":
+        raise UserError(
+            f"{where}: the model's layers {', '.join(missing)} are not in the configuration; name them, or "
+            "pass --rest exact to run them with the exact multiplier"
+        )
     model = prepared.model
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
     chash = config_hash(multipliers, run_dir, calibration_samples)
