@@ -39,14 +39,18 @@ def _trunc(signed, bits):
     return Multiplier(f"t{bits}", signed, ((p >> bits) << bits).astype(np.int32), 0.5, "t")
 
 
-BOTH_FORMATS = pytest.mark.parametrize(
+ALL_FORMATS = pytest.mark.parametrize(  # every operand format
     "fmt",
-    [QuantFormat(True, "symmetric", True), QuantFormat(False, "sign-magnitude", True)],
-    ids=["signed", "unsigned-sm"],
+    [
+        QuantFormat(True, "symmetric", True),
+        QuantFormat(False, "sign-magnitude", True),
+        QuantFormat(False, "affine", True),
+    ],
+    ids=["signed", "unsigned-sm", "unsigned-affine"],
 )
 
 
-@BOTH_FORMATS
+@ALL_FORMATS
 def test_profile_histograms_are_byte_indexed_for_both_formats(fmt):
     model, x = _model(fmt)
     prof = compute_profiles(model, x[:64], rows_per_layer=64)
@@ -75,7 +79,7 @@ def test_profile_histograms_are_byte_indexed_for_both_formats(fmt):
     assert prof["3"].output_std == pytest.approx(float(y.std(unbiased=False)), rel=1e-6)
 
 
-@BOTH_FORMATS
+@ALL_FORMATS
 def test_sampled_prediction_matches_measurement_on_other_inputs(fmt):
     model, x = _model(fmt)
     prof = compute_profiles(model, x[:128], rows_per_layer=512)

@@ -301,6 +301,30 @@ def test_qat_gradients_flow_straight_through_and_lut_mode_uses_the_exact_gradien
     model(x).square().sum().backward()
     assert model[0].weight.grad.abs().sum() > 0 and x.grad.abs().sum() > 0
 
+    # the STE's gradient is the exact product's: one layer under the same upstream gradient c, in lut
+    # mode (approximate table) and in quant mode (exact product), has other outputs and the same gradients
+    torch.manual_seed(1)
+    single = convert(nn.Sequential(nn.Conv2d(2, 4, 3, padding=1)), FORMATS[fmt_name])
+    xs = torch.randn(4, 2, 5, 5)
+    calibrate(single, [xs])
+    approx_layers(single)["0"].freeze_ranges = True
+    assign(single, {"0": _mult(FORMATS[fmt_name].signed, seed=0)})
+    c = torch.randn(4, 4, 5, 5)
+    grads_by_mode = {}
+    outs = {}
+    for mode in ("lut", "quant"):
+        single.zero_grad()
+        xi = xs.clone().requires_grad_(True)
+        set_mode(single, mode)
+        out = single(xi)
+        (out * c).sum().backward()
+        outs[mode] = out.detach()
+        grads_by_mode[mode] = (single[0].weight.grad.clone(), single[0].bias.grad.clone(), xi.grad.clone())
+    assert not torch.allclose(outs["lut"], outs["quant"])
+    for g_lut, g_exact in zip(grads_by_mode["lut"], grads_by_mode["quant"]):
+        assert g_exact.abs().sum() > 0
+        torch.testing.assert_close(g_lut, g_exact, rtol=1e-5, atol=1e-6)
+
 
 def test_state_dict_round_trip_restores_the_exact_quantized_model():
     fmt = FORMATS["affine"]

@@ -105,7 +105,7 @@ def test_interrupted_prepare_resumes_from_the_last_epoch(tmp_path, monkeypatch):
 
     study = load_study(tiny_study(tmp_path, epochs=3, qat_epochs=0))
     prepare(study, out=tmp_path / "ref", device="cpu")
-    ref = torch.load(tmp_path / "ref" / "prepare" / "float.pt", weights_only=False)["state_dict"]
+    ref = torch.load(tmp_path / "ref" / "prepare" / "float.pt", weights_only=True)["state_dict"]
 
     real_fit, calls = dse.train.fit, {"n": 0}
 
@@ -127,7 +127,7 @@ def test_interrupted_prepare_resumes_from_the_last_epoch(tmp_path, monkeypatch):
     assert (tmp_path / "run" / "prepare" / "float.partial.pt").is_file()
     monkeypatch.setattr(dse.prepare.stage, "fit", real_fit)
     prepare(study, out=tmp_path / "run", device="cpu")
-    got = torch.load(tmp_path / "run" / "prepare" / "float.pt", weights_only=False)["state_dict"]
+    got = torch.load(tmp_path / "run" / "prepare" / "float.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(got[k], ref[k]) for k in ref)
 
 

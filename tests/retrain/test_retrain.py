@@ -55,7 +55,7 @@ def _lut_accuracy(run_dir: Path, checkpoint: Path | None, assignment: dict[str, 
     prepared = load_prepared(run_dir, device="cpu")
     model = prepared.model
     if checkpoint is not None:
-        model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"])
+        model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"])
     set_mode(model, "lut")
     assign(model, {k: prepared.library.get(v) for k, v in assignment.items()})
     return evaluate_accuracy(model, prepared.splits.val, device="cpu")

@@ -73,7 +73,7 @@ def test_resume_after_interruption_gives_the_same_weights(tmp_path):
     with pytest.raises(Stop):
         fit(m, data, epochs=5, extra_loss=stop_in_epoch_4, resume_path=ckpt, resume_key="k", **kw)
     assert ckpt.exists()
-    assert torch.load(ckpt, weights_only=False)["epoch"] == 3
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 3
     resumed = toy_model(seed=99)  # different init: everything must come from the checkpoint
     res = fit(resumed, data, epochs=5, resume_path=ckpt, resume_key="k", **kw)
     assert torch.equal(params(resumed), params(ref))
