@@ -75,14 +75,18 @@ class DataConfig(_Section):
     )
 
 
+MAX_EPOCHS = 100_000  # more is a typo (9223372036854775807 was accepted and trained "forever")
+
+
 class TrainConfig(_Section):
     epochs: int | None = Field(
         None,
         ge=0,
+        le=MAX_EPOCHS,
         description="float training epochs; None: 10, or 0 with model.checkpoint (the checkpoint is used as "
         "it is; epochs > 0 fine-tunes it)",
     )
-    qat_epochs: int = Field(2, ge=0, description="quantization-aware training epochs")
+    qat_epochs: int = Field(2, ge=0, le=MAX_EPOCHS, description="quantization-aware training epochs")
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0)
     qat_lr: float | None = Field(None, gt=0, description="None: lr / 10")
@@ -95,24 +99,57 @@ class TrainConfig(_Section):
 
 
 class AgnConfig(_Section):
-    lambdas: list[float] = Field(default_factory=lambda: [0.5, 0.2, 0.05])
+    lambdas: list[float] = Field(
+        default_factory=lambda: [0.5, 0.2, 0.05],
+        min_length=1,
+        description="AGN trade-offs, each > 0 (one tolerance per lambda; the search seeds on them)",
+    )
     sigma_init: float = Field(0.1, gt=0)
     sigma_max: float = Field(0.5, gt=0)
-    epochs: int = Field(3, ge=0)
+    epochs: int = Field(3, ge=0, le=MAX_EPOCHS)
     lr: float = Field(1e-3, gt=0)
+
+    @model_validator(mode="after")
+    def _lambdas_positive(self) -> AgnConfig:
+        bad = [x for x in self.lambdas if not (x > 0 and x < float("inf"))]
+        if bad:
+            raise ValueError(f"lambdas: expected finite numbers > 0, got {bad}")
+        return self
 
 
 class SearchConfig(_Section):
-    budget: int = Field(200, ge=0, description="behavioural simulations of the accurate stage")
-    population: int = Field(24, ge=2)
+    budget: int = Field(
+        200,
+        ge=0,
+        description="behavioural simulations, in full validation-split equivalents (a candidate rejected "
+        "early after k of n images costs k/n); at least the number of seeds",
+    )
+    population: int = Field(24, ge=4, description="candidates simulated per batch (NSGA-II's batch)")
     seed: int = 0
-    surrogate_generations: int = Field(200, ge=0)
-    calibration_images: int = Field(512, ge=0)
+    surrogate_generations: int = Field(
+        200, ge=1, description="pymoo NSGA-II generations over the surrogate (cold start; warm: 1/8)"
+    )
+    calibration_images: int = Field(
+        512, ge=16, description="training images the layer profiles behind the surrogate are taken on"
+    )
+    early_rejection_confidence: float = Field(
+        0.95,
+        gt=0,
+        lt=1,
+        description="a candidate stops after a slice of the validation split when its accuracy is, with "
+        "this confidence, below the front at its energy",
+    )
+    explore_share: float = Field(
+        0.25, ge=0, lt=1, description="share of each batch picked for expected improvement, not the front"
+    )
     random_baseline: bool = True
 
 
 class Study(_Section):
-    name: str
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}$",
+        description="the run's name: the run directory runs/<name>; letters, digits and _ . + - (no path)",
+    )
     search_space: str = Field("unsigned_sm", description="built-in search-space name or path to a TOML")
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -296,7 +333,10 @@ def _read_toml(
             path = base_dir / path
         if not path.is_file():
             raise UserError(f"{path}: {what} file not found")
-        text, display, source = path.read_text(encoding="utf-8"), str(path), path.resolve()
+        try:
+            text, display, source = path.read_text(encoding="utf-8"), str(path), path.resolve()
+        except UnicodeDecodeError as e:
+            raise UserError(f"{path}: {what} file is not UTF-8 text (byte {e.start}: {e.reason})") from None
     try:
         return tomllib.loads(text), display, source
     except tomllib.TOMLDecodeError as e:

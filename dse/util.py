@@ -105,9 +105,13 @@ def read_json(path: Path, what: str = "JSON file") -> Any:
     if not path.exists():
         raise UserError(f"{path}: {what} not found")
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: {what} is not UTF-8 text (byte {e.start}: {e.reason})") from None
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: expected a {what}, found a directory") from None
 
 
 def emit_json(obj: Any) -> None:

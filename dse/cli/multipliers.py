@@ -232,8 +232,8 @@ def import_cmd(
     from dse.multipliers.library import default_library_dir
     from dse.util import emit_json
 
-    if timeout_s <= 0:
-        raise UserError("--timeout: expected a positive number of seconds")
+    if not 0 < timeout_s < float("inf"):  # nan compares false to everything
+        raise UserError(f"--timeout {timeout_s}: expected a positive, finite number of seconds")
     library_dir = _library_dir(ctx, library)
     imported = import_into_library(
         list(files),

@@ -68,7 +68,7 @@ def validate_energy(value: float, what: str) -> float:
 
 
 def validate_name(name: str, what: str = "--name") -> str:
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):  # match() let a trailing newline through ($)
         raise UserError(
             f"{what} {name!r}: expected lowercase letters, digits, '_', '-' or '.', starting with a letter or "
             "digit, at most 80 characters"

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from dse.data import Splits, load_splits
-from dse.models import build_model, fold_batchnorm, load_checkpoint, unfolded_batchnorm
+from dse.models import build_model, check_forward, fold_batchnorm, load_checkpoint, unfolded_batchnorm
 from dse.nn import Mode, approximated, calibrate, convert, layer_infos, set_mode
 from dse.prepare.records import PreparedFormat, PreparedLayer, PrepareResult
 from dse.quant import QuantFormat
@@ -134,9 +134,6 @@ def prepare(
     fmt = space_cfg.quant_format(study.train.per_channel)
 
     splits = load_splits(study.data, base_dir=study.base_dir)
-    run.prepare_dir.mkdir(parents=True, exist_ok=True)
-    run.write_study(study)
-    atomic_write_json(run.splits_json, splits.info)
     data_id = {k: splits.info[k] for k in ("data_sha256", "index_sha256", "seed")}
     if "mean" in splits.info:  # the normalised images are other inputs (absent: the keys of before)
         data_id["normalisation"] = [splits.info["mean"], splits.info["std"]]
@@ -159,14 +156,19 @@ def prepare(
         num_classes=splits.num_classes,
         base_dir=study.base_dir,
     )
+    if ckpt_path is not None:  # a checkpoint that does not fit fails here, before anything is written
+        load_checkpoint(model, ckpt_path)
+    check_forward(model, dataset_tensors(splits.val)[0][:2], splits.num_classes, study.model.name)
+    run.prepare_dir.mkdir(parents=True, exist_ok=True)
+    run.write_study(study)
+    atomic_write_json(run.splits_json, splits.info)
     t0 = time.perf_counter()
     cached = run.read_stage_checkpoint(run.float_ckpt, float_key)
     if cached is not None:
         model.load_state_dict(cached["state_dict"])
         stages["float"] = "cached"
     else:
-        if study.model.checkpoint:
-            load_checkpoint(model, Path(study.model.checkpoint))
+        if study.model.checkpoint:  # loaded above
             stages["float"] = "checkpoint"
         if epochs > 0:  # train, or fine-tune the checkpoint
             fit(

@@ -1,13 +1,23 @@
-"""The accurate stage: optuna NSGA-II (ask/tell) where every trial is a behavioural simulation.
+"""The search loop (optuna ask/tell): before each batch, `suggest` (pymoo NSGA-II over the calibrated
+surrogate, dse.search.seeding) proposes every candidate and enqueues it; each asked trial is simulated and
+told. Only when nothing is proposed (no surrogate, or none left) does the study's own sampler choose.
+
+Early rejection (`confidence`): a candidate is simulated on a first slice of the validation split, then on
+doubling slices, and stops when its accuracy is, with that confidence, below the simulated front at its
+energy (`SimulationCache.evaluate_staged`); its trial holds the slice's accuracy, `images` and `partial`.
+Front points are always complete.
 
 Several processes may run `run_trials` on one study (shared RDB storage): each asks a batch, simulates
-it, tells it. The budget counts simulations (trials that ran a simulation, successful or failed), not
-trials answered from the cache; a trial whose genome was already simulated — here, in an earlier run, or
-by another worker — is told the stored values without simulating again.
+it, tells it. The budget counts simulations in full-split equivalents (a candidate rejected after k of
+the n validation images costs k/n; trials answered from the cache cost nothing); a trial whose genome was
+already simulated — here, in an earlier run, or by another worker — is told the stored values without
+simulating again.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,8 +27,8 @@ import numpy as np
 
 from dse.search.problem import SearchProblem
 from dse.search.records import Genome, Origin, SearchPoint, SimulationFailure
-from dse.search.simulate import SimulationCache
-from dse.search.storage import requeue_stale_trials, worker_id
+from dse.search.simulate import SimulationCache, SlicedEvaluator, Staged
+from dse.search.storage import SqliteWorkerLock, beat, requeue_stale_trials, worker_id
 from dse.util import UserError
 
 if TYPE_CHECKING:
@@ -50,15 +60,63 @@ def simulated_count(trials: Sequence[optuna.trial.FrozenTrial]) -> int:
     return sum(1 for t in trials if is_simulation(t))
 
 
+def val_images(cache: SimulationCache) -> int | None:
+    """Size of the validation split when the evaluator simulates slices (else None: whole candidates)."""
+    ev = cache.evaluator
+    return ev.size("val") if isinstance(ev, SlicedEvaluator) else None
+
+
+def trial_cost(trial: optuna.trial.FrozenTrial, n_val: int | None) -> float:
+    """Budget a finished trial used: 1 per full simulation, images / n_val for one rejected early."""
+    if not is_simulation(trial):
+        return 0.0
+    images = trial.user_attrs.get("images")
+    if n_val is None or images is None:
+        return 1.0
+    return min(1.0, float(images) / max(1, n_val))
+
+
+def spent(trials: Sequence[optuna.trial.FrozenTrial], n_val: int | None) -> float:
+    """The budget used so far, in full-split simulations."""
+    return sum(trial_cost(t, n_val) for t in trials)
+
+
+def is_partial(trial: optuna.trial.FrozenTrial) -> bool:
+    return bool(trial.user_attrs.get("partial", False))
+
+
 def sync_cache(
     problem: SearchProblem, cache: SimulationCache, trials: Sequence[optuna.trial.FrozenTrial]
 ) -> None:
-    """Put every completed trial's accuracy into the cache (trials of earlier runs and other workers)."""
+    """Put every completed trial's accuracy into the cache (trials of earlier runs and other workers);
+    a candidate rejected early goes in as partial (correct of images), to be finished if ever needed."""
     from optuna.trial import TrialState
 
     for t in trials:
         if t.state == TrialState.COMPLETE and len(t.params) == len(problem.layers):
-            cache.add(trial_genome(problem, t), float(t.values[1]))
+            g = trial_genome(problem, t)
+            if is_partial(t):
+                k = int(t.user_attrs.get("images", 0))
+                if k > 0 and cache.known(g) is None and g not in cache.partial:
+                    cache.partial[g] = (int(round(float(t.values[1]) * k)), k)
+            else:
+                cache.add(g, float(t.values[1]))
+                cache.partial.pop(g, None)
+
+
+def front_threshold(problem: SearchProblem, cache: SimulationCache) -> Callable[[Genome], float]:
+    """threshold(genome): the best complete validation accuracy simulated so far at an energy at most
+    the genome's (0 where there is none): the front a candidate must reach to enter it."""
+
+    def threshold(g: Genome) -> float:
+        e = problem.energy_rel(g)
+        best = 0.0
+        for (split, h), acc in cache.values.items():
+            if split == "val" and acc > best and problem.energy_rel(h) <= e + 1e-12:
+                best = acc
+        return best
+
+    return threshold
 
 
 @dataclass
@@ -69,6 +127,7 @@ class StageStats:
     batches: int = 0
     simulation_seconds: float = 0.0
     first_error: str | None = None
+    lost: int = 0  # trials finished by someone else before we told them (stale while we were slow)
     history: list[tuple[int, float]] = field(default_factory=list)
 
 
@@ -86,32 +145,41 @@ def run_trials(
     stale_after_s: float = 3600.0,
     poll_s: float = 0.5,
     max_idle_batches: int = 20,
+    confidence: float | None = None,
 ) -> StageStats:
-    """Ask/simulate/tell until `budget` simulations exist in the study (counting all workers).
+    """Ask/simulate/tell until `budget` full-split simulations are spent in the study (all workers).
 
-    `predict(genomes)` gives the surrogate's accuracy for a batch (stored as `predicted_accuracy`);
-    `suggest(simulated, n)` returns up to n (genome, origin) candidates to enqueue before each batch (the
-    surrogate front, refit on what has been simulated so far)."""
+    `predict(genomes)` gives the surrogate's accuracy for a batch (stored as `predicted_accuracy`, made
+    before the simulation: the out-of-sample τ); `suggest(simulated, n)` returns up to n (genome, origin)
+    candidates to enqueue before each batch (the surrogate's NSGA-II, refit on what has been simulated so
+    far). `confidence` in (0, 1) turns on early rejection (None: every candidate on the whole split)."""
     from optuna.trial import TrialState
 
     if budget <= 0:
         raise UserError(f"--budget {budget}: expected a positive number of simulations")
+    if confidence is not None and not 0.0 < confidence < 1.0:
+        raise UserError(f"search.early_rejection_confidence = {confidence}: expected a number in (0, 1)")
+    n_val = val_images(cache)
     dists = distributions(problem)
     wid = worker_id()
     stats = StageStats()
     rng = np.random.default_rng(seed)
     idle = 0
+    lock = SqliteWorkerLock(study)  # a second process on one SQLite study: one-line UserError
     requeue_stale_trials(study, stale_after_s)
     while True:
         trials = study.get_trials(deepcopy=False)
         sync_cache(problem, cache, trials)
-        done = simulated_count(trials)
+        done = spent(trials, n_val)
         running = [t for t in trials if t.state == TrialState.RUNNING]
-        if done >= budget:
+        if done >= budget - 1e-9:
             break
-        if len({g for (s, g) in cache.values if s == "val"}) + stats.failed >= problem.size:
+        if (
+            len({g for (s, g) in cache.values if s == "val"} | set(cache.partial)) + stats.failed
+            >= problem.size
+        ):
             break  # every assignment of the space has been simulated
-        free = budget - done - len(running)
+        free = math.ceil(budget - done - 1e-9) - len(running)
         if free <= 0:  # the rest of the budget is running on other workers: wait for it
             if requeue_stale_trials(study, stale_after_s) == 0:
                 time.sleep(poll_s)
@@ -123,7 +191,7 @@ def run_trials(
                 for t in trials
                 if t.state == TrialState.COMPLETE
             ]
-            for g, origin in suggest(complete, max(1, n // 3)):
+            for g, origin in suggest(complete, n):
                 study.enqueue_trial(
                     problem.assignment(g), user_attrs={"origin": origin.to_json()}, skip_if_exists=True
                 )
@@ -135,8 +203,9 @@ def run_trials(
         for _ in range(n):
             t = study.ask(fixed_distributions=dists)
             t.set_user_attr("worker", wid)
+            beat(study, t)  # a heartbeat now and every HEARTBEAT_INTERVAL_S while it runs
             asked.append(t)
-        asked = _drop_over_budget(study, asked, budget)
+        asked = _drop_over_budget(study, asked, budget, n_val)
         if not asked:
             continue
         n = len(asked)
@@ -161,6 +230,7 @@ def run_trials(
                 [genomes[i] for i in part],
                 [predicted[i] for i in part],
                 stats,
+                confidence,
             )
         stats.batches += 1
         idle = idle + 1 if not new else 0
@@ -179,6 +249,7 @@ def run_trials(
         and simulated_count(study.get_trials(deepcopy=False)) == stats.failed
     ):
         raise UserError(f"search: every candidate failed to simulate; first error: {stats.first_error}")
+    lock.release()
     return stats
 
 
@@ -190,41 +261,68 @@ def _simulate_and_tell(
     genomes: Sequence[Genome],
     predicted: Sequence[float | None],
     stats: StageStats,
+    confidence: float | None = None,
 ) -> set[Genome]:
-    """Simulate the genomes not in the cache (each once), tell every trial; returns the new genomes."""
+    """Simulate the genomes not in the cache (each once; with early rejection when `confidence` is
+    given: `SimulationCache.evaluate_staged`), tell every trial; returns the new genomes.
+
+    Each genome's trials are told as soon as it is simulated (in the cache's lexicographic order, so
+    shared prefixes still meet), so a kill loses at most the simulation in progress, not the batch. A trial
+    that is no longer RUNNING when told (failed as stale while this worker was slow, or taken by another
+    process) is skipped and counted in `stats.lost`."""
+    import optuna
     from optuna.trial import TrialState
 
-    t0 = time.perf_counter()
-    new = {g for g in genomes if cache.known(g) is None}
-    results = cache.evaluate(genomes)
-    stats.simulation_seconds += time.perf_counter() - t0
-    simulated_here: set[Genome] = set()
-    for t, g, r, p in zip(asked, genomes, results, predicted):
-        energy = problem.energy_rel(g)
-        # params hold the assignment, values (energy_rel, accuracy); attributes the rest. Few of them:
-        # optuna commits each attribute separately.
-        attrs: dict[str, object] = {} if "origin" in t.user_attrs else {"origin": "nsga2"}
-        if p is not None:
-            attrs["predicted_accuracy"] = float(p)
-        first_time = g in new and g not in simulated_here
-        simulated_here.add(g)
-        if isinstance(r, SimulationFailure):
-            if first_time:
-                msg = str(r)
-                t.set_user_attr("error", msg)
-                stats.failed += 1
-                stats.first_error = stats.first_error or msg
-            study.tell(t, state=TrialState.FAIL)  # a failing genome twice in one batch: one simulation
-            continue
-        if first_time:
-            attrs["seconds"] = cache.seconds_by_genome.get(("val", g), 0.0)
-            stats.simulated += 1
+    new = {g for g in genomes if cache.known(g) is None}  # a partial one continues: a simulation again
+    by_genome: dict[Genome, list[int]] = {}
+    for i, g in enumerate(genomes):
+        by_genome.setdefault(g, []).append(i)
+    n_val = val_images(cache)
+    threshold = front_threshold(problem, cache)
+    for g in sorted(by_genome):
+        t0 = time.perf_counter()
+        r: Staged | SimulationFailure
+        if confidence is not None:
+            r = cache.evaluate_staged([g], threshold, confidence)[0]
         else:
-            attrs["cached"] = True
-            stats.cached += 1
-        for key, v in attrs.items():
-            t.set_user_attr(key, v)
-        study.tell(t, [energy, float(r)])
+            full = cache.evaluate([g])[0]
+            r = full if isinstance(full, SimulationFailure) else Staged(full, n_val or 0, True)
+        stats.simulation_seconds += time.perf_counter() - t0
+        energy = problem.energy_rel(g)
+        for k, i in enumerate(by_genome[g]):
+            t, p = asked[i], predicted[i]
+            first_time = g in new and k == 0
+            try:
+                if isinstance(r, SimulationFailure):
+                    if first_time:
+                        msg = str(r)
+                        t.set_user_attr("error", msg)
+                        stats.failed += 1
+                        stats.first_error = stats.first_error or msg
+                    study.tell(
+                        t, state=TrialState.FAIL
+                    )  # a failing genome twice in one batch: one simulation
+                    continue
+                # params hold the assignment, values (energy_rel, accuracy); attributes the rest. Few of
+                # them: optuna commits each attribute separately.
+                attrs: dict[str, object] = {} if "origin" in t.user_attrs else {"origin": "nsga2"}
+                if p is not None:
+                    attrs["predicted_accuracy"] = float(p)
+                if first_time:
+                    attrs["seconds"] = cache.seconds_by_genome.get(("val", g), 0.0)
+                    if n_val is not None:
+                        attrs["images"] = r.images or n_val
+                    if not r.complete:
+                        attrs["partial"] = True
+                    stats.simulated += 1
+                else:
+                    attrs["cached"] = True
+                    stats.cached += 1
+                for key, v in attrs.items():
+                    t.set_user_attr(key, v)
+                study.tell(t, [energy, float(r.accuracy)])
+            except optuna.exceptions.UpdateFinishedTrialError:
+                stats.lost += 1  # its result stays in the cache; the re-queued copy is answered from it
     return new
 
 
@@ -255,15 +353,28 @@ def _contested(
     return out
 
 
-def _drop_over_budget(study: optuna.Study, asked: list[optuna.Trial], budget: int) -> list[optuna.Trial]:
+def _drop_over_budget(
+    study: optuna.Study, asked: list[optuna.Trial], budget: int, n_val: int | None = None
+) -> list[optuna.Trial]:
     """Several workers may ask at the same moment from the same snapshot: rank every trial that is or may
-    become a simulation (finished simulations and running trials, by trial number) and give back our
-    trials ranked beyond the budget (told FAIL with `skipped`, never simulated, not counted)."""
+    become a simulation (finished simulations at their cost, running trials at 1, by trial number) and
+    give back our trials that start beyond the budget (told FAIL with `skipped`, never simulated, not
+    counted)."""
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
-    counted = sorted(t.number for t in trials if is_simulation(t) or t.state == TrialState.RUNNING)
-    allowed = set(counted[:budget])
+    counted = sorted(
+        (t.number, 1.0 if t.state == TrialState.RUNNING else trial_cost(t, n_val))
+        for t in trials
+        if is_simulation(t) or t.state == TrialState.RUNNING
+    )
+    allowed: set[int] = set()
+    used = 0.0
+    for number, cost in counted:
+        if used >= budget - 1e-9:
+            break
+        allowed.add(number)
+        used += cost
     keep = []
     for t in asked:
         if t.number in allowed:
@@ -288,27 +399,35 @@ def _wait_for_running_duplicates(
     worker tells all its uncontested trials before it waits, so two workers never wait for each other."""
     deadline = time.monotonic() + timeout_s
     while _contested(problem, study, cache, asked, genomes) and time.monotonic() <= deadline:
-        time.sleep(poll_s)
+        if requeue_stale_trials(study) == 0:  # that worker died: its trial is FAIL, simulate it here
+            time.sleep(poll_s)
 
 
 def completed_points(problem: SearchProblem, study: optuna.Study) -> list[SearchPoint]:
-    """Every simulated candidate of the study (one per genome, first trial that simulated it)."""
+    """Every simulated candidate of the study (one per genome, first trial that simulated it; for a
+    genome rejected early and later finished, the trial that finished it)."""
     from optuna.trial import TrialState
 
     out: list[SearchPoint] = []
-    seen: set[Genome] = set()
+    seen: dict[Genome, int] = {}
     for t in sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.number):
         g = trial_genome(problem, t)
-        if g in seen:
-            continue
-        seen.add(g)
-        out.append(
-            problem.point(
-                g,
-                float(t.values[1]),
-                trial=t.number,
-                predicted=t.user_attrs.get("predicted_accuracy"),
-                origin=Origin.from_json(t.user_attrs.get("origin", "nsga2")),
-            )
+        if g in seen and not (out[seen[g]].partial and not is_partial(t)):
+            continue  # a genome rejected early and finished later: its complete trial counts
+        point = problem.point(
+            g,
+            float(t.values[1]),
+            trial=t.number,
+            predicted=t.user_attrs.get("predicted_accuracy"),
+            origin=Origin.from_json(t.user_attrs.get("origin", "nsga2")),
         )
+        images = t.user_attrs.get("images")
+        point = dataclasses.replace(
+            point, images=None if images is None else int(images), partial=is_partial(t)
+        )
+        if g in seen:
+            out[seen[g]] = point
+        else:
+            seen[g] = len(out)
+            out.append(point)
     return out

@@ -21,7 +21,7 @@ from dse.search.pareto import hypervolume
 from dse.search.problem import SearchProblem
 from dse.search.records import Summary
 from dse.search.seeding import first_generation, surrogate_callbacks
-from dse.search.setup import build_setup
+from dse.search.setup import build_problem, build_setup
 from dse.search.storage import (
     ATTR_BUDGET,
     ATTR_CONFIG,
@@ -95,6 +95,48 @@ def _hv_progress(bar: tqdm[Any]) -> Callable[[list[optuna.trial.FrozenTrial]], N
     return on_batch
 
 
+def seed_count(problem: SearchProblem, n_lambdas: int) -> tuple[int, str]:
+    """How many seeds a search starts from (at most; an AGN mapping equal to another seed is one) and
+    what they are, in words."""
+    exact = 1 if problem.all_exact() is not None else 0
+    homo = len(problem.homogeneous())
+    words = f"{'all-exact, ' if exact else ''}{n_lambdas} AGN mappings, {homo} homogeneous assignments"
+    return exact + n_lambdas + homo, words
+
+
+def check_search_inputs(problem: SearchProblem, budget: int, n_lambdas: int) -> None:
+    """The search's bad inputs, before anything of the search is written: a space in which every layer
+    may only be exact (nothing to search), a budget smaller than the seeds."""
+    if problem.exact is not None and all(set(ch) == {problem.exact} for ch in problem.choices):
+        raise UserError(
+            f"search space: every layer is restricted to the exact multiplier {problem.exact!r}: "
+            "nothing to search (allow an approximate multiplier in at least one layer)"
+        )
+    n, words = seed_count(problem, n_lambdas)
+    if budget < n:
+        raise UserError(
+            f"search.budget = {budget}: smaller than the {n} seeds ({words}); give a budget of at least {n}"
+        )
+
+
+def check_before_prepare(target: str | Path | None, budget: int | None) -> None:
+    """What can be validated without training, before the prepare stage (35-58 s on the built-in studies,
+    hours on a real network): the study file, search.budget, the search space and every multiplier
+    pattern in it (per-layer ones too; their layer names are checked once the model is prepared)."""
+    from dse.prepare.stage import run_dir_target
+    from dse.study import load_study
+
+    run = run_dir_target(target)
+    study = run.read_study() if run is not None else load_study(target)
+    b = int(budget if budget is not None else study.search.budget)
+    if b <= 0:
+        raise UserError(f"search.budget = {b}: expected a positive number of simulations")
+    space = study.load_search_space()
+    library = space.load_library()
+    space.resolve(library)
+    space.resolve_layers(library, list(space.layers))  # each layer's patterns (names: after prepare)
+
+
 def run_search(
     target: str | Path | None = None,
     out: str | Path | None = None,
@@ -113,6 +155,7 @@ def run_search(
     if budget is not None and budget <= 0:
         raise UserError(f"--budget {budget}: expected a positive number of simulations")
     t_start = time.perf_counter()
+    check_before_prepare(target, budget)  # the study, its search space and budget: before any training
     url = storage  # open the storage first: a bad URL fails before minutes of preparation
     storage_obj = open_storage(url) if url else None
     prepared = open_run(target, out=out, data=data, device=device)
@@ -122,6 +165,7 @@ def run_search(
     if budget <= 0:
         raise UserError(f"search.budget = {budget}: expected a positive number of simulations")
     seed = int(cfg.seed if seed is None else seed)
+    check_search_inputs(build_problem(prepared)[0], budget, len(prepared.study.agn.lambdas))
     log(f"search {prepared.study.name}: layer profiles, σ predictions and AGN tolerances (cached in the run)")
     setup = build_setup(prepared)
     problem = setup.problem
@@ -141,12 +185,12 @@ def run_search(
     log(f"search {name}: the seeds (all-exact, AGN mappings, homogeneous), then the surrogate's batches")
     seeds = first_generation(setup, cfg.population, seed)
     if not study.user_attrs.get(ATTR_SEEDED):
-        for g, origin in seeds[:budget]:
+        for g, origin in seeds:
             study.enqueue_trial(
                 problem.assignment(g), user_attrs={"origin": origin.to_json()}, skip_if_exists=True
             )
         study.set_user_attr(ATTR_SEEDED, True)
-    suggest, predict = surrogate_callbacks(setup, seeds, seed)
+    suggest, predict = surrogate_callbacks(setup, seeds, seed, cfg.explore_share)
     with progress(total=budget, desc=f"search {name}") as bar:
         run_trials(
             study,
@@ -158,6 +202,7 @@ def run_search(
             predict=predict,
             suggest=suggest,
             on_batch=_hv_progress(bar),
+            confidence=cfg.early_rejection_confidence,
         )
     points = completed_points(problem, study)
     stage_seconds["search"] = time.perf_counter() - t_search
@@ -225,7 +270,7 @@ def run_worker(
         prepared = open_run(target, out=out, data=data, device=device)
     study_cfg = prepared.study
     run_dir = Path(prepared.run_dir.path)
-    setup = build_setup(prepared, with_error_models=False)
+    setup = build_setup(prepared, with_error_models=False)  # the surrogate proposes the worker's batches
     population = study_cfg.search.population
     _, fp = _config_and_fingerprint(prepared, setup.problem, population, seed)
     stored = probe.user_attrs.get(ATTR_FINGERPRINT)
@@ -239,6 +284,7 @@ def run_worker(
     study = create_or_load_study(
         storage_obj, study_name, fp, config, make_sampler(population, worker_seed), storage
     )
+    suggest, predict = surrogate_callbacks(setup, [], worker_seed, study_cfg.search.explore_share)
     t0 = time.perf_counter()
     with progress(total=budget, desc=f"worker {study_name}") as bar:
         stats = run_trials(
@@ -248,7 +294,10 @@ def run_worker(
             budget,
             population,
             seed=worker_seed,
+            predict=predict,
+            suggest=suggest,
             on_batch=_hv_progress(bar),
+            confidence=study_cfg.search.early_rejection_confidence,
         )
     return WorkerResult(
         study=study_name,
