@@ -29,7 +29,7 @@ def bench_model(
     from dse.multipliers.library import load_library
     from dse.nn import approx_layers, assign, calibrate, convert, set_mode
     from dse.quant import QuantFormat
-    from dse.util import UserError
+    from dse.util import UserError, progress
 
     device = torch.device(device)
     lib = {m.name: m for m in load_library()}
@@ -58,7 +58,8 @@ def bench_model(
     forward()
     rows = []
     best_quant = float("inf")
-    for name in multipliers:
+    bar = progress(multipliers, desc=f"bench {model_name}")
+    for name in bar:
         assign(model, {n: lib[name] for n in layers})
         set_mode(model, "lut")
         forward()  # prepares the layers' kernels (weights, tables, backend races) once
@@ -70,6 +71,7 @@ def bench_model(
             set_mode(model, "quant")
             best_quant = min(best_quant, wall_seconds(forward, device))
         rows.append({"multiplier": name, "backends": backends, "seconds": best})
+        bar.set_postfix_str(f"{name} {best * 1e3:.0f} ms (quantized {best_quant * 1e3:.0f} ms)")
     # the float network (cuDNN / oneDNN, no quantization, no exactness constraint): the fastest forward
     # there is, for scale — the exactly-quantized forward keeps integer sums exact (on CUDA it turns cuDNN
     # off, whose Winograd/FFT algorithms are not), which costs it dearly there

@@ -21,7 +21,11 @@ def bench() -> None:
 @bench.command("kernels")
 @click.option("--device", default="cpu", show_default=True, help="cpu | cuda | auto")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
-@click.option("--quick", is_flag=True, help="Smaller shapes and fewer repetitions (seconds, not minutes).")
+@click.option(
+    "--quick",
+    is_flag=True,
+    help="Smaller shapes (seconds, not minutes; one torch thread on <= 2 cores unless --threads).",
+)
 @click.option(
     "--threads",
     type=click.IntRange(min=1),
@@ -42,11 +46,13 @@ def kernels(device: str, as_json: bool, quick: bool, threads: int | None) -> Non
     import torch
 
     from dse.kernels.bench import bench_kernels, format_table
-    from dse.util import emit_json, log, resolve_device
+    from dse.util import emit_json, log, resolve_device, set_threads
 
     dev = resolve_device(device)
     if threads is not None:
         torch.set_num_threads(threads)
+    elif quick:  # two threads on a busy 2-core machine took 96 s instead of 17 s
+        set_threads(None)
     if not as_json:
         log("benchmarking (timings on a shared or busy machine are noisy; ratios are measured side by side)")
     result = bench_kernels(dev, quick=quick)
