@@ -96,7 +96,9 @@ def test_own_pretrained_network_prepares_without_float_training(tmp_path):
     (tmp_path / "own.toml").write_text(STUDY.format(mean=MEAN, std=STD))
     out = tmp_path / "run"
     result = CliRunner().invoke(
-        cli, ["prepare", str(tmp_path / "own.toml"), "--out", str(out), "--json"], env={"DSE_NO_PROGRESS": "1"}
+        cli,
+        ["prepare", str(tmp_path / "own.toml"), "--out", str(out), "--json"],
+        env={"DSE_NO_PROGRESS": "1"},
     )
     assert result.exit_code == 0, result.output
     got = json.loads(result.stdout)
@@ -119,9 +121,8 @@ def test_own_pretrained_network_prepares_without_float_training(tmp_path):
     # validation + test of the exact table are reported; the first layer took the shifted zero point
     assert got["lut_exact_test_accuracy"] == got["quant_test_accuracy"]
     assert abs(got["quant_accuracy"] - got["float_accuracy"]) < 0.05
-    from dse.prepare import load_prepared
-
     from dse.nn import approx_layers
+    from dse.prepare import load_prepared
 
     prepared = load_prepared(out)
 
@@ -137,10 +138,60 @@ def test_bad_mean_std_exit_2_nothing_written(tmp_path, mean, std, message):
     (tmp_path / "net.py").write_text(NET)
     x, y = load_digits_pool()
     np.savez(tmp_path / "digits_split.npz", x=x[:500, 0], y=y[:500], x_test=x[500:900, 0], y_test=y[500:900])
-    (tmp_path / "own.toml").write_text(STUDY.format(mean=mean, std=std).replace('checkpoint = "weights/best.pt"\n', ""))
+    (tmp_path / "own.toml").write_text(
+        STUDY.format(mean=mean, std=std).replace('checkpoint = "weights/best.pt"\n', "")
+    )
     out = tmp_path / "run"
     result = CliRunner().invoke(cli, ["prepare", str(tmp_path / "own.toml"), "--out", str(out)])
     assert result.exit_code == 2
     assert len(result.stderr.strip().splitlines()) == 1
     assert re.search(message, result.stderr)
+    assert not out.exists()
+
+
+def _bad_setup(tmp_path: Path, case: str) -> tuple[list[str], str]:
+    """-> (dse prepare arguments, the message expected) for one bad input of the user's own network."""
+    (tmp_path / "own_layers_q.py").write_text(LAYERS)
+    (tmp_path / "net.py").write_text(NET)
+    x, y = load_digits_pool()
+    np.savez(tmp_path / "digits_split.npz", x=x[:500, 0], y=y[:500], x_test=x[500:900, 0], y_test=y[500:900])
+    study = STUDY.format(mean=MEAN, std=STD)
+    if case == "fashion_path":
+        return [
+            "fashion_resnet20",
+            "--data",
+            str(tmp_path / "no-such-dir"),
+        ], "apt-get install dataset-fashion-mnist"
+    if case == "hook_raises":
+        (tmp_path / "net.py").write_text("raise ImportError('needs apex\\nfor mixed precision')\n")
+    if case == "checkpoint_misfit":
+        (tmp_path / "weights").mkdir()
+        torch.save(
+            {"state_dict": {"module.conv.weight": torch.zeros(1)}, "epoch": 1}, tmp_path / "weights/best.pt"
+        )
+    if case == "cifar_missing_batch":
+        import pickle
+
+        (tmp_path / "cifar").mkdir()
+        for name in ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_5", "test_batch"):
+            with open(tmp_path / "cifar" / name, "wb") as f:
+                pickle.dump({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1]}, f)
+        study = study.replace('name = "npz"', 'name = "cifar10"').replace("digits_split.npz", "cifar")
+    (tmp_path / "own.toml").write_text(study)
+    expected = {
+        "hook_raises": r"cannot import .*ImportError: needs apex for mixed precision",
+        "checkpoint_misfit": r"does not fit the model \(keys: \d+ missing, first '0\.bn\.weight'; 1 unexpected, first 'conv\.weight'\)",
+        "cifar_missing_batch": "lacks the CIFAR-10 batch data_batch_4",
+    }[case]
+    return [str(tmp_path / "own.toml")], expected
+
+
+@pytest.mark.parametrize("case", ["fashion_path", "hook_raises", "checkpoint_misfit", "cifar_missing_batch"])
+def test_bad_own_network_inputs_exit_2_with_one_line_and_write_nothing(tmp_path, case):
+    args, expected = _bad_setup(tmp_path, case)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["prepare", *args, "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert re.search(expected, result.stderr), result.stderr
     assert not out.exists()
