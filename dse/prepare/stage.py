@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from dse.data import Splits, load_splits
-from dse.models import build_model, fold_batchnorm, load_checkpoint, unfolded_batchnorm
+from dse.models import build_model, check_forward, fold_batchnorm, load_checkpoint, unfolded_batchnorm
 from dse.nn import Mode, approximated, calibrate, convert, layer_infos, set_mode
 from dse.prepare.records import PreparedFormat, PreparedLayer, PrepareResult
 from dse.quant import QuantFormat
@@ -158,6 +158,7 @@ def prepare(
     )
     if ckpt_path is not None:  # a checkpoint that does not fit fails here, before anything is written
         load_checkpoint(model, ckpt_path)
+    check_forward(model, dataset_tensors(splits.val)[0][:2], splits.num_classes, study.model.name)
     run.prepare_dir.mkdir(parents=True, exist_ok=True)
     run.write_study(study)
     atomic_write_json(run.splits_json, splits.info)
