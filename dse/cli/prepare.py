@@ -28,16 +28,18 @@ def prepare(
     study: str | None, out: Path | None, data: Path | None, device: str, threads: int | None, as_json: bool
 ) -> None:
     """Float training (or the study's checkpoint), BatchNorm folding, 8-bit conversion, calibration and
-    QAT; then float, quantized and exact-table accuracy on the validation split.
+    QAT; then float, quantized and exact-table accuracy on the validation and test splits.
 
-    STUDY is a built-in study (digits, mnist_lenet5, cifar10_resnet20; default digits), a study TOML or
-    a run directory (prepared again with its own study.toml).
+    STUDY is a built-in study (digits, mnist_lenet5, fashion_resnet20, cifar10_resnet20; default digits),
+    a study TOML or a run directory (prepared again with its own study.toml). With a checkpoint in the
+    study, the float network is the checkpoint (no float training unless [train] epochs is given).
     Stages whose inputs did not change are loaded from the run directory, not recomputed.
 
     \b
     Examples:
       dse prepare                                   # digits, runs/digits
       dse prepare mnist_lenet5 --data mnist10k.npz --json
+      dse prepare fashion_resnet20                  # Debian's dataset-fashion-mnist, minutes on CPU
       dse prepare cifar10_resnet20 --data cifar-10-batches-py --device cuda
     """
     from dse.prepare import prepare as run_prepare
