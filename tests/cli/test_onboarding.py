@@ -212,3 +212,27 @@ def test_help_never_points_outside_the_repository():
         assert "../shared" not in result.output, name
     assert "../shared" not in (REPO / "docs" / "ARCHITECTURE.md").read_text()
     assert "../shared" not in (REPO / "README.md").read_text()
+
+
+def test_a_layer_with_negative_inputs_is_recorded_as_shifted():
+    """An unsigned layer whose calibration saw negative inputs runs with a shifted zero point, and the
+    prepare record (result.json, summary.json, the report, `dse prepare`'s listing) says so."""
+    import torch
+
+    from dse.nn import calibrate, convert, layer_infos, set_mode
+    from dse.prepare.records import PreparedLayer
+    from dse.quant import QuantFormat
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten())
+    model.append(torch.nn.Linear(4 * 6 * 6, 3))
+    model = convert(model, QuantFormat.from_names("unsigned", "sign-magnitude"))
+    calibrate(model, [torch.randn(8, 1, 8, 8)])  # normalised images: negative first-layer inputs
+    set_mode(model, "quant")
+    model(torch.randn(2, 1, 8, 8))  # MACs are known after a forward
+    layers = [PreparedLayer.of(info) for info in layer_infos(model)]
+    assert [(layer.act_rule, layer.shifted) for layer in layers] == [("shifted", True), ("relu", False)]
+    assert PreparedLayer.from_json(layers[0].to_json()) == layers[0]
+    old = layers[0].to_json()
+    del old["act_rule"]  # a result.json written before the field existed
+    assert PreparedLayer.from_json(old).act_rule == ""
