@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from dse.hardware.verilog import circuit_of, core_name
+from dse.hardware.verilog import circuit_of, core_name, has_circuit
 from dse.multipliers import circuits
 from dse.multipliers.circuits import Circuit
 from dse.multipliers.core import Multiplier
@@ -67,11 +67,21 @@ def _netlist_of(key: str, circuit: Circuit | None = None) -> Netlist:
     return _NETLISTS[key]
 
 
+def circuit_netlist(m: Multiplier) -> Netlist | None:
+    """The netlist of `m`'s circuit (a signed variant: its core's), built once per process; None: no circuit."""
+    if not has_circuit(m):
+        return None
+    key = core_name(m)
+    if key not in _NETLISTS:
+        _NETLISTS[key] = netlist(circuit_of(m))
+    return _NETLISTS[key]
+
+
 def switched_cost(net: Netlist, a: np.ndarray, b: np.ndarray) -> float:
     """Mean switched gate cost per operation: a, b uint8-valued [P, T] streams (P multipliers, T steps)."""
     if a.shape != b.shape or a.ndim != 2 or a.shape[1] < 2:
         raise ValueError("operand streams must be [P, T] with T >= 2")
-    values = net.run(a.astype(np.uint16), b.astype(np.uint16))
+    values = net.run(a.astype(np.uint8), b.astype(np.uint8))  # gate outputs are bits: uint8 suffices
     total = 0.0
     for name, cost in zip(net.gates, net.costs):
         v = np.broadcast_to(np.asarray(values[name]), a.shape)
@@ -117,20 +127,28 @@ class Activity:
         return dict(vars(self))
 
 
+def activities(
+    mults: list[Multiplier], streams: dict[str, tuple[np.ndarray, np.ndarray]]
+) -> dict[tuple[str, str], Activity | None]:
+    """Toggle-based energy of each multiplier (None: no circuit) on each layer's stream ({layer: (a, b)})."""
+    exact_net = _netlist_of("exact_u8")
+    exact = {layer: switched_cost(exact_net, a, b) for layer, (a, b) in streams.items()}
+    out: dict[tuple[str, str], Activity | None] = {}
+    for m in mults:
+        net = circuit_netlist(m)
+        for layer, (a, b) in streams.items():
+            if net is None:
+                out[layer, m.name] = None
+                continue
+            sw, ex = switched_cost(net, a, b), exact[layer]
+            rel = sw / ex if ex > 0 else float("nan")
+            out[layer, m.name] = Activity(m.name, float(sw), float(ex), float(rel), float(m.energy_rel))
+    return out
+
+
 def layer_activity(
     mults: list[Multiplier], rows: np.ndarray, weights: np.ndarray, weight_scheme: str, seed: int = 0
 ) -> dict[str, Activity | None]:
     """Toggle-based energy of each multiplier (None: no circuit) on one layer's weight-stationary stream."""
-    a, b = operand_streams(rows, weights, weight_scheme, seed=seed)
-    exact = switched_cost(_netlist_of("exact_u8"), a, b)
-    out: dict[str, Activity | None] = {}
-    for m in mults:
-        c = circuit_of(m)
-        if c is None:
-            out[m.name] = None
-            continue
-        net = _netlist_of(core_name(m), c)
-        sw = switched_cost(net, a, b)
-        rel = sw / exact if exact > 0 else float("nan")
-        out[m.name] = Activity(m.name, float(sw), float(exact), float(rel), float(m.energy_rel))
-    return out
+    got = activities(mults, {"layer": operand_streams(rows, weights, weight_scheme, seed=seed)})
+    return {m.name: got["layer", m.name] for m in mults}

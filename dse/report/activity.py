@@ -4,13 +4,15 @@ multiplier used on the front], on the layer profiles' operand streams (weight-st
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from dse.errors.profiles import LayerProfiles
-from dse.hardware.activity import POSITIONS, layer_activity
+from dse.hardware.activity import POSITIONS, activities, operand_streams
 from dse.multipliers.core import Multiplier
 from dse.rundir import RunDir
 from dse.util import UserError
@@ -53,28 +55,54 @@ class ToggleTable:
         }
 
 
+_STREAMS: dict[tuple[str, float, str], tuple[dict[str, int], dict[str, tuple[np.ndarray, np.ndarray]]]] = {}
+_CACHE: dict[tuple[str, float, str, str], dict[str, float | None]] = {}
+
+
+def _streams(
+    run_dir: Path, weight_scheme: str
+) -> tuple[dict[str, int], dict[str, tuple[np.ndarray, np.ndarray]]] | None:
+    """({layer: MACs}, {layer: weight-stationary operand streams}) of the run's profiles, read once per
+    process and profiles file; None when the run has no profiles yet."""
+    path = RunDir(Path(run_dir)).profiles_npz
+    if not path.is_file():
+        return None
+    key = (str(path.resolve()), path.stat().st_mtime, weight_scheme)
+    if key not in _STREAMS:
+        profiles = LayerProfiles.load(path)
+        macs = {p.name: int(p.macs) for p in profiles.layers}
+        streams = {p.name: operand_streams(p.rows, p.weights, weight_scheme) for p in profiles.layers}
+        _STREAMS.clear()  # one run at a time
+        _STREAMS[key] = (macs, streams)
+    return _STREAMS[key]
+
+
 def toggle_table(
     run_dir: Path, mults: Iterable[Multiplier], weight_scheme: str, layers: Iterable[str] | None = None
 ) -> ToggleTable:
     """The toggle-based energy of each multiplier of `mults` on each profiled layer of the run."""
-    path = RunDir(Path(run_dir)).profiles_npz
-    if not path.is_file():
+    got = _streams(run_dir, weight_scheme)
+    if got is None:
+        path = RunDir(Path(run_dir)).profiles_npz
         raise UserError(f"{path}: no layer profiles yet (run `dse search` or `dse analyze` first)")
-    profiles = LayerProfiles.load(path)
-    wanted = None if layers is None else set(layers)
+    macs, streams = got
+    if layers is not None:
+        wanted = set(layers)
+        streams = {k: v for k, v in streams.items() if k in wanted}
     mults = list(mults)
+    act = activities(mults, streams)
     entries = []
-    for p in profiles.layers:
-        if wanted is not None and p.name not in wanted:
-            continue
-        act = layer_activity(mults, p.rows, p.weights, weight_scheme)
-        exact_sw = next((a.exact_switched_per_op for a in act.values() if a is not None), float("nan"))
+    for layer in streams:
+        exact_sw = next(
+            (a.exact_switched_per_op for (lay, _), a in act.items() if lay == layer and a is not None),
+            float("nan"),
+        )
         for m in mults:
-            a = act[m.name]
+            a = act[layer, m.name]
             entries.append(
                 ToggleEntry(
-                    p.name,
-                    int(p.macs),
+                    layer,
+                    macs[layer],
                     m.name,
                     float(m.energy_rel),
                     None if a is None else a.toggle_energy_rel,
@@ -85,33 +113,25 @@ def toggle_table(
     return ToggleTable(weight_scheme, POSITIONS, tuple(entries))
 
 
-_CACHE: dict[tuple[str, float, str, str, str], float | None] = {}
-
-
-def weight_scheme_of(space: dict[str, Any] | Any) -> str:
+def weight_scheme_of(space: Mapping[str, Any]) -> str:
     """The run's weight scheme (search space), `symmetric` for the signed format."""
-    scheme = space.get("weight_scheme") if hasattr(space, "get") else None
+    scheme = space.get("weight_scheme")
     if scheme:
         return str(scheme)
-    return (
-        "symmetric"
-        if (space.get("format") if hasattr(space, "get") else None) == "signed"
-        else "sign-magnitude"
-    )
+    return "symmetric" if space.get("format") == "signed" else "sign-magnitude"
 
 
 def toggle_energy(run_dir: Path, layer: str, m: Multiplier, weight_scheme: str) -> float | None:
-    """One layer's toggle-based energy_rel for `m` (None: no profiles or no circuit); memoised per
-    (profiles file, layer, multiplier) in the process, so a report's many points cost one simulation each."""
+    """One layer's toggle-based energy_rel for `m` (None: no profiles or no circuit). Memoised: the first
+    call for a multiplier computes every layer of the run, so a report's many points cost little."""
     path = RunDir(Path(run_dir)).profiles_npz
     if not path.is_file():
         return None
-    key = (str(path), path.stat().st_mtime, layer, m.sha256, weight_scheme)
+    key = (str(path.resolve()), path.stat().st_mtime, m.sha256, weight_scheme)
     if key not in _CACHE:
-        table = toggle_table(run_dir, [m], weight_scheme, [layer])
-        e = table.get(layer, m.name)
-        _CACHE[key] = None if e is None else e.toggle_energy_rel
-    return _CACHE[key]
+        table = toggle_table(run_dir, [m], weight_scheme)
+        _CACHE[key] = {e.layer: e.toggle_energy_rel for e in table.entries}
+    return _CACHE[key].get(layer)
 
 
 def front_toggle_table(run_dir: Path) -> ToggleTable:
