@@ -120,10 +120,11 @@ def test_study_toml_round_trip(tmp_path):
 class FakeMult:
     name: str
     signed: bool
+    dominated: bool = False
 
 
 class FakeLibrary(Library):
-    """A Library of name-only multipliers (selecting reads only `name` and `signed`)."""
+    """A Library of name-only multipliers (selecting reads only `name`, `signed` and `dominated`)."""
 
     def __init__(self, names):
         super().__init__([FakeMult(n, n.endswith("_s8")) for n in names])
