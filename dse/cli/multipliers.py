@@ -165,6 +165,10 @@ def _describe(m: Multiplier) -> str:
         f"  energy_rel     {m.energy_rel:.4f}   ({m.energy_method})",
         f"  lut_sha256     {m.sha256}",
     ]
+    if m.synth_area_rel is not None:
+        lines.insert(
+            2, f"  synth_area_rel {m.synth_area_rel:.4f}   (yosys generic cells: {m.synth_cells} cells)"
+        )
     for k, v in m.params.items():
         lines.append(f"  {k:<14} {v}")
     for k, v in m.metrics.items():
