@@ -102,3 +102,17 @@ def test_cli_method_names_are_the_library_methods():
     from dse.retrain.surrogates import METHODS
 
     assert METHOD_NAMES == METHODS
+
+
+def test_partial_assignment_is_refused_naming_the_layers_unless_rest_exact(tmp_path, prepared):
+    from dse.retrain.loop import retrain
+
+    fake = SimpleNamespace(**vars(prepared), layer_names=LAYERS)
+    partial = {"conv2": "bam_h2_v6_u8", "fc1": "trunc6_u8"}
+    with pytest.raises(UserError) as e:
+        retrain(tmp_path, partial, "errmodel", prepared=fake, where="part.json")
+    msg = str(e.value)
+    assert msg.startswith("part.json:") and "conv1, fc2" in msg and "--rest exact" in msg
+    # with --rest exact the check passes (this fake run then has no model to retrain)
+    with pytest.raises(AttributeError, match="model"):
+        retrain(tmp_path, partial, "errmodel", prepared=fake, where="part.json", rest="exact")
