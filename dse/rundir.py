@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from dse.study import Study, load_study
-from dse.util import UserError, atomic_write_json, atomic_write_text, load_checkpoint
+from dse.util import UNREADABLE_CHECKPOINT, UserError, atomic_write_json, atomic_write_text, load_checkpoint
 
 __all__ = ["RunDir", "stage_key"]
 
@@ -185,6 +185,6 @@ class RunDir:
             obj = load_checkpoint(path, "stage checkpoint")
         except UserError:
             raise  # a crafted checkpoint is refused, not silently recomputed
-        except Exception:  # a truncated or stale file is recomputed
+        except UNREADABLE_CHECKPOINT:  # a truncated or stale file is recomputed
             return None
         return obj if isinstance(obj, dict) and obj.get("inputs_sha256") == key else None

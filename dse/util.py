@@ -83,6 +83,20 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+# what torch.load raises for a missing, truncated or garbage file (its legacy unpickler fails with
+# IndexError / KeyError / TypeError on random bytes): callers that recompute or report null catch these
+UNREADABLE_CHECKPOINT: tuple[type[BaseException], ...] = (
+    OSError,
+    RuntimeError,
+    EOFError,
+    ValueError,
+    IndexError,
+    KeyError,
+    TypeError,
+    AttributeError,
+)
+
+
 def load_checkpoint(path: Path | str, what: str = "checkpoint", map_location: Any = "cpu") -> Any:
     """A torch checkpoint of a run directory, loaded with `weights_only=True`: tensors and plain data only
     (what dse writes). A file that holds anything else (a pickle that would run code) is refused with a
@@ -170,7 +184,7 @@ def set_threads(threads: int | None = None) -> None:
         from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
         threadpool_limits(1, user_api="blas")
-    except Exception:  # threadpoolctl missing: keep the defaults
+    except ImportError:  # threadpoolctl missing: keep the defaults
         pass
     if threads is not None and threads <= 0:
         raise UserError(f"--threads {threads}: expected a positive number")

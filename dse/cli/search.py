@@ -63,11 +63,16 @@ def search(study, out, storage, budget, study_name, seed, no_report, threads, da
         seed=seed,
         threads=threads,
     )
-    if not no_report:
-        _write_report(result.run_dir)
+    report_error = None if no_report else _write_report(result.run_dir)
     summary = result.summary
     if as_json:
-        emit_json(summary.to_json())
+        doc = summary.to_json()
+        if report_error is not None:  # the command's JSON says the report is missing, and why
+            doc["fallbacks"] = [
+                *doc["fallbacks"],
+                {"stage": "report", "error": report_error, "effect": "no report.html"},
+            ]
+        emit_json(doc)
         return
     log(
         f"search {summary.study}: {summary.evaluations} simulations in {summary.seconds:.1f} s, "
@@ -107,15 +112,20 @@ def end_of_run_lines(summary: Summary, run_dir: Path, *, report: bool = True) ->
     return lines
 
 
-def _write_report(run_dir: Path) -> None:
-    """The report after the search; a failing report never fails the search (logged)."""
+def _write_report(run_dir: Path) -> str | None:
+    """The report after the search; a failing report never fails the search (logged, and returned as
+    "Type: message" for the command's JSON; None when it was written)."""
     from dse.report.html import write_report
-    from dse.util import log
+    from dse.util import UserError, log
 
     try:
         write_report(run_dir)
-    except Exception as e:
-        log(f"search: the report failed ({type(e).__name__}: {e}); summary.json is written")
+    except (UserError, OSError, RuntimeError, ValueError, KeyError, TypeError) as e:
+        # the report reads everything the search wrote; hours of search are kept in summary.json
+        error = f"{type(e).__name__}: {' '.join(str(e).split())}"
+        log(f"search: the report failed ({error}); summary.json is written, retry with dse report {run_dir}")
+        return error
+    return None
 
 
 @click.command("worker")

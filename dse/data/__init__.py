@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import pickle
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -169,7 +171,7 @@ def load_npz(path: Path | str | None) -> Source:
             return Source(np.concatenate([x, xt]), np.concatenate([y, yt]), len(x), "npz")
     except UserError:
         raise
-    except Exception as e:
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
         raise UserError(f"data.path: {path} is not a readable .npz file ({type(e).__name__}: {e})") from None
 
 
@@ -194,7 +196,15 @@ def load_cifar10(path: Path | str | None) -> Source:
                 batch = load_batch(fh)  # restricted: a crafted batch runs nothing
             xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
             ys.append(np.asarray(batch[b"labels"], dtype=np.int64))
-        except Exception as e:
+        except (
+            pickle.UnpicklingError,
+            OSError,
+            EOFError,
+            KeyError,
+            ValueError,
+            TypeError,
+            AttributeError,
+        ) as e:
             raise UserError(
                 f"data.path: {f} is not a CIFAR-10 python batch ({type(e).__name__}: {e})"
             ) from None
@@ -329,7 +339,7 @@ def load_source(name: str, path: str | Path | None = None, base_dir: Path | None
             out = func(path) if path else func()
         except UserError:
             raise
-        except Exception as e:
+        except Exception as e:  # user code: whatever it raises is bad input (one line), never a fallback
             raise UserError(f"data.name: {name} raised {type(e).__name__}: {e}") from None
         if not (isinstance(out, (tuple, list)) and len(out) == 2):
             raise UserError(f"data.name: {name} must return (x, y), got {type(out).__name__}")

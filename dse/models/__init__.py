@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import pickle
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dse.util import UserError
+from dse.util import UNREADABLE_CHECKPOINT, UserError
 
 if TYPE_CHECKING:
     from torch import nn
@@ -68,7 +69,7 @@ def import_function(spec: str, what: str, base_dir: Path | None = None) -> Calla
             module = importlib.import_module(module_name)
     except UserError:
         raise
-    except Exception as e:  # any import failure of user code is bad input
+    except Exception as e:  # user code: whatever its import raises is bad input (one line), never a fallback
         message = " ".join(str(e).split())  # one line
         raise UserError(f"{what}: cannot import {module_name!r} ({type(e).__name__}: {message})") from None
     func: object = getattr(module, func_name, None)
@@ -110,7 +111,7 @@ def build_model(
     func = import_function(name_or_hook, "model.name", base_dir)
     try:
         model = func()
-    except Exception as e:
+    except Exception as e:  # user code: whatever it raises is bad input (one line), never a fallback
         raise UserError(f"model.name: {name_or_hook} raised {type(e).__name__}: {e}") from None
     if not isinstance(model, nn.Module):
         raise UserError(
@@ -198,7 +199,8 @@ def load_checkpoint(model: nn.Module, path: Path, what: str = "model.checkpoint"
         raise UserError(f"{what}: checkpoint {path} not found")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
+    except UNREADABLE_CHECKPOINT + (pickle.UnpicklingError,) as e:
+        # truncated, not a torch file, or objects beyond tensors and plain data (refused: never unpickled)
         raise UserError(f"{what}: {path} is not a readable torch checkpoint ({type(e).__name__})") from None
     state = checkpoint_state_dict(obj)
     if state is None:
@@ -272,7 +274,8 @@ def _fold_traced(model: nn.Module) -> list[str] | None:
 
     try:
         graph = fx.Tracer().trace(model)
-    except Exception:  # untraceable user code (data-dependent control flow)
+    except (fx.proxy.TraceError, TypeError, RuntimeError, NotImplementedError, AttributeError, ValueError):
+        # untraceable user code (data-dependent control flow, unsupported calls)
         return None
     calls = Counter(str(node.target) for node in graph.nodes if node.op == "call_module")
     folded = []

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import zipfile
 from collections.abc import Sequence
 from dataclasses import replace
 from functools import lru_cache
@@ -66,7 +67,8 @@ def _load_cache(path: Path) -> list[Multiplier] | None:
             )
             for i, m in enumerate(meta)
         ]
-    except Exception:  # a missing, stale or corrupt cache is recomputed
+    except (OSError, ValueError, KeyError, IndexError, TypeError, EOFError, zipfile.BadZipFile):
+        # a missing, stale or corrupt cache is recomputed
         return None
 
 

@@ -20,7 +20,7 @@ from dse.quant import QuantFormat
 from dse.rundir import RunDir, stage_key
 from dse.study import SearchSpace, Study, load_study
 from dse.train import dataset_tensors
-from dse.util import UserError, load_checkpoint, resolve_device
+from dse.util import UNREADABLE_CHECKPOINT, UserError, load_checkpoint, resolve_device
 
 __all__ = ["Prepared", "is_prepared", "load_prepared", "open_run"]
 
@@ -73,7 +73,7 @@ def is_prepared(run_dir: str | Path | RunDir) -> bool:
         key = load_checkpoint(run.qat_ckpt, "QAT checkpoint").get("inputs_sha256")
     except UserError:
         raise  # a crafted checkpoint is refused, not taken for "not prepared"
-    except Exception:
+    except UNREADABLE_CHECKPOINT:  # missing, truncated or foreign files (ValueError: bad JSON)
         return False
     return isinstance(result, dict) and result.get("inputs_sha256") == stage_key("result", key)
 

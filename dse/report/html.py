@@ -155,6 +155,16 @@ def render_report(run: RunResults, library: Library | None) -> tuple[str, dict[s
             + "</ul></div>"
         )
     )
+    fallbacks = run.summary.fallbacks  # stages that failed while the search went on (summary.json)
+    if fallbacks:
+        missing_html += (
+            "<div class='missing fallbacks'><b>The search ran without:</b><ul>"
+            + "".join(
+                f"<li>{html.escape(f.stage)} ({html.escape(f.error)}): {html.escape(f.effect)}</li>"
+                for f in fallbacks
+            )
+            + "</ul></div>"
+        )
     files = resources.files("dse.report")
     template = files.joinpath("page.html").read_text()
     replacements = {

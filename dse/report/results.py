@@ -26,7 +26,7 @@ from dse.prepare.records import PreparedLayer
 from dse.rundir import RunDir
 from dse.search.records import BASELINE_NAMES, SearchPoint, Summary
 from dse.search.summary import summary_from_storage
-from dse.util import UserError, load_checkpoint, read_json, sha256_file
+from dse.util import UNREADABLE_CHECKPOINT, UserError, load_checkpoint, read_json, sha256_file
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -224,7 +224,8 @@ def quant_params(
         )
     except UserError:
         raise  # a crafted checkpoint is refused
-    except Exception:  # a checkpoint we cannot read here: the configuration says so with null
+    except UNREADABLE_CHECKPOINT:
+        # a checkpoint we cannot read here (truncated, another format): the configuration says so with null
         return None
     if not isinstance(state, dict):
         return None

@@ -42,7 +42,7 @@ from dse.multipliers.core import Multiplier
 from dse.nn import Mode, approx_layers, approximated, set_mode
 from dse.prepare import Prepared, load_prepared
 from dse.retrain.statistics import CALIBRATION_SAMPLES, STATS_VERSION, get_error_stats, measure_error_stats
-from dse.retrain.surrogates import METHODS, build_surrogates
+from dse.retrain.surrogates import METHODS, agn_sigma_source, build_surrogates
 from dse.rundir import RunDir
 from dse.simulation import simulate_accuracy
 from dse.train import fit
@@ -51,6 +51,7 @@ from dse.util import (
     atomic_torch_save,
     atomic_write_json,
     load_checkpoint,
+    log,
     sha256_bytes,
     sha256_file,
 )
@@ -75,13 +76,15 @@ class RetrainResult:
     refresh_stats: bool
     checkpoint: str
     config_hash: str
+    # agn: "predicted" or "measured: <why>" (`agn_sigma_source`); None for the other methods
+    noise_sigma: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> RetrainResult:
-        return cls(**{f.name: d[f.name] for f in fields(cls)})
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d or f.name != "noise_sigma"})
 
 
 # ---------------------------------------------------------------- the prepared run
@@ -276,11 +279,16 @@ def retrain(
         stats_seconds = 0.0
         surrogates: dict[str, nn.Module] = {}
         refresh = None
+        noise_sigma = None
         if method != "behavioral":
             stats, stats_seconds = get_error_stats(
                 prepared, model, multipliers, out_dir, calibration_samples, device=device
             )
             surrogates = _on(build_surrogates(method, prepared, multipliers, stats), device)
+            if method == "agn":
+                noise_sigma = agn_sigma_source(prepared, {n: multipliers[n] for n in stats})
+                if noise_sigma != "predicted":
+                    log(f"retrain agn: the noise σ is {noise_sigma}")
             if refresh_stats and method != "multiplicative":  # the table's relative error never changes
                 measured_on: Prepared = prepared
 
@@ -315,6 +323,7 @@ def retrain(
         refresh_stats=refresh is not None,
         checkpoint=str(ckpt),
         config_hash=chash,
+        noise_sigma=noise_sigma,
     )
     atomic_torch_save({"state_dict": state, "result": result.to_json()}, ckpt)
     atomic_write_json(out_dir / f"{method}.json", result.to_json())

@@ -201,6 +201,22 @@ def predicted_sigma(
         return {}
 
 
+def agn_sigma_source(prepared: Prepared, multipliers: Mapping[str, Multiplier]) -> str:
+    """Which σ the `agn` method trains with: "predicted" (the run's σ predictions) or "measured: <why>"
+    (the measured per-layer error σ, when the predictions are missing or do not cover the assignment).
+    Recorded in the RetrainResult (`noise_sigma`), so the switch is never silent."""
+    if not prepared.run_dir.predictions_json.exists():
+        return "measured: the run has no σ predictions (profiles/predictions.json; dse search or dse analyze makes them)"
+    covered = predicted_sigma(prepared, multipliers)
+    missing = [n for n in multipliers if n not in covered]
+    if not missing:
+        return "predicted"
+    return (
+        f"measured: the run's σ predictions do not cover {missing[0]} = {multipliers[missing[0]].name} "
+        "(another search space or library)"
+    )
+
+
 def build_surrogates(
     method: str,
     prepared: Prepared,

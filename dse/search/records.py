@@ -121,6 +121,29 @@ class HypervolumeMark:
 
 
 @dataclass(frozen=True)
+class Fallback:
+    """A stage that failed while the search carried on without it (no silent fallbacks): which stage,
+    the error (type and message, one line) and what the search did instead. In summary.json
+    `fallbacks` and shown on the report page."""
+
+    stage: str
+    error: str
+    effect: str
+
+    @classmethod
+    def of(cls, stage: str, exc: BaseException, effect: str) -> Fallback:
+        message = " ".join(str(exc).split())
+        return cls(stage, f"{type(exc).__name__}: {message}" if message else type(exc).__name__, effect)
+
+    def to_json(self) -> dict[str, str]:
+        return {"stage": self.stage, "error": self.error, "effect": self.effect}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> Fallback:
+        return cls(str(obj["stage"]), str(obj["error"]), str(obj["effect"]))
+
+
+@dataclass(frozen=True)
 class Baseline:
     hypervolume: float | None
     points: tuple[SearchPoint, ...]
@@ -191,6 +214,8 @@ class Summary:
     stage_seconds: Mapping[str, float] = field(default_factory=dict)
     storage: str | None = None
     optuna_study: str | None = None
+    fallbacks: tuple[Fallback, ...] = ()
+    requeued_trials: int | None = None  # trials asked again because their worker died (kill, lost host)
     in_progress: bool = False
     schema_version: int = SCHEMA_VERSION
 
@@ -218,6 +243,8 @@ class Summary:
             "stage_seconds": dict(self.stage_seconds),
             "storage": self.storage,
             "optuna_study": self.optuna_study,
+            "fallbacks": [f.to_json() for f in self.fallbacks],
+            "requeued_trials": self.requeued_trials,
         }
         if self.in_progress:
             out["in_progress"] = True
@@ -256,6 +283,8 @@ class Summary:
                 stage_seconds=dict(obj.get("stage_seconds") or {}),
                 storage=obj.get("storage"),
                 optuna_study=obj.get("optuna_study"),
+                fallbacks=tuple(Fallback.from_json(f) for f in obj.get("fallbacks") or []),
+                requeued_trials=obj.get("requeued_trials"),
                 in_progress=bool(obj.get("in_progress", False)),
                 schema_version=int(obj.get("schema_version", SCHEMA_VERSION)),
             )

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from dse.search.accurate import completed_points, run_trials, simulated_count
 from dse.search.pareto import hypervolume
 from dse.search.problem import SearchProblem
-from dse.search.records import Summary
+from dse.search.records import Fallback, Summary
 from dse.search.seeding import first_generation, surrogate_callbacks
 from dse.search.setup import build_problem, build_setup
 from dse.search.storage import (
@@ -33,6 +33,7 @@ from dse.search.storage import (
     make_sampler,
     open_storage,
     redact,
+    requeued_count,
 )
 from dse.search.summary import build_summary
 from dse.util import UserError, atomic_write_json, log, progress, set_threads, sha256_file
@@ -61,6 +62,9 @@ class WorkerResult:
     cached: int
     failed: int
     seconds: float
+    lost: int = 0  # trials another worker finished first (this one was taken for dead while slow)
+    requeued_trials: int = 0  # trials of the study asked again because their worker died
+    fallbacks: tuple[Fallback, ...] = ()  # stages that failed here; the worker went on without them
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -223,7 +227,11 @@ def run_search(
         stage_seconds=stage_seconds,
         storage=redact(url),
         optuna_study=name,
+        fallbacks=tuple(setup.fallbacks),
+        requeued_trials=requeued_count(study.get_trials(deepcopy=False)),
     )
+    for fb in setup.fallbacks:
+        log(f"search: ran without {fb.stage} ({fb.error}): {fb.effect}")
     run_dir = Path(prepared.run_dir.path)
     atomic_write_json(prepared.run_dir.summary_json, summary.to_json())
     return SearchResult(summary, run_dir)
@@ -305,4 +313,7 @@ def run_worker(
         cached=stats.cached,
         failed=stats.failed,
         seconds=time.perf_counter() - t0,
+        lost=stats.lost,
+        requeued_trials=requeued_count(study.get_trials(deepcopy=False)),
+        fallbacks=tuple(setup.fallbacks),
     )

@@ -12,7 +12,7 @@ import numpy as np
 from dse.multipliers.core import Multiplier
 from dse.prepare.records import PreparedLayer
 from dse.search.problem import SearchProblem
-from dse.search.records import Genome, Origin
+from dse.search.records import Fallback, Genome, Origin
 from dse.search.simulate import SimulationCache
 from dse.search.surrogate import Surrogate
 from dse.util import log
@@ -32,6 +32,7 @@ class Setup:
     surrogate: Surrogate | None = None
     agn: list[tuple[Genome, Origin]] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    fallbacks: list[Fallback] = field(default_factory=list)  # stages that failed; the search went on
 
 
 def build_problem(prepared: Prepared) -> tuple[SearchProblem, dict[str, Multiplier]]:
@@ -62,9 +63,10 @@ def build_setup(prepared: Prepared, with_error_models: bool = True, device_batch
     stage_seconds: dict[str, float] = {}
     agn: list[tuple[Genome, Origin]] = []
     surrogate = None
+    fallbacks: list[Fallback] = []
     if with_error_models:  # before the simulator wraps the layers' forward
-        agn = _agn_seeds(prepared, problem, stage_seconds)
-        surrogate = _surrogate(prepared, problem, stage_seconds)
+        agn = _agn_seeds(prepared, problem, stage_seconds, fallbacks)
+        surrogate = _surrogate(prepared, problem, stage_seconds, fallbacks)
     return Setup(
         prepared=prepared,
         problem=problem,
@@ -73,14 +75,15 @@ def build_setup(prepared: Prepared, with_error_models: bool = True, device_batch
         surrogate=surrogate,
         agn=agn,
         stage_seconds=stage_seconds,
+        fallbacks=fallbacks,
     )
 
 
 def _agn_seeds(
-    prepared: Prepared, problem: SearchProblem, stage_seconds: dict[str, float]
+    prepared: Prepared, problem: SearchProblem, stage_seconds: dict[str, float], fallbacks: list[Fallback]
 ) -> list[tuple[Genome, Origin]]:
     """The AGN mappings, one per λ (-> the AGN seeds and baseline). A failing AGN stage leaves the search
-    running without them (logged)."""
+    running without them: logged and recorded in `fallbacks` (summary.json, the report)."""
     from dse.agn import get_agn_results
 
     out: list[tuple[Genome, Origin]] = []
@@ -88,14 +91,18 @@ def _agn_seeds(
     try:
         for r in get_agn_results(prepared, prepared.study.agn.lambdas):
             out.append((problem.genome(r.assignment), Origin.agn(r.lam)))
-    except Exception as e:  # the search still works without AGN
-        log(f"search: no AGN mappings ({type(e).__name__}: {e})")
+    except (RuntimeError, ValueError, ArithmeticError, OSError, KeyError, IndexError) as e:
+        # a training that diverged, ran out of memory, or a stage file it could not write: the search
+        # still works without AGN (no AGN seeds, no AGN baseline), and says so
+        fb = Fallback.of("agn", e, "no AGN seeds and no AGN baseline")
+        fallbacks.append(fb)
+        log(f"search: no AGN mappings ({fb.error}); recorded in summary.json fallbacks")
     stage_seconds["agn"] = time.perf_counter() - t0
     return out
 
 
 def _surrogate(
-    prepared: Prepared, problem: SearchProblem, stage_seconds: dict[str, float]
+    prepared: Prepared, problem: SearchProblem, stage_seconds: dict[str, float], fallbacks: list[Fallback]
 ) -> Surrogate | None:
     """The surrogate over the σ predictions' distortion table: squared relative output error per layer
     and multiplier (normalising by the AGN tolerances instead of the output std ranked worse, see
@@ -105,8 +112,10 @@ def _surrogate(
     t0 = time.perf_counter()
     try:
         pred = get_predictions(prepared)
-    except Exception as e:
-        log(f"search: no σ predictions ({type(e).__name__}: {e}); the surrogate stage is skipped")
+    except (RuntimeError, ValueError, ArithmeticError, OSError, KeyError, IndexError) as e:
+        fb = Fallback.of("predictions", e, "no surrogate: the study's NSGA-II sampler proposes every batch")
+        fallbacks.append(fb)
+        log(f"search: no σ predictions ({fb.error}); the surrogate stage is skipped (summary.json fallbacks)")
         return None
     stage_seconds["predictions"] = time.perf_counter() - t0
     row = {n: i for i, n in enumerate(pred.layers)}

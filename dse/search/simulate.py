@@ -17,6 +17,10 @@ import numpy as np
 
 from dse.search.records import Genome, SimulationFailure
 
+# what a failing simulation raises (torch / kernel / model errors; MemoryError: a candidate too large):
+# recorded as the trial's `error` (SimulationFailure), never swallowed; anything else is a bug and stops
+SIMULATION_ERRORS = (RuntimeError, ValueError, TypeError, IndexError, KeyError, ArithmeticError, MemoryError)
+
 
 class Evaluator(Protocol):
     def accuracy(self, genome: Genome, split: str = "val") -> float: ...
@@ -54,7 +58,7 @@ class SimulationCache:
                 acc = float(self.evaluator.accuracy(g, split))
                 if not np.isfinite(acc):
                     raise ValueError(f"simulation returned accuracy {acc}")
-            except Exception as e:  # one failing candidate must not stop the search
+            except SIMULATION_ERRORS as e:  # one failing candidate must not stop the search (recorded)
                 errors[g] = SimulationFailure.of(e)
                 continue
             finally:

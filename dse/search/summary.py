@@ -148,13 +148,15 @@ def summary_from_storage(run_dir: Path, study_name: str | None) -> Summary | Non
     layers = tuple(PreparedLayer.from_json(layer) for layer in prep.get("layers") or [])
     names = [layer.name for layer in layers]
     import optuna
+    import sqlalchemy.exc
     from optuna.trial import TrialState
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
         studies = optuna.get_all_study_names(storage)
-    except Exception as e:  # a locked or foreign file: say so rather than crash
+    except (sqlalchemy.exc.SQLAlchemyError, RuntimeError, ValueError) as e:
+        # a locked or foreign file (RuntimeError: another optuna's schema): say so rather than crash
         raise UserError(f"{db}: cannot read the search's optuna storage ({type(e).__name__})") from None
     name = study_name if study_name in studies else (studies[0] if len(studies) == 1 else None)
     if name is None or not names:
