@@ -103,7 +103,7 @@ class LayerProfiles:
 
     @staticmethod
     def load(path: Path) -> LayerProfiles:
-        with np.load(path) as z:
+        with np.load(path, allow_pickle=False) as z:
             meta = json.loads(bytes(z["meta"]).decode())
             layers = []
             for i, m in enumerate(meta["layers"]):
