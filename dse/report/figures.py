@@ -201,7 +201,12 @@ def hypervolume_figure(run: RunResults) -> Figure:
     }
     if not hist:
         return {**fig, "empty": "Hypervolume history: not written by the search yet."}
-    x = [h.evaluations for h in hist]
+    # x: the budget spent (full-split simulations; candidates rejected early cost their slice) where the
+    # search recorded it, else the candidates
+    by_budget = all(h.simulations is not None for h in hist)
+    x = [float(h.simulations) if by_budget and h.simulations is not None else h.evaluations for h in hist]
+    if by_budget:
+        fig["layout"]["xaxis"] = {"title": {"text": "budget spent (full validation-split simulations)"}}
     data = [
         {
             "type": "scatter",
@@ -212,6 +217,17 @@ def hypervolume_figure(run: RunResults) -> Figure:
             "line": {"color": "#d62728", "width": 2.5, "shape": "hv"},
         }
     ]
+    for origin, hv in run.summary.hypervolume_by_origin.items():  # each origin's points alone
+        data.append(
+            {
+                "type": "scatter",
+                "mode": "lines",
+                "name": f"{esc(origin)} points alone (final)",
+                "x": [min(x), max(x)],
+                "y": [hv] * 2,
+                "line": {"dash": "dot", "width": 1},
+            }
+        )
     for name, base in run.summary.baselines.items():
         if base.hypervolume is not None and base.points:
             label = GROUP_STYLE.get(name, (name, {"color": "#555"}))
@@ -230,8 +246,10 @@ def hypervolume_figure(run: RunResults) -> Figure:
 
 def surrogate_figure(run: RunResults, points: list[PagePoint]) -> Figure:
     pts = [p for p in points if p.group == "search" and p.predicted_accuracy is not None]
-    tau = run.summary.surrogate_kendall_tau
-    title = "Surrogate vs simulated accuracy" + (f" (Kendall τ = {tau:.3f})" if tau is not None else "")
+    tau = run.summary.surrogate_kendall_tau  # out of sample: predictions made before each simulation
+    title = "Surrogate (predicted before each simulation) vs simulated accuracy" + (
+        f" (out-of-sample Kendall τ = {tau:.3f})" if tau is not None else ""
+    )
     fig = {
         "id": "surrogate",
         "layout": {

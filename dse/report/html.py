@@ -95,9 +95,22 @@ def _facts(run: RunResults, points: list[PagePoint]) -> list[tuple[str, str]]:
             if b.hypervolume is not None and b.points
         )
         facts.append(("hypervolume", f"{hv:.4f}" + (f" (baselines: {bases})" if bases else "")))
+    if s.hypervolume_by_origin:
+        facts.append(
+            ("hypervolume by origin", ", ".join(f"{k} {v:.4f}" for k, v in s.hypervolume_by_origin.items()))
+        )
     if s.surrogate_kendall_tau is not None:
-        facts.append(("surrogate Kendall τ", f"{s.surrogate_kendall_tau:.3f}"))
+        facts.append(("surrogate Kendall τ (out of sample)", f"{s.surrogate_kendall_tau:.3f}"))
     facts.append(("front points", str(len(front))))
+    if s.simulated_images is not None:
+        per = s.simulated_images_per_front_point
+        facts.append(
+            (
+                "simulated validation images",
+                f"{s.simulated_images:,} over {s.evaluations} candidates ({s.rejected_early or 0} rejected early)"
+                + (f", {per:,.0f} per front point" if per is not None else ""),
+            )
+        )
     shifted = [layer.name for layer in run.layers if layer.shifted]
     if shifted:  # the hardware flow must apply these layers' activation zero point too
         facts.append(("input zero point shifted (negative inputs)", ", ".join(shifted)))

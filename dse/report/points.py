@@ -22,6 +22,10 @@ GROUP_STYLE = {  # group -> (label, marker)
         "random search",
         {"color": "#7f7f7f", "size": 8, "symbol": "x-thin-open", "line": {"width": 2}},
     ),
+    "random_with_seeds": (  # summary and hypervolume figure only: its points are shown as the others
+        "random search + the seeds",
+        {"color": "#17becf", "size": 8, "symbol": "x-thin-open", "line": {"width": 2}},
+    ),
 }
 
 

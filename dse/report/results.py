@@ -91,6 +91,8 @@ class RunResults:
         for p in self.summary.front:
             add(p, "search")
         for name, base in self.summary.baselines.items():
+            if name == "random_with_seeds":  # the seeds and the random points, each shown already
+                continue
             for p in base.points:
                 add(p, name)
         return out

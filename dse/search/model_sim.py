@@ -25,8 +25,9 @@ from dse.search.records import Genome
 if TYPE_CHECKING:
     from dse.prepare import Prepared
 
-# a layer output's cache key: (split, first row of the batch), multipliers of the layers executed so far
-CacheKey = tuple[tuple[str, int], tuple[str, ...]]
+# a layer output's cache key: (split, first row, end row of the batch), multipliers of the layers executed
+# so far
+CacheKey = tuple[tuple[str, int, int], tuple[str, ...]]
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -90,7 +91,7 @@ class ModelSimulator:
         self.cache = _LRU(cache_bytes) if prefix_cache else None
         self._position = {name: i for i, name in enumerate(problem.layers)}
         self._genome: Genome | None = None
-        self._chunk = ("", 0)
+        self._chunk = ("", 0, 0)
         self._key_positions = self._execution_prefixes()
         if self._key_positions is None:
             self.cache = None
@@ -158,20 +159,33 @@ class ModelSimulator:
             self.cache.put(key, y.clone())
         return y
 
+    def size(self, split: str = "val") -> int:
+        """Number of images of a split."""
+        if split not in self.data:
+            raise ValueError(f"no {split} split")
+        return int(len(self.data[split][1]))
+
     @torch.no_grad()
-    def accuracy(self, genome: Genome, split: str = "val") -> float:
+    def correct(self, genome: Genome, split: str = "val", start: int = 0, stop: int | None = None) -> int:
+        """Number of images in rows [start, stop) of the split that the model with genome's multipliers
+        classifies correctly (the search's early rejection simulates a first slice, then the rest)."""
         if split not in self.data:
             raise ValueError(f"no {split} split")
         x, y = self.data[split]
+        stop = len(x) if stop is None else min(int(stop), len(x))
         self._genome = tuple(genome)
         correct = 0
         try:
-            for i in range(0, len(x), self.batch_size):
-                self._chunk = (split, i)
-                out = self.model(x[i : i + self.batch_size])
-                correct += int((out.argmax(dim=1) == y[i : i + self.batch_size]).sum())
+            for i in range(start, stop, self.batch_size):
+                j = min(i + self.batch_size, stop)
+                self._chunk = (split, i, j)
+                out = self.model(x[i:j])
+                correct += int((out.argmax(dim=1) == y[i:j]).sum())
         finally:
             self._genome = None
             for layer in self.layers.values():  # leave the model as prepared: quant mode
                 layer.mode = Mode.QUANT
-        return correct / max(1, len(x))
+        return correct
+
+    def accuracy(self, genome: Genome, split: str = "val") -> float:
+        return self.correct(genome, split) / max(1, self.size(split))

@@ -18,7 +18,8 @@ from dse.util import UserError
 
 Genome = tuple[str, ...]
 SCHEMA_VERSION = 1
-BASELINE_NAMES = ("homogeneous", "agn", "random")
+BASELINE_NAMES = ("homogeneous", "agn", "random")  # the page's groups; "random_with_seeds" (summary
+# only) is the seeds plus the random points, each already one of these
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,9 @@ class Origin:
 class SearchPoint:
     """One simulated candidate. `assignment` is {layer: multiplier} in the problem's layer order, so its
     values are the genome. Accuracies are fractions; `accuracy` is on the validation split (None only in a
-    summary of a search still running, for a trial not finished yet)."""
+    summary of a search still running, for a trial not finished yet). `images`: validation images
+    simulated for it (None: not recorded); `partial`: rejected early, `accuracy` is that of the first
+    `images` (never a front point)."""
 
     trial: int | None
     energy_rel: float
@@ -61,6 +64,8 @@ class SearchPoint:
     assignment: Mapping[str, str]
     predicted_accuracy: float | None
     origin: Origin
+    images: int | None = None
+    partial: bool = False
 
     @property
     def genome(self) -> Genome:
@@ -75,6 +80,8 @@ class SearchPoint:
             "assignment": dict(self.assignment),
             "predicted_accuracy": self.predicted_accuracy,
             "origin": self.origin.to_json(),
+            "images": self.images,
+            "partial": self.partial,
         }
 
     @classmethod
@@ -87,6 +94,8 @@ class SearchPoint:
             assignment=dict(obj.get("assignment") or {}),
             predicted_accuracy=obj.get("predicted_accuracy"),
             origin=Origin.from_json(obj.get("origin") or ""),
+            images=obj.get("images"),
+            partial=bool(obj.get("partial", False)),
         )
 
 
@@ -109,15 +118,23 @@ class SimulationFailure:
 
 @dataclass(frozen=True)
 class HypervolumeMark:
+    """The search's hypervolume after `evaluations` candidates, which had spent `simulations` of the
+    budget (full-split equivalents; None when not recorded)."""
+
     evaluations: int
     hypervolume: float
+    simulations: float | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"evaluations": self.evaluations, "hypervolume": self.hypervolume}
+        return {
+            "evaluations": self.evaluations,
+            "hypervolume": self.hypervolume,
+            "simulations": self.simulations,
+        }
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> HypervolumeMark:
-        return cls(int(obj["evaluations"]), obj["hypervolume"])
+        return cls(int(obj["evaluations"]), obj["hypervolume"], obj.get("simulations"))
 
 
 @dataclass(frozen=True)
@@ -145,27 +162,48 @@ class Fallback:
 
 @dataclass(frozen=True)
 class Baseline:
+    """A reference strategy's points, their hypervolume, and its best energy saving within 1 pp of the
+    quantized accuracy judged on validation and on test (test: the points' test accuracy against the
+    quantized test accuracy)."""
+
     hypervolume: float | None
     points: tuple[SearchPoint, ...]
+    best_saving_within_1pp: float | None = None
+    best_saving_within_1pp_test: float | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"hypervolume": self.hypervolume, "points": [p.to_json() for p in self.points]}
+        return {
+            "hypervolume": self.hypervolume,
+            "best_saving_within_1pp": self.best_saving_within_1pp,
+            "best_saving_within_1pp_test": self.best_saving_within_1pp_test,
+            "points": [p.to_json() for p in self.points],
+        }
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> Baseline:
-        return cls(obj.get("hypervolume"), tuple(SearchPoint.from_json(p) for p in obj.get("points") or []))
+        return cls(
+            obj.get("hypervolume"),
+            tuple(SearchPoint.from_json(p) for p in obj.get("points") or []),
+            obj.get("best_saving_within_1pp"),
+            obj.get("best_saving_within_1pp_test"),
+        )
 
 
 @dataclass(frozen=True)
 class Targets:
     """The headline figures of a run: best energy savings within 1 pp of the quantized accuracy, their
-    ratio, and the median validation→test gap of the front's losses."""
+    ratio, and the median validation→test gap of the front's losses. The `_test` figures judge the same
+    front points by their test accuracy against the quantized test accuracy (the honest headline: the
+    front was chosen on validation)."""
 
     best_saving_within_1pp: float
     best_homogeneous_saving_within_1pp: float
     best_agn_saving_within_1pp: float | None
     saving_ratio_vs_homogeneous: float | None
     median_test_minus_val_loss: float | None
+    best_saving_within_1pp_test: float | None = None
+    best_homogeneous_saving_within_1pp_test: float | None = None
+    saving_ratio_vs_homogeneous_test: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -174,6 +212,9 @@ class Targets:
             "best_agn_saving_within_1pp": self.best_agn_saving_within_1pp,
             "saving_ratio_vs_homogeneous": self.saving_ratio_vs_homogeneous,
             "median_test_minus_val_loss": self.median_test_minus_val_loss,
+            "best_saving_within_1pp_test": self.best_saving_within_1pp_test,
+            "best_homogeneous_saving_within_1pp_test": self.best_homogeneous_saving_within_1pp_test,
+            "saving_ratio_vs_homogeneous_test": self.saving_ratio_vs_homogeneous_test,
         }
 
     @classmethod
@@ -184,6 +225,9 @@ class Targets:
             obj.get("best_agn_saving_within_1pp"),
             obj.get("saving_ratio_vs_homogeneous"),
             obj.get("median_test_minus_val_loss"),
+            obj.get("best_saving_within_1pp_test"),
+            obj.get("best_homogeneous_saving_within_1pp_test"),
+            obj.get("saving_ratio_vs_homogeneous_test"),
         )
 
 
@@ -208,8 +252,14 @@ class Summary:
     simulations_per_second: float | None = None
     outside_simulation_share: float | None = None
     surrogate_kendall_tau: float | None = None
+    surrogate_kendall_tau_in_sample: float | None = None
     hypervolume: float | None = None
+    hypervolume_by_origin: Mapping[str, float] = field(default_factory=dict)
     hypervolume_history: tuple[HypervolumeMark, ...] = ()
+    simulated_images: int | None = None
+    simulated_images_per_front_point: float | None = None
+    rejected_early: int | None = None
+    budget_share_to_95pct_hypervolume: float | None = None
     targets: Targets | None = None
     stage_seconds: Mapping[str, float] = field(default_factory=dict)
     storage: str | None = None
@@ -233,8 +283,14 @@ class Summary:
             "simulations_per_second": self.simulations_per_second,
             "outside_simulation_share": self.outside_simulation_share,
             "surrogate_kendall_tau": self.surrogate_kendall_tau,
+            "surrogate_kendall_tau_in_sample": self.surrogate_kendall_tau_in_sample,
             "hypervolume": self.hypervolume,
+            "hypervolume_by_origin": dict(self.hypervolume_by_origin),
             "hypervolume_history": [h.to_json() for h in self.hypervolume_history],
+            "simulated_images": self.simulated_images,
+            "simulated_images_per_front_point": self.simulated_images_per_front_point,
+            "rejected_early": self.rejected_early,
+            "budget_share_to_95pct_hypervolume": self.budget_share_to_95pct_hypervolume,
             "layers": [layer.to_json() for layer in self.layers],
             "front": [p.to_json() for p in self.front],
             "points": [p.to_json() for p in self.points],
@@ -275,7 +331,13 @@ class Summary:
                 simulations_per_second=obj.get("simulations_per_second"),
                 outside_simulation_share=obj.get("outside_simulation_share"),
                 surrogate_kendall_tau=obj.get("surrogate_kendall_tau"),
+                surrogate_kendall_tau_in_sample=obj.get("surrogate_kendall_tau_in_sample"),
                 hypervolume=obj.get("hypervolume"),
+                hypervolume_by_origin=dict(obj.get("hypervolume_by_origin") or {}),
+                simulated_images=obj.get("simulated_images"),
+                simulated_images_per_front_point=obj.get("simulated_images_per_front_point"),
+                rejected_early=obj.get("rejected_early"),
+                budget_share_to_95pct_hypervolume=obj.get("budget_share_to_95pct_hypervolume"),
                 hypervolume_history=tuple(
                     HypervolumeMark.from_json(h) for h in obj.get("hypervolume_history") or []
                 ),
@@ -293,9 +355,10 @@ class Summary:
 
 
 def front_of(points: Sequence[SearchPoint]) -> list[int]:
-    """Indices of the non-dominated points (lower energy, higher accuracy), in energy order; of
+    """Indices of the non-dominated complete points (lower energy, higher accuracy), in energy order; of
     identical points only the first."""
-    if not points:
+    full = [i for i, p in enumerate(points) if not p.partial]  # a partial point is never on the front
+    if not full:
         return []
-    mask = pareto_mask([p.energy_rel for p in points], [p.accuracy or 0.0 for p in points])
-    return sorted((i for i, m in enumerate(mask) if m), key=lambda i: points[i].energy_rel)
+    mask = pareto_mask([points[i].energy_rel for i in full], [points[i].accuracy or 0.0 for i in full])
+    return sorted((i for i, m in zip(full, mask) if m), key=lambda i: points[i].energy_rel)

@@ -1,6 +1,7 @@
-"""The candidates the search is given besides NSGA-II's own: the first generation (all-exact, the AGN
-mappings, the surrogate front, the homogeneous assignments) and, before each batch, the surrogate's
-suggestions refit on what has been simulated."""
+"""What the search simulates: the seeds (all-exact, the AGN mappings, the homogeneous assignments), then,
+batch after batch, what pymoo's NSGA-II over the calibrated surrogate proposes (refit on everything
+simulated so far): mostly its predicted front (origin "surrogate"), and a share of exploratory picks of
+highest expected improvement under the model's bootstrap spread (origin "explore")."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ Predict = Callable[[Sequence[Genome]], list[float]]
 
 
 def first_generation(setup: Setup, population: int, seed: int) -> list[tuple[Genome, Origin]]:
-    """First generation: all-exact, the AGN mappings, the surrogate front, the homogeneous assignments."""
+    """The seeds: all-exact, the AGN mappings, the homogeneous assignments (their own origins; the
+    surrogate proposes everything after them). `population` and `seed` are kept for the callers."""
     problem = setup.problem
     out: list[tuple[Genome, Origin]] = []
     seen: set[Genome] = set()
@@ -29,10 +31,6 @@ def first_generation(setup: Setup, population: int, seed: int) -> list[tuple[Gen
     add(problem.all_exact(), Origin("exact"))
     for g, origin in setup.agn:
         add(g, origin)
-    if setup.surrogate is not None:
-        anchors = problem.homogeneous() + [g for g, _ in setup.agn]
-        for g in setup.surrogate.suggest([], max(2, population // 2), seeds=anchors, seed=seed):
-            add(g, Origin("surrogate"))
     for g in spread(problem.homogeneous()):
         add(g, Origin("homogeneous"))
     return out
@@ -57,9 +55,11 @@ def spread(items: Sequence[T]) -> list[T]:
 
 
 def surrogate_callbacks(
-    setup: Setup, seeds: Sequence[tuple[Genome, Origin]], seed: int
+    setup: Setup, seeds: Sequence[tuple[Genome, Origin]], seed: int, explore_share: float = 0.25
 ) -> tuple[Suggest | None, Predict | None]:
-    """(suggest, predict) for `run_trials` from the setup's surrogate; (None, None) without one."""
+    """(suggest, predict) for `run_trials` from the setup's surrogate; (None, None) without one.
+    `suggest(complete, n)` proposes the whole batch: round(n · explore_share) exploratory picks, the rest
+    from the surrogate's front."""
     sur = setup.surrogate
     if sur is None:
         return None, None
@@ -67,9 +67,11 @@ def surrogate_callbacks(
     anchors = [g for g, _ in seeds]
 
     def suggest(complete: list[tuple[Genome, float]], n: int) -> list[tuple[Genome, Origin]]:
-        genomes = sur.suggest(complete, n, exclude=proposed, seeds=anchors, seed=seed)
+        n_explore = int(round(n * explore_share))
+        genomes = sur.suggest(complete, n, exclude=proposed, seeds=anchors, seed=seed, explore=n_explore)
         proposed.update(genomes)
-        return [(g, Origin("surrogate")) for g in genomes]
+        explored = set(sur.last_explore)
+        return [(g, Origin("explore" if g in explored else "surrogate")) for g in genomes]
 
     def predict(genomes: Sequence[Genome]) -> list[float]:
         return [float(v) for v in sur.predict(genomes)]

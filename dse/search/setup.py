@@ -54,9 +54,12 @@ def build_problem(prepared: Prepared) -> tuple[SearchProblem, dict[str, Multipli
     return SearchProblem.build(names, macs, choices, energies, exact=exact), mults
 
 
-def build_setup(prepared: Prepared, with_error_models: bool = True, device_batch: int = 2048) -> Setup:
+def build_setup(
+    prepared: Prepared, with_error_models: bool = True, device_batch: int = 2048, with_surrogate: bool = True
+) -> Setup:
     """The problem and a cache over the model simulator; with the error models (AGN seeds, surrogate)
-    unless `with_error_models` is False (a worker only simulates what the study asks)."""
+    unless `with_error_models` is False (a worker: the surrogate only, which proposes its batches, unless
+    `with_surrogate` is False too)."""
     from dse.search.model_sim import ModelSimulator
 
     problem, mults = build_problem(prepared)
@@ -66,6 +69,7 @@ def build_setup(prepared: Prepared, with_error_models: bool = True, device_batch
     fallbacks: list[Fallback] = []
     if with_error_models:  # before the simulator wraps the layers' forward
         agn = _agn_seeds(prepared, problem, stage_seconds, fallbacks)
+    if with_error_models or with_surrogate:
         surrogate = _surrogate(prepared, problem, stage_seconds, fallbacks)
     return Setup(
         prepared=prepared,
@@ -108,10 +112,15 @@ def _surrogate(
     and multiplier (normalising by the AGN tolerances instead of the output std ranked worse, see
     dse.search.surrogate). None, logged, when the predictions fail."""
     from dse.errors.predict import get_predictions
+    from dse.errors.profiles import get_profiles
 
+    cfg = prepared.study.search
     t0 = time.perf_counter()
-    try:
-        pred = get_predictions(prepared)
+    try:  # the profiles on search.calibration_images training images (recomputed when that changed)
+        fresh = get_profiles(prepared, images=cfg.calibration_images).images != cfg.calibration_images
+        if fresh:
+            get_profiles(prepared, images=cfg.calibration_images, recompute=True)
+        pred = get_predictions(prepared, recompute=fresh)
     except (RuntimeError, ValueError, ArithmeticError, OSError, KeyError, IndexError) as e:
         fb = Fallback.of("predictions", e, "no surrogate: the study's NSGA-II sampler proposes every batch")
         fallbacks.append(fb)
@@ -129,4 +138,4 @@ def _surrogate(
                 s, mu = pred.sigma[row[name], col[m]], pred.mean[row[name], col[m]]
                 dist[li, ci] = (s * s + mu * mu) / (tol * tol)
     chance = 1.0 / max(2, int(prepared.splits.num_classes))
-    return Surrogate(problem, dist, prepared.quant_accuracy, chance)
+    return Surrogate(problem, dist, prepared.quant_accuracy, chance, generations=cfg.surrogate_generations)

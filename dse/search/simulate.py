@@ -10,8 +10,9 @@ analytic stand-in (`tests/search/synthetic.py`).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -26,6 +27,49 @@ class Evaluator(Protocol):
     def accuracy(self, genome: Genome, split: str = "val") -> float: ...
 
 
+@runtime_checkable
+class SlicedEvaluator(Protocol):
+    """An evaluator that can score a slice of a split (rows [start, stop)): what early rejection needs."""
+
+    def accuracy(self, genome: Genome, split: str = "val") -> float: ...
+
+    def size(self, split: str = "val") -> int: ...
+
+    def correct(self, genome: Genome, split: str = "val", start: int = 0, stop: int | None = None) -> int: ...
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A candidate scored with early rejection: its accuracy on the `images` first validation images
+    (all of them when `complete`; a rejected candidate stopped after a first slice)."""
+
+    accuracy: float
+    images: int
+    complete: bool
+
+
+def slice_plan(n: int, first: int = 64, stages: int = 4) -> list[int]:
+    """Image counts after which a candidate is checked: a first slice of n / 2^(stages-1) images (at
+    least `first`), doubling up to n (the last entry is n)."""
+    sizes = []
+    k = max(first, n >> (stages - 1))
+    while k < n:
+        sizes.append(k)
+        k *= 2
+    return sizes + [n]
+
+
+def accuracy_upper_bound(correct: int, seen: int, total: int, alpha: float) -> float:
+    """One-sided (1 − alpha) upper bound on the accuracy over all `total` images, given `correct` of the
+    first `seen` (Clopper–Pearson bound on the rest's accuracy; the seen images count as they are)."""
+    from scipy.stats import beta
+
+    if seen >= total:
+        return correct / max(1, total)
+    p_hi = 1.0 if correct >= seen else float(beta.ppf(1.0 - alpha, correct + 1, seen - correct))
+    return (correct + (total - seen) * p_hi) / total
+
+
 class SimulationCache:
     """Accuracy per (split, genome), simulated at most once; counts simulations and the time they took.
 
@@ -38,6 +82,8 @@ class SimulationCache:
         self.simulations = {"val": 0, "test": 0}
         self.seconds = 0.0
         self.seconds_by_genome: dict[tuple[str, Genome], float] = {}
+        self.images = {"val": 0, "test": 0}  # images simulated (a full candidate: the split's size)
+        self.partial: dict[Genome, tuple[int, int]] = {}  # rejected early: (correct, images) on val
 
     def known(self, genome: Genome, split: str = "val") -> float | None:
         return self.values.get((split, tuple(genome)))
@@ -52,10 +98,19 @@ class SimulationCache:
         genomes = [tuple(g) for g in genomes]
         todo = sorted({g for g in genomes if (split, g) not in self.values})
         errors: dict[Genome, SimulationFailure] = {}
+        ev = self.evaluator
         for g in todo:
             t0 = time.perf_counter()
             try:
-                acc = float(self.evaluator.accuracy(g, split))
+                if isinstance(ev, SlicedEvaluator) and split == "val" and g in self.partial:
+                    c, k = self.partial[g]  # finish a candidate rejected early
+                    n = ev.size(split)
+                    acc = (c + ev.correct(g, split, k, n)) / max(1, n)
+                    self.images[split] += n - k
+                    del self.partial[g]
+                else:
+                    acc = float(ev.accuracy(g, split))
+                    self.images[split] += ev.size(split) if isinstance(ev, SlicedEvaluator) else 1
                 if not np.isfinite(acc):
                     raise ValueError(f"simulation returned accuracy {acc}")
             except SIMULATION_ERRORS as e:  # one failing candidate must not stop the search (recorded)
@@ -68,3 +123,59 @@ class SimulationCache:
             self.values[(split, g)] = acc
             self.seconds_by_genome[(split, g)] = dt
         return [errors[g] if g in errors else self.values[(split, g)] for g in genomes]
+
+    def evaluate_staged(
+        self,
+        genomes: Sequence[Genome],
+        threshold: Callable[[Genome], float],
+        confidence: float,
+        first_images: int = 64,
+        stages: int = 4,
+    ) -> list[Staged | SimulationFailure]:
+        """Validation accuracy with early rejection: each unknown genome is simulated on a first slice,
+        then on doubling slices; after each slice it stops when the (1 − α) upper bound of its full-split
+        accuracy lies below `threshold(genome)` (the current front's accuracy at its energy), α = (1 −
+        `confidence`) / the number of checks. A candidate that may reach the threshold is finished on the
+        whole split, so anything that could enter the front is never partial. `threshold` is called just
+        before each check (it sees the candidates finished before). Without a slicing evaluator: `evaluate`.
+        """
+        genomes = [tuple(g) for g in genomes]
+        ev = self.evaluator
+        if not isinstance(ev, SlicedEvaluator):
+            full = self.evaluate(genomes, "val")
+            return [r if isinstance(r, SimulationFailure) else Staged(r, 1, True) for r in full]
+        n = ev.size("val")
+        plan = slice_plan(n, first_images, stages)
+        alpha = (1.0 - confidence) / max(1, len(plan) - 1)
+        out: dict[Genome, Staged | SimulationFailure] = {}
+        for g in sorted(set(genomes)):
+            if ("val", g) in self.values:
+                out[g] = Staged(self.values[("val", g)], n, True)
+                continue
+            c, k = self.partial.get(g, (0, 0))
+            t0 = time.perf_counter()
+            try:
+                for stop in plan:
+                    if stop <= k:
+                        continue
+                    c += ev.correct(g, "val", k, stop)
+                    self.images["val"] += stop - k
+                    k = stop
+                    if k < n and accuracy_upper_bound(c, k, n, alpha) < threshold(g):
+                        break
+            except SIMULATION_ERRORS as e:  # one failing candidate must not stop the search (recorded)
+                out[g] = SimulationFailure.of(e)
+                continue
+            finally:
+                dt = time.perf_counter() - t0
+                self.seconds += dt
+                self.simulations["val"] += 1
+                self.seconds_by_genome[("val", g)] = dt
+            if k >= n:
+                self.values[("val", g)] = c / max(1, n)
+                self.partial.pop(g, None)
+                out[g] = Staged(c / max(1, n), n, True)
+            else:
+                self.partial[g] = (c, k)
+                out[g] = Staged(c / k, k, False)
+        return [out[g] for g in genomes]

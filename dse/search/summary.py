@@ -14,8 +14,10 @@ import numpy as np
 from dse.prepare.records import PreparedLayer
 from dse.search.baselines import agn_points, homogeneous_points, random_points
 from dse.search.pareto import hypervolume
+from dse.search.problem import SearchProblem
 from dse.search.records import (
     Baseline,
+    Genome,
     HypervolumeMark,
     Origin,
     SearchPoint,
@@ -25,18 +27,37 @@ from dse.search.records import (
     front_of,
 )
 from dse.search.setup import Setup
+from dse.search.simulate import SimulationCache
 from dse.util import UserError, read_json
 
 
-def hypervolume_history(points: Sequence[SearchPoint], step: int) -> list[HypervolumeMark]:
-    """Hypervolume of the search's points after every `step` simulations (trial order), and at the end."""
+def hypervolume_history(
+    points: Sequence[SearchPoint], step: int, n_val: int | None = None
+) -> list[HypervolumeMark]:
+    """Hypervolume of the search's points after every `step` candidates (trial order), and at the end;
+    with `n_val`, each mark also holds the budget spent so far in full-split simulations."""
     pts = sorted(points, key=lambda p: p.trial if p.trial is not None else -1)
     marks = list(range(step, len(pts), step)) + [len(pts)]
-    return [HypervolumeMark(n, _hv(pts[:n])) for n in marks]
+    cost = np.cumsum([1.0 if p.images is None or not n_val else p.images / n_val for p in pts])
+    return [HypervolumeMark(n, _hv(pts[:n]), float(cost[n - 1]) if n_val and n else None) for n in marks]
+
+
+def budget_share_to(history: Sequence[HypervolumeMark], budget: int, share: float = 0.95) -> float | None:
+    """Share of the budget spent when the search's hypervolume first reached `share` of its final value."""
+    if not history or not history[-1].hypervolume or budget <= 0:
+        return None
+    final = history[-1].hypervolume
+    for h in history:
+        if h.hypervolume >= share * final:
+            spent = h.simulations if h.simulations is not None else float(h.evaluations)
+            return spent / budget
+    return None
 
 
 def _hv(points: Sequence[SearchPoint]) -> float:
-    return hypervolume([p.energy_rel for p in points], [_accuracy(p) for p in points])
+    """Hypervolume of the complete points (a partial one is dominated by construction; left out)."""
+    full = [p for p in points if not p.partial]
+    return hypervolume([p.energy_rel for p in full], [_accuracy(p) for p in full])
 
 
 def _accuracy(p: SearchPoint) -> float:
@@ -52,8 +73,16 @@ def _value(v: float | SimulationFailure | None) -> float | None:
 def build_summary(
     setup: Setup, points: Sequence[SearchPoint], budget: int, seed: int, random_baseline: bool = True
 ) -> Summary:
-    """The summary of a finished accurate stage: `points` are its simulated candidates (trial order).
-    Runs the baselines and the test-split re-measurements through the setup's cache."""
+    """The summary of a finished search: `points` are its simulated candidates (trial order, partial
+    ones included). Runs the baselines and the test-split re-measurements through the setup's cache.
+
+    - `surrogate_kendall_tau`: out of sample, the predictions stored before each candidate was simulated
+      against its simulated accuracy (candidates rejected early at their slice's accuracy);
+      `surrogate_kendall_tau_in_sample`: the model refitted on every point and scored on them.
+    - `hypervolume_by_origin`: the hypervolume of each origin's complete points alone.
+    - baselines: homogeneous, AGN, random search with the same budget (`budget` full-split simulations:
+      the search's image budget), and `random_with_seeds`: that random search plus the same seeds,
+      every seed complete (more images than the search had)."""
     problem, cache, prepared = setup.problem, setup.cache, setup.prepared
     pts = list(points)
     front_idx = front_of(pts)
@@ -62,7 +91,13 @@ def build_summary(
         "agn": agn_points(problem, cache, setup.agn),
     }
     if random_baseline:
-        baselines["random"] = random_points(problem, cache, len(pts), seed)
+        # `budget` full-split simulations (the search's image budget; its candidates may be more, some
+        # rejected early), and the same plus the seeds, complete (the stronger reference: more images)
+        rand = random_points(problem, cache, budget, seed)
+        baselines["random"] = rand
+        seeds = seed_points(problem, cache, setup.agn)
+        have = {p.genome for p in seeds}
+        baselines["random_with_seeds"] = seeds + [p for p in rand if p.genome not in have]
     # re-measure every front and baseline point on the test split
     to_test = [pts[i].genome for i in front_idx]
     for b in baselines.values():
@@ -78,35 +113,121 @@ def build_summary(
         for k, b in baselines.items()
     }
     quant_accuracy = float(prepared.quant_accuracy)
-    tau = None
+    quant_test = _value(q_test)
+    tau, tau_in = prospective_tau(pts), None
     if setup.surrogate is not None and len(pts) >= 3:
         genomes = [p.genome for p in pts]
         accs = [_accuracy(p) for p in pts]
         setup.surrogate.fit(genomes, accs)
-        tau = setup.surrogate.kendall_tau(genomes, accs)
+        tau_in = setup.surrogate.kendall_tau(genomes, accs)
     layers = tuple(PreparedLayer.of(info) for info in prepared.layers)
+    n_val = len(prepared.splits.val) if prepared.splits.val is not None else None
+    history = tuple(hypervolume_history(pts, max(1, int(prepared.study.search.population)), n_val))
+    images = [p.images for p in pts if p.images is not None]
+    simulated_images = int(sum(images)) if images else None
     return Summary(
         study="",
         quant_accuracy=quant_accuracy,
-        quant_test_accuracy=_value(q_test),
+        quant_test_accuracy=quant_test,
         quant_accuracy_simulated=_value(q_val),
         evaluations=len(pts),
         budget=budget,
         seconds=0.0,
         surrogate_kendall_tau=tau,
+        surrogate_kendall_tau_in_sample=tau_in,
         hypervolume=_hv(pts),
-        hypervolume_history=tuple(hypervolume_history(pts, max(1, int(prepared.study.search.population)))),
+        hypervolume_by_origin=hypervolume_by_origin(pts),
+        hypervolume_history=history,
+        budget_share_to_95pct_hypervolume=budget_share_to(history, budget),
+        simulated_images=simulated_images,
+        simulated_images_per_front_point=(
+            simulated_images / len(front) if simulated_images is not None and front else None
+        ),
+        rejected_early=sum(1 for p in pts if p.partial),
         layers=layers,
         front=tuple(front),
         points=tuple(pts),
-        baselines={k: Baseline(_hv(v), tuple(v)) for k, v in baselines.items()},
-        targets=targets(front, baselines, quant_accuracy, _value(q_test)),
+        baselines={
+            k: Baseline(
+                _hv(v),
+                tuple(v),
+                best_saving_within(v, quant_accuracy) if v else None,
+                best_saving_within_test(v, quant_test) if v and quant_test is not None else None,
+            )
+            for k, v in baselines.items()
+        },
+        targets=targets(front, baselines, quant_accuracy, quant_test),
     )
+
+
+def seed_points(
+    problem: SearchProblem, cache: SimulationCache, agn: Sequence[tuple[Genome, Origin]]
+) -> list[SearchPoint]:
+    """The search's seeds (all-exact, AGN mappings, homogeneous), complete on validation."""
+    out: list[SearchPoint] = []
+    exact = problem.all_exact()
+    if exact is not None:
+        out += _complete(problem, cache, [exact], [Origin("exact")])
+    out += agn_points(problem, cache, agn)
+    out += homogeneous_points(problem, cache)
+    seen: set[Genome] = set()
+    unique = []
+    for p in out:
+        if p.genome not in seen:
+            seen.add(p.genome)
+            unique.append(p)
+    return unique
+
+
+def _complete(
+    problem: SearchProblem, cache: SimulationCache, genomes: Sequence[Genome], origins: Sequence[Origin]
+) -> list[SearchPoint]:
+    accs = cache.evaluate(genomes, "val")
+    return [
+        problem.point(g, a, origin=o)
+        for g, a, o in zip(genomes, accs, origins)
+        if not isinstance(a, SimulationFailure)
+    ]
+
+
+def prospective_tau(points: Sequence[SearchPoint]) -> float | None:
+    """Kendall τ between the prediction stored before each candidate was simulated and its simulated
+    accuracy (out of sample: the model had not seen the candidate). None with fewer than 3 predictions."""
+    from scipy.stats import kendalltau
+
+    pairs = [(p.predicted_accuracy, p.accuracy) for p in points if p.predicted_accuracy is not None]
+    if len(pairs) < 3:
+        return None
+    tau = kendalltau([a for a, _ in pairs], [b for _, b in pairs]).statistic
+    return float(tau) if np.isfinite(tau) else None
+
+
+def hypervolume_by_origin(points: Sequence[SearchPoint]) -> dict[str, float]:
+    """{origin kind: hypervolume of that origin's complete points alone} (AGN mappings of every λ as
+    one origin "agn")."""
+    groups: dict[str, list[SearchPoint]] = {}
+    for p in points:
+        if not p.partial:
+            groups.setdefault(p.origin.kind, []).append(p)
+    return {k: _hv(v) for k, v in sorted(groups.items())}
 
 
 def best_saving_within(points: Sequence[SearchPoint], quant_accuracy: float, max_loss: float = 0.01) -> float:
     """Best energy saving (1 − energy_rel) among points within `max_loss` of the quantized accuracy."""
-    ok = [1.0 - p.energy_rel for p in points if _accuracy(p) >= quant_accuracy - max_loss]
+    ok = [1.0 - p.energy_rel for p in points if not p.partial and _accuracy(p) >= quant_accuracy - max_loss]
+    return max(ok) if ok else 0.0
+
+
+def best_saving_within_test(
+    points: Sequence[SearchPoint], quant_test_accuracy: float, max_loss: float = 0.01
+) -> float:
+    """Best energy saving among points whose *test* accuracy is within `max_loss` of the quantized test
+    accuracy (points without a test accuracy do not count)."""
+    ok = [
+        1.0 - p.energy_rel
+        for p in points
+        if p.test_accuracy is not None and p.test_accuracy >= quant_test_accuracy - max_loss - 1e-12
+    ]
     return max(ok) if ok else 0.0
 
 
@@ -116,7 +237,8 @@ def targets(
     q: float,
     q_test: float | None,
 ) -> Targets:
-    """The issue's target figures, computed on the run: saving ratios and the validation→test gap."""
+    """The issue's target figures, computed on the run: saving ratios (judged on validation and on test)
+    and the validation→test gap."""
     best = best_saving_within(front, q)
     homo = best_saving_within(baselines["homogeneous"], q)
     agn = best_saving_within(baselines["agn"], q) if baselines.get("agn") else None
@@ -125,12 +247,19 @@ def targets(
         for p in front
         if p.test_accuracy is not None and q_test is not None
     ]
+    best_t = homo_t = None
+    if q_test is not None:
+        best_t = best_saving_within_test(front, q_test)
+        homo_t = best_saving_within_test(baselines["homogeneous"], q_test)
     return Targets(
         best_saving_within_1pp=best,
         best_homogeneous_saving_within_1pp=homo,
         best_agn_saving_within_1pp=agn,
         saving_ratio_vs_homogeneous=best / homo if homo > 0 else None,
         median_test_minus_val_loss=float(np.median(gaps)) if gaps else None,
+        best_saving_within_1pp_test=best_t,
+        best_homogeneous_saving_within_1pp_test=homo_t,
+        saving_ratio_vs_homogeneous_test=best_t / homo_t if best_t is not None and homo_t else None,
     )
 
 
@@ -181,10 +310,10 @@ def summary_from_storage(run_dir: Path, study_name: str | None) -> Summary | Non
                 assignment=assignment,
                 predicted_accuracy=t.user_attrs.get("predicted_accuracy"),
                 origin=Origin.from_json(t.user_attrs.get("origin", "nsga2")),
+                images=t.user_attrs.get("images"),
+                partial=bool(t.user_attrs.get("partial", False)),
             )
         )
-    energy = [p.energy_rel for p in points]
-    acc = [_accuracy(p) for p in points]
     step = max(1, len(points) // 20)
     marks = list(range(step, len(points), step)) + ([len(points)] if points else [])
     return Summary(
@@ -193,8 +322,8 @@ def summary_from_storage(run_dir: Path, study_name: str | None) -> Summary | Non
         quant_accuracy=prep.get("quant_accuracy"),
         quant_test_accuracy=prep.get("quant_test_accuracy"),
         evaluations=len(points),
-        hypervolume=hypervolume(energy, acc) if points else None,
-        hypervolume_history=tuple(HypervolumeMark(n, hypervolume(energy[:n], acc[:n])) for n in marks),
+        hypervolume=_hv(points) if points else None,  # partial points (never on the front) left out
+        hypervolume_history=tuple(HypervolumeMark(n, _hv(points[:n])) for n in marks),
         layers=layers,
         front=tuple(points[i] for i in front_of(points)),
         points=tuple(points),

@@ -48,6 +48,7 @@ class Surrogate:
         quant_accuracy: float,
         chance_accuracy: float,
         ridge: float = 0.1,
+        generations: int = 100,
     ) -> None:
         self.problem = problem
         self.distortion = np.asarray(distortion, dtype=np.float64)  # [L, max_choices]
@@ -60,6 +61,9 @@ class Surrogate:
         self.a = A_PRIOR
         self.b = B_PRIOR
         self.fitted_on = 0
+        self.generations = int(generations)  # NSGA-II generations of a cold start (study setting)
+        self.members: list[tuple[np.ndarray, float, float]] = []  # bootstrap refits: the spread
+        self.last_explore: list[Genome] = []  # the exploratory picks of the last `suggest`
         self._population: np.ndarray | None = None
 
     @property
@@ -114,6 +118,35 @@ class Surrogate:
         if np.all(np.isfinite(res.x)):
             self.theta, self.a, self.b = res.x[:n_l], float(res.x[n_l]), float(res.x[n_l + 1])
         self.fitted_on = len(genomes)
+
+    def fit_members(
+        self, genomes: Sequence[Genome], accuracies: Sequence[float], members: int = 4, seed: int = 0
+    ) -> None:
+        """Bootstrap refits of the calibrated model (each on a resample of the simulated candidates,
+        warm-started from the main fit): their spread is the model's uncertainty (`spread_index`)."""
+        if len(genomes) < 8:
+            self.members = []
+            return
+        rng = np.random.default_rng(seed)
+        keep = (self.theta.copy(), self.a, self.b, self.fitted_on)
+        out = []
+        acc = np.asarray(accuracies, dtype=np.float64)
+        for _ in range(members):
+            pick = rng.integers(0, len(genomes), size=len(genomes))
+            self.fit([genomes[i] for i in pick], [float(acc[i]) for i in pick])
+            out.append((self.theta.copy(), self.a, self.b))
+            self.theta, self.a, self.b = keep[0].copy(), keep[1], keep[2]
+        self.fitted_on = keep[3]
+        self.members = out
+
+    def spread_index(self, idx: np.ndarray) -> np.ndarray:
+        """Standard deviation of the bootstrap members' predicted accuracy per index genome (zeros
+        without members)."""
+        f = self.features(idx)
+        if not self.members:
+            return np.zeros(len(f))
+        preds = [self._accuracy(np.log(f @ np.exp(t) + _TINY), a, b) for t, a, b in self.members]
+        return np.asarray(np.std(np.stack(preds), axis=0))
 
     def kendall_tau(self, genomes: Sequence[Genome], accuracies: Sequence[float]) -> float | None:
         """Kendall τ between predicted and simulated accuracy over the given candidates (ranked by the
@@ -176,7 +209,7 @@ class Surrogate:
             eliminate_duplicates=True,
         )
         if generations is None:  # a warm start needs far fewer generations than a cold one
-            generations = 100 if self._population is None else 25
+            generations = self.generations if self._population is None else max(10, self.generations // 8)
         res = minimize(_Problem(), algorithm, ("n_gen", generations), seed=seed, verbose=False)
         self._population = np.rint(res.pop.get("X")).astype(np.int64)
         x = np.rint(np.atleast_2d(res.X)).astype(np.int64)
@@ -193,6 +226,7 @@ class Surrogate:
         seed: int = 0,
         max_loss: float | None = None,
         coverage: int | None = None,
+        explore: int = 0,
     ) -> list[Genome]:
         """Refit on `simulated`, rerun the surrogate NSGA-II and return up to n unsimulated front genomes.
 
@@ -202,14 +236,28 @@ class Surrogate:
         evenly in energy over the cheaper rest of the front, down to a predicted loss of half of
         q − chance: the low-energy end is where most of the hypervolume is won or lost, and a search
         that only refines the knee leaves it to luck (measured on digits: a random baseline beat the
-        search's hypervolume with one point at energy 0.074 where the search had none below 0.082)."""
+        search's hypervolume with one point at energy 0.074 where the search had none below 0.082).
+
+        The last `explore` of the n are exploratory (`explore_picks`): where the model is unsure and a
+        simulation could still raise the simulated front. Returned as (exploit, explore) lists' concatenation;
+        `last_explore` holds the exploratory ones."""
+        self.last_explore = []
         if simulated:
             self.fit([g for g, _ in simulated], [a for _, a in simulated])
+            if explore > 0:
+                self.fit_members(
+                    [g for g, _ in simulated], [a for _, a in simulated], seed=seed + self.fitted_on
+                )
         exclude = set(exclude or ()) | {g for g, _ in simulated}
         front = self.front(seeds=list(seeds) + [g for g, _ in simulated][-50:], seed=seed + self.fitted_on)
+        n_explore = min(max(0, explore), n) if self.members else 0
+        explore_picks = self.explore_picks(front, simulated, n_explore, exclude, seed) if n_explore else []
+        self.last_explore = explore_picks
+        exclude = exclude | set(explore_picks)
+        n = n - len(explore_picks)
         genomes = [g for g in self.problem.from_index(front) if g not in exclude]  # by energy
         if not genomes or n <= 0:
-            return []
+            return explore_picks
         loss = self.q - self.predict(genomes)
         max_loss = max_loss if max_loss is not None else 0.1 * (self.q - self.chance)
         n_cover = min(n // 4 if coverage is None else max(0, coverage), n)
@@ -231,4 +279,58 @@ class Surrogate:
                     if rest[k] not in picked:
                         picked.append(rest[k])
                         break
-        return [genomes[i] for i in picked][:n]
+        return [genomes[i] for i in picked][:n] + explore_picks
+
+    def explore_picks(
+        self,
+        front: np.ndarray,
+        simulated: list[tuple[Genome, float]],
+        n: int,
+        exclude: set[Genome],
+        seed: int = 0,
+    ) -> list[Genome]:
+        """n unsimulated genomes of highest expected improvement over the simulated front at their
+        energy, under a normal belief (mean: the model, std: the bootstrap members' spread), among the
+        model's last NSGA-II population and one-gene mutations of its front; distinct energies."""
+        from scipy.stats import norm
+
+        problem = self.problem
+        rng = np.random.default_rng(seed + 17 + self.fitted_on)
+        pool = [front]
+        if self._population is not None:
+            pool.append(self._population)
+        reps = max(1, 2048 // max(1, len(front)))
+        mut = np.repeat(front, reps, axis=0)
+        col = rng.integers(0, mut.shape[1], size=len(mut))
+        mut[np.arange(len(mut)), col] = rng.integers(0, problem.n_choices[col])
+        pool.append(mut)
+        idx = np.unique(np.vstack(pool), axis=0)
+        genomes = problem.from_index(idx)
+        keep = [i for i, g in enumerate(genomes) if g not in exclude]
+        if not keep:
+            return []
+        idx = idx[keep]
+        genomes = [genomes[i] for i in keep]
+        energy = problem.energy_rel_index(idx)
+        mu = self.predict_index(idx)
+        sd = np.maximum(self.spread_index(idx), 1e-6)
+        sim_e = problem.energy_rel_index(problem.to_index([g for g, _ in simulated])) if simulated else None
+        sim_a = np.asarray([a for _, a in simulated])
+        thr = np.zeros(len(idx))
+        if sim_e is not None:
+            for i, e in enumerate(energy):
+                below = sim_a[sim_e <= e + 1e-12]
+                thr[i] = below.max() if len(below) else 0.0
+        z = (mu - thr) / sd
+        ei = (mu - thr) * norm.cdf(z) + sd * norm.pdf(z)
+        out: list[Genome] = []
+        used: set[float] = set()
+        for i in np.argsort(-ei):
+            e = round(float(energy[i]), 4)
+            if e in used:
+                continue
+            used.add(e)
+            out.append(genomes[i])
+            if len(out) >= n:
+                break
+        return out

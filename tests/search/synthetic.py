@@ -3,6 +3,7 @@ No tests here: helpers only (imported by name)."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 import numpy as np
@@ -49,3 +50,32 @@ def synthetic_problem(n_layers: int = 4, n_multipliers: int = 8) -> SearchProble
     layers = [f"layer{i}" for i in range(n_layers)]
     macs = [1000 * (n_layers - i) for i in range(n_layers)]
     return SearchProblem.build(layers, macs, [names] * n_layers, energies, exact="exact")
+
+
+class SlicedSyntheticEvaluator(SyntheticEvaluator):
+    """The synthetic accuracy as a split of `n` images: image i of a genome is correct with the genome's
+    accuracy as probability (a fixed draw per genome), so slices of the split can be scored
+    (`correct`, what early rejection needs) and agree with `accuracy` on the whole split."""
+
+    def __init__(self, problem: SearchProblem, n: int = 400, **kwargs: object) -> None:
+        super().__init__(problem, **kwargs)  # type: ignore[arg-type]
+        self.n = n
+        self.slices: list[tuple[Genome, int, int]] = []
+
+    def size(self, split: str = "val") -> int:
+        return self.n
+
+    def outcomes(self, genome: Genome, split: str = "val") -> np.ndarray:
+        p = super().accuracy(genome, split)
+        self.calls.pop()
+        seed = int(hashlib.sha256(repr((tuple(genome), split)).encode()).hexdigest()[:8], 16)
+        return np.random.default_rng(seed).random(self.n) < p
+
+    def correct(self, genome: Genome, split: str = "val", start: int = 0, stop: int | None = None) -> int:
+        stop = self.n if stop is None else stop
+        self.slices.append((tuple(genome), start, stop))
+        return int(self.outcomes(genome, split)[start:stop].sum())
+
+    def accuracy(self, genome: Genome, split: str = "val") -> float:
+        self.calls.append((tuple(genome), split))
+        return float(self.outcomes(genome, split).mean())

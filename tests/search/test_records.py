@@ -39,6 +39,8 @@ def test_point_genome_is_its_assignment_in_layer_order():
         "assignment",
         "predicted_accuracy",
         "origin",
+        "images",
+        "partial",
     ]
     assert SearchPoint.from_json(json.loads(json.dumps(p.to_json()))) == p
 
@@ -60,22 +62,38 @@ def test_summary_round_trips_to_the_same_json():
         "seconds": 1.5,
         "simulations_per_second": 2.0,
         "outside_simulation_share": 0.1,
-        "surrogate_kendall_tau": None,
+        "surrogate_kendall_tau": 0.7,
+        "surrogate_kendall_tau_in_sample": 0.8,
         "hypervolume": 0.5,
-        "hypervolume_history": [{"evaluations": 2, "hypervolume": 0.5}],
+        "hypervolume_by_origin": {"homogeneous": 0.4, "surrogate": 0.45},
+        "hypervolume_history": [{"evaluations": 2, "hypervolume": 0.5, "simulations": 1.5}],
+        "simulated_images": 1200,
+        "simulated_images_per_front_point": 1200.0,
+        "rejected_early": 1,
+        "budget_share_to_95pct_hypervolume": 0.15,
         "layers": [
             {"name": n, "kind": "conv", "macs": m, "fan_in": 9, "weight_shape": [4, 1, 3, 3]}
             for n, m in zip(problem.layers, problem.macs)
         ],
         "front": [pts[0].to_json()],
         "points": [p.to_json() for p in pts],
-        "baselines": {"homogeneous": {"hypervolume": 0.4, "points": [pts[1].to_json()]}},
+        "baselines": {
+            "homogeneous": {
+                "hypervolume": 0.4,
+                "best_saving_within_1pp": 0.2,
+                "best_saving_within_1pp_test": 0.1,
+                "points": [pts[1].to_json()],
+            }
+        },
         "targets": {
             "best_saving_within_1pp": 0.0,
             "best_homogeneous_saving_within_1pp": 0.0,
             "best_agn_saving_within_1pp": None,
             "saving_ratio_vs_homogeneous": None,
             "median_test_minus_val_loss": None,
+            "best_saving_within_1pp_test": 0.3,
+            "best_homogeneous_saving_within_1pp_test": 0.2,
+            "saving_ratio_vs_homogeneous_test": 1.5,
         },
         "stage_seconds": {"prepare": 1.0, "search": 0.5},
         "storage": "sqlite:///x.db",
