@@ -126,7 +126,7 @@ def check_search_inputs(problem: SearchProblem, budget: int, n_lambdas: int) -> 
 def check_before_prepare(target: str | Path | None, budget: int | None) -> None:
     """What can be validated without training, before the prepare stage (35-58 s on the built-in studies,
     hours on a real network): the study file, search.budget, the search space and every multiplier
-    pattern in it (per-layer ones too; their layer names are checked once the model is prepared)."""
+    pattern in it, and the layer names of its per-layer restrictions (on the untrained model)."""
     from dse.prepare.stage import run_dir_target
     from dse.study import load_study
 
@@ -138,7 +138,14 @@ def check_before_prepare(target: str | Path | None, budget: int | None) -> None:
     space = study.load_search_space()
     library = space.load_library()
     space.resolve(library)
-    space.resolve_layers(library, list(space.layers))  # each layer's patterns (names: after prepare)
+    if space.layers:  # per-layer restrictions: their names against the model's layers (built, not trained)
+        from dse.models import build_model
+        from dse.nn import convert
+        from dse.nn.model import approx_layers
+
+        model = build_model(study.model.name, base_dir=study.base_dir)
+        names = list(approx_layers(convert(model, space.quant_format(study.train.per_channel))))
+        space.resolve_layers(library, names)
 
 
 def run_search(

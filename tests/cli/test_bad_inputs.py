@@ -91,6 +91,12 @@ def test_search_space_and_budget_errors_come_before_the_prepare_stage(here):
     )
     _assert_one_line(["search", "s.toml"], "layers.conv1")
     assert not (here / "runs").exists()
+    (here / "space.toml").write_text(
+        'name = "sp"\nformat = "unsigned"\nweight_scheme = "sign-magnitude"\nmultipliers = ["exact_u8"]\n'
+        '[layers.conv9]\nmultipliers = ["trunc4_u8"]\n'
+    )
+    _assert_one_line(["search", "s.toml"], "layers.conv9", "no such layer", "conv1, conv2, fc1, fc2")
+    assert not (here / "runs").exists()
     (here / "s.toml").write_text('name = "s"\n[search]\nbudget = 0\n')
     _assert_one_line(["search", "s.toml"], "search.budget = 0")
     assert not (here / "runs").exists()
