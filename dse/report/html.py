@@ -111,6 +111,8 @@ def _facts(run: RunResults, points: list[PagePoint]) -> list[tuple[str, str]]:
                 + (f", {per:,.0f} per front point" if per is not None else ""),
             )
         )
+    if s.requeued_trials:  # RUNNING when their worker died (kill, lost machine): asked again
+        facts.append(("trials re-run after a worker died", str(s.requeued_trials)))
     shifted = [layer.name for layer in run.layers if layer.shifted]
     if shifted:  # the hardware flow must apply these layers' activation zero point too
         facts.append(("input zero point shifted (negative inputs)", ", ".join(shifted)))

@@ -92,6 +92,7 @@ def test_fallbacks_survive_summary_json_and_appear_escaped_on_the_report(tmp_pat
     text = Path(page).read_text()
     assert "The search ran without:" in text
     assert "agn (RuntimeError: &lt;b&gt;loss&lt;/b&gt; nan): no AGN seeds and no AGN baseline" in text
+    assert re.search(r"trials re-run after a worker died</div><div class='v'>3<", text)
     doc["fallbacks"] = []
     path.write_text(json.dumps(doc))
     page, _ = write_report(run_dir, library=fake_library())
