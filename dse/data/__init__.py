@@ -479,9 +479,29 @@ def load_splits(
         test=TensorDataset(xt[test], yt[test]),
         num_classes=num_classes,
         input_shape=tuple(x.shape[1:]),
-        augment=AUGMENTATIONS[augment],
+        augment=_in_image_space(AUGMENTATIONS[augment], norm),
         info=info,
     )
+
+
+Augment = Callable[["torch.Tensor", "torch.Generator"], "torch.Tensor"]
+
+
+def _in_image_space(augment: Augment | None, norm: tuple[np.ndarray, np.ndarray] | None) -> Augment | None:
+    """`augment` applied to the [0, 1] images of normalised batches (so a crop pads with black, as it
+    does before normalisation), the result normalised again."""
+    if augment is None or norm is None:
+        return augment
+    import torch
+
+    mean, std = (torch.from_numpy(a) for a in norm)
+    base = augment
+
+    def in_image_space(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        m, s = mean.to(x.device), std.to(x.device)
+        return (base(x * s + m, generator) - m) / s
+
+    return in_image_space
 
 
 def crop_flip(

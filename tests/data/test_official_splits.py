@@ -146,3 +146,14 @@ def test_debian_fashion_mnist_package_is_the_official_split():
     s = load_splits(cfg("fashion_mnist", val_size=200, test_size=100, train_size=300))
     assert s.info["official_sizes"] == {"train": 60000, "test": 10000}
     assert s.input_shape == (1, 28, 28) and s.num_classes == 10 and len(s.train) == 300
+
+
+def test_augmentation_of_normalised_images_pads_with_black():
+    from dse.data import _in_image_space, crop_flip, normalisation
+
+    aug = _in_image_space(crop_flip, normalisation([0.25], [0.5], 1))
+    white = torch.full((64, 1, 16, 16), (1.0 - 0.25) / 0.5)  # normalised white images
+    got = aug(white, torch.Generator().manual_seed(0))
+    values = set(got.unique().tolist())
+    # padded pixels are black before normalisation, (0 - 0.25) / 0.5 after; never the normalised 0
+    assert values == {1.5, -0.5}
