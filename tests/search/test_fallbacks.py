@@ -119,3 +119,21 @@ def test_agn_retraining_says_which_sigma_it_trains_with(tiny_digits_run):
     # an older result file without the field still reads
     old = {f: 0 for f in RetrainResult.__dataclass_fields__ if f != "noise_sigma"}
     assert RetrainResult.from_json(old).noise_sigma is None
+
+
+def test_a_failing_report_is_returned_for_the_search_json_not_raised(tmp_path, monkeypatch):
+    import dse.report.html
+    from dse.cli.search import _write_report
+
+    def locked(run_dir):
+        raise OSError("report.html: read-only file system")
+
+    monkeypatch.setattr(dse.report.html, "write_report", locked)
+    assert _write_report(tmp_path) == "OSError: report.html: read-only file system"
+
+    def bug(run_dir):
+        raise NameError("a bug in the report")
+
+    monkeypatch.setattr(dse.report.html, "write_report", bug)
+    with pytest.raises(NameError):  # a bug is not a fallback
+        _write_report(tmp_path)

@@ -98,6 +98,8 @@ def test_summary_round_trips_to_the_same_json():
         "stage_seconds": {"prepare": 1.0, "search": 0.5},
         "storage": "sqlite:///x.db",
         "optuna_study": "s",
+        "fallbacks": [{"stage": "agn", "error": "RuntimeError: loss nan", "effect": "no AGN seeds"}],
+        "requeued_trials": 2,
     }
     text = json.dumps(doc, indent=2)
     assert json.dumps(Summary.from_json(json.loads(text)).to_json(), indent=2) == text
