@@ -17,8 +17,9 @@ from dse.util import UserError
 
 
 def load_library_for(run: RunResults) -> MultiplierSource:
-    """The multiplier library the run's names refer to (the user library directory included)."""
-    return load_library()
+    """The multiplier library the run's names refer to (the user library directory included: the search
+    space's `library`, else --library / $DSE_LIBRARY / the default)."""
+    return load_library(run.library_dir)
 
 
 def select_point(

@@ -236,10 +236,10 @@ def _script_json(obj: Any) -> str:
     return json.dumps(to_jsonable(obj), allow_nan=False, separators=(",", ":")).replace("</", "<\\/")
 
 
-def load_library_safely() -> Library | None:
+def load_library_safely(library_dir: str | None = None) -> Library | None:
     """The multiplier library, or None when it cannot be loaded (the page then says so)."""
     try:
-        return load_library()
+        return load_library(library_dir)
     except UserError:
         return None
 
@@ -249,7 +249,7 @@ def write_report(
 ) -> tuple[Path, dict[str, int]]:
     """Write `RUN_DIR/report.html` (or `out`); return its path and {"points", "front", "configs"} counts."""
     run = read_results(run_dir)
-    lib = library if library is not None else load_library_safely()
+    lib = library if library is not None else load_library_safely(run.library_dir)
     text, stats = render_report(run, lib)
     path = Path(out) if out is not None else RunDir(run.run_dir).report_html
     atomic_write_text(path, text)

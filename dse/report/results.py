@@ -71,6 +71,12 @@ class RunResults:
         return self.summary.layers
 
     @property
+    def library_dir(self) -> str | None:
+        """The user library directory the run's search space names (absolute), or None."""
+        lib = self.search_space.get("library")
+        return lib if isinstance(lib, str) else None
+
+    @property
     def quant_accuracy(self) -> float | None:
         return self.summary.quant_accuracy
 
@@ -192,9 +198,13 @@ def _read_search_space(run: RunDir, study: Mapping[str, Any]) -> dict[str, Any]:
     for path in (run.path / space, Path(space), builtin):
         if path.is_file():
             try:
-                return tomllib.loads(path.read_text())
+                loaded = tomllib.loads(path.read_text())
             except (tomllib.TOMLDecodeError, UnicodeDecodeError):
                 return {}
+            lib = loaded.get("library")
+            if isinstance(lib, str):  # the space's user library, relative to the space file
+                loaded["library"] = str((path.parent / Path(lib).expanduser()).resolve())
+            return loaded
     return {}
 
 

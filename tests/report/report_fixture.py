@@ -48,7 +48,7 @@ def truncated(k: int) -> Multiplier:
     )
 
 
-def fake_library() -> FakeLibrary:
+def fake_library(library_dir: str | None = None) -> FakeLibrary:
     exact = Multiplier("exact_u8", False, exact_table(False), 1.0, "definition")
     return FakeLibrary([exact] + [truncated(k) for k in range(1, 8)])
 
