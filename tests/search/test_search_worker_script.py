@@ -11,6 +11,10 @@ import sys
 
 
 def main() -> None:
+    import faulthandler
+    import signal
+
+    faulthandler.register(signal.SIGUSR1)  # a hung worker's stacks, for the tests' failure messages
     from synthetic import SyntheticEvaluator, synthetic_problem
 
     from dse.search.accurate import run_trials

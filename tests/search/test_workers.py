@@ -124,13 +124,39 @@ def test_a_worker_killed_on_another_host_returns_its_trials_within_a_minute(tmp_
     os.kill(far.pid, signal.SIGKILL)
     far.wait()
     t_kill = time.monotonic()
-    out, err = near.communicate(timeout=120)
+    problem = synthetic_problem(5, 8)
+    watch = create_or_load_study(
+        open_storage(postgres_url), "uts", problem.fingerprint(), {}, make_sampler(8, 0), postgres_url
+    )
+
+    def far_running() -> list[int]:
+        trials = watch.get_trials(deepcopy=False)
+        return [
+            t.number
+            for t in trials
+            if t.state.name == "RUNNING" and t.user_attrs.get("worker", "").startswith(OTHER_HOST + ":")
+        ]
+
+    held = far_running()
+    while far_running() and time.monotonic() - t_kill < 120:
+        time.sleep(0.2)
+    returned_s = time.monotonic() - t_kill  # the dead worker's trials are FAIL and queued again
+    assert not far_running() and returned_s < 60, (held, returned_s)
+    try:  # the survivor then finishes the budget (slowly on a loaded machine)
+        out, err = near.communicate(timeout=600)
+    except subprocess.TimeoutExpired:  # hung: its stacks (faulthandler on SIGUSR1) and the trials
+        os.kill(near.pid, signal.SIGUSR1)
+        time.sleep(1)
+        near.kill()
+        err = near.communicate()[1]
+        left = [
+            (t.number, t.state.name, t.user_attrs) for t in watch.get_trials() if t.state.name != "COMPLETE"
+        ]
+        raise AssertionError(f"the survivor hung; trials not complete: {left}\n{err[-6000:]}") from None
     waited = time.monotonic() - t_kill
     assert near.returncode == 0, err[-2000:]
-    assert waited < 60, waited
     rows = [json.loads(x) for x in log.read_text().splitlines()]
     assert {r["host"] for r in rows} == {OTHER_HOST, socket.gethostname()}
-    problem = synthetic_problem(5, 8)
     study = create_or_load_study(
         open_storage(postgres_url), "uts", problem.fingerprint(), {}, make_sampler(8, 0), postgres_url
     )
@@ -148,5 +174,6 @@ def test_a_worker_killed_on_another_host_returns_its_trials_within_a_minute(tmp_
     assert len(genomes) - len(set(genomes)) <= 1  # at most the far worker's simulation in progress
     print(
         f"kill -9 on {OTHER_HOST}: {len(stale)} trials re-queued, {len(genomes) - len(set(genomes))} "
-        f"simulations repeated, survivor finished {waited:.1f} s after the kill"
+        f"simulations repeated, its trials returned {returned_s:.1f} s and the survivor finished "
+        f"{waited:.1f} s after the kill"
     )
