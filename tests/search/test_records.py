@@ -72,7 +72,7 @@ def test_summary_round_trips_to_the_same_json():
         "rejected_early": 1,
         "budget_share_to_95pct_hypervolume": 0.15,
         "layers": [
-            {"name": n, "kind": "conv", "macs": m, "fan_in": 9, "weight_shape": [4, 1, 3, 3]}
+            {"name": n, "kind": "conv", "macs": m, "fan_in": 9, "weight_shape": [4, 1, 3, 3], "act_rule": ""}
             for n, m in zip(problem.layers, problem.macs)
         ],
         "front": [pts[0].to_json()],
