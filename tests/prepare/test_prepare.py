@@ -61,6 +61,7 @@ def test_prepare_json_run_directory_and_resume(tmp_path):
         "macs": 8 * 8 * 32 * 16 * 9,
         "fan_in": 144,
         "weight_shape": [32, 16, 3, 3],
+        "act_rule": "relu",
     }
     assert first["stages"] == {"float": "trained", "qat": "trained", "evaluate": "computed"}
     assert first["splits"] == {"train": 300, "val": 200, "test": 97}

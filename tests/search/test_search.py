@@ -119,6 +119,9 @@ def test_cli_unreachable_storage_is_one_line_exit_2(tmp_path):
         [
             *DSE,
             "worker",
+            "digits",
+            "--out",
+            str(tmp_path / "run"),
             "--storage",
             "postgresql://u:secret@127.0.0.1:1/none",
             "--study",
