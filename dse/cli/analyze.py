@@ -59,7 +59,9 @@ def analyze(
 ) -> None:
     """Predicted vs measured error std and mean at every layer's output for every multiplier (measured
     by behavioural simulation of the layer with exact inputs on validation images, disjoint from the
-    training images the predictors saw), and, for every homogeneous assignment, predicted network
+    training images the predictors saw), with P1's closed-form layer distortion (from each multiplier's error
+    moments under the layer's operand histograms, no sampling) and its Spearman against the measured one, and,
+    for every homogeneous assignment, predicted network
     distortion vs measured accuracy drop and logit distortion (Spearman). After a search, also the
     data-dependent energy of every multiplier the front uses, per layer: the toggle activity of its circuit
     under the layer's profiled operands (weight-stationary: one weight per multiplier, the im2col rows stream
@@ -114,13 +116,18 @@ def analyze(
     )
     for layer in result["layers"]:
         click.echo(f"{layer['name']} (fan-in {layer['fan_in']}, output std {layer['output_std']:.4g})")
-        click.echo(f"  {'multiplier':<20} {'meas σ':>10} {'pred σ':>10} {'meas mean':>10} {'pred mean':>10}")
+        click.echo(
+            f"  {'multiplier':<20} {'meas σ':>10} {'pred σ':>10} {'meas mean':>10} {'pred mean':>10} "
+            f"{'meas dist':>10} {'P1 dist':>10}"
+        )
         for e in layer["multipliers"]:
             p = e["predicted"][predictor]
             click.echo(
                 f"  {e['multiplier']:<20} {e['measured_sigma']:10.4g} {p['sigma']:10.4g} "
-                f"{e['measured_mean']:10.4g} {p['mean']:10.4g}"
+                f"{e['measured_mean']:10.4g} {p['mean']:10.4g} "
+                f"{e['measured_distortion']:10.4g} {e['p1_distortion']:10.4g}"
             )
+        click.echo(f"  P1 distortion Spearman: {fmt(layer['p1_distortion_spearman'])}")
     click.echo("network (homogeneous assignments):")
     for n in result["network"]:
         click.echo(
@@ -130,6 +137,9 @@ def analyze(
     by = ", ".join(f"{k} {fmt(v)}" for k, v in result["sigma_median_rel_error_by_predictor"].items())
     click.echo(f"sigma_median_rel_error ({predictor}): {fmt(result['sigma_median_rel_error'])}  [{by}]")
     click.echo(f"distortion_accuracy_spearman: {fmt(result['distortion_accuracy_spearman'])}")
+    click.echo(
+        f"p1_distortion_spearman (all layers × multipliers): {fmt(result['p1_distortion_spearman']['overall'])}"
+    )
     if toggles is not None:
         click.echo("\n".join(toggle_lines(toggles)))
     click.echo(f"distortion_logit_spearman: {fmt(result['distortion_logit_spearman'])}")

@@ -35,6 +35,38 @@ def error_moments(err: np.ndarray, hist_x: np.ndarray, hist_w: np.ndarray) -> tu
     return mu, var
 
 
+def column_moments(
+    err: np.ndarray, hist_x: np.ndarray, col_hists: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Like `error_moments`, with one weight histogram per output column: col_hists [N, 256] (each
+    normalised here). err [M, 256, 256] -> (μ, σ²) both [M, N]."""
+    hx = np.asarray(hist_x, dtype=np.float64)
+    hx = hx / hx.sum()
+    hw = np.asarray(col_hists, dtype=np.float64)
+    hw = hw / np.maximum(hw.sum(axis=1, keepdims=True), 1e-300)
+    e = np.asarray(err, dtype=np.float64)
+    mu = np.einsum("ma,na->mn", np.einsum("a,mab->mb", hx, e), hw)
+    second = np.einsum("ma,na->mn", np.einsum("a,mab->mb", hx, e * e), hw)
+    return mu, np.maximum(second - mu * mu, 0.0)
+
+
+def layer_rms_error(
+    err: np.ndarray, hist_x: np.ndarray, col_hists: np.ndarray, fan_in: int, col_scale: np.ndarray
+) -> np.ndarray:
+    """P1's predicted RMS output error per entry of one layer, float units, for every table: [M].
+
+    Column n (fan-in K, float scale s_n per accumulator unit) gets E[ΔY²] = s_n²·(K·σ_n² + K²·μ_n²) with
+    μ_n, σ_n² the error moments under p_x·p_w,n (`column_moments`); the layer's mean over its columns,
+    square-rooted. No operand sampling: only the layer's byte histograms. Divide by the exact output's RMS
+    for the relative distortion ‖ΔY‖_F/‖Y‖_F that `dse analyze` measures.
+    """
+    mu, var = column_moments(err, hist_x, col_hists)
+    s2 = np.asarray(col_scale, dtype=np.float64) ** 2
+    k = float(fan_in)
+    out: np.ndarray = np.sqrt(((k * var + k * k * mu * mu) * s2[None, :]).mean(axis=1))
+    return out
+
+
 @dataclass(frozen=True)
 class Distortion:
     """Expected squared Frobenius norm of a GEMM's output error, split into its two terms.
@@ -100,3 +132,21 @@ def relative_model_distortion(x: np.ndarray, w: np.ndarray, mu_r: float, sigma_r
     y = x @ w
     sq = (x * x) @ (w * w)
     return float(mu_r**2 * (y * y).sum() + sigma_r**2 * sq.sum())
+
+
+def p2_mre(err: np.ndarray, signed: bool, n: int = 2**7) -> float:
+    """P2's mean relative error (docs/REFERENCES.md, P2 Eq. 2), reproduced as written:
+    MRE = (1/n²) Σ_{i,j=0..n} |m̃(i, j) − ij| / max(1, |ij|), n = 2^7.
+
+    err: one byte-indexed error table ε[a_byte, w_byte] = m̃ − exact ([256, 256]). The sums run over the
+    non-negative operand values 0..n (the (n+1)² terms normalised by n², as the paper does); in a signed
+    format n = 128 is not representable, so there they stop at 127. 0 for an exact multiplier.
+    """
+    e = np.asarray(err, dtype=np.float64)
+    if e.shape != (256, 256):
+        raise ValueError(f"p2_mre: expected a [256, 256] error table, got {list(e.shape)}")
+    top = min(int(n), 127 if signed else 255)
+    v = np.arange(top + 1)
+    block = np.abs(e[np.ix_(v, v)])  # values 0..top are their own byte codes in both formats
+    prod = np.outer(v, v).astype(np.float64)
+    return float((block / np.maximum(1.0, prod)).sum() / float(n) ** 2)

@@ -9,6 +9,9 @@ Network level: every homogeneous assignment (one multiplier in every layer) simu
 accuracy drop vs the exact quantized model on the same images and the relative distortion of the logits
 ‖Z̃ − Z‖_F/‖Z‖_F, against the predicted network distortion (root sum of squares of the layers' predicted
 relative distortions, `Predictions.network_distortion`).
+P1 (dse.errors.analytic.layer_rms_error): the closed-form distortion from each table's error moments under the
+layer's profiled byte histograms (no operand sampling), next to the predictors; its Spearman against the
+measured layer distortion over the analysed multipliers, per layer and pooled over all layer × multiplier pairs.
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ import numpy as np
 import torch
 from numpy.typing import ArrayLike
 
+from dse.errors import estimators as est
+from dse.errors.analytic import layer_rms_error
 from dse.errors.predict import PREDICTORS, check_formats, get_predictions
-from dse.errors.profiles import calibration_images, capture_layer_inputs, float_output
+from dse.errors.profiles import calibration_images, capture_layer_inputs, float_output, get_profiles
 from dse.multipliers.core import Multiplier
 from dse.multipliers.library import select
 from dse.nn import approx_layers, approximated
@@ -168,6 +173,15 @@ def analyze(
         preds[p] = (full, cols)
         pred_seconds[p] = full.seconds
 
+    t0 = time.perf_counter()
+    profiles = get_profiles(prepared)  # cached: the predictors above built them
+    err = est.error_tables(mults, prepared.fmt.weight_scheme)
+    p1 = {
+        p.name: layer_rms_error(err, p.hist_x, p.col_hists, p.fan_in, p.col_scale) / max(p.output_rms, 1e-30)
+        for p in profiles.layers
+    }
+    pred_seconds["p1"] = time.perf_counter() - t0
+
     val = prepared.splits.val
     if len(val) == 0:
         raise UserError(
@@ -204,6 +218,15 @@ def analyze(
         "sum": rel.sum(axis=0),
         "last": rel[-1],
     }
+    p1_rho = {name: _spearman(p1[name], meas.distortion[li]) for li, name in enumerate(meas.layers)}
+    p1_all = np.concatenate([p1[name] for name in meas.layers])
+    dist_by_pred = {
+        p: _spearman(
+            pr.relative_distortion[np.ix_([pr.layers.index(n) for n in meas.layers], cols)].ravel(),
+            meas.distortion.ravel(),
+        )
+        for p, (pr, cols) in preds.items()
+    }
     layers_out = []
     for li, name in enumerate(meas.layers):
         entries = []
@@ -223,6 +246,7 @@ def analyze(
                     "measured_mean": meas.mean[li, mi],
                     "measured_distortion": meas.distortion[li, mi],
                     "predicted": predicted,
+                    "p1_distortion": float(p1[name][mi]),
                 }
             )
         info = next(i for i in prepared.layers if i.name == name)
@@ -233,6 +257,10 @@ def analyze(
                 "fan_in": info.fan_in,
                 "macs": info.macs,
                 "output_std": meas.output_std[li],
+                "p1_distortion_spearman": p1_rho[name],
+                "distortion_spearman": _spearman(
+                    default.relative_distortion[default.layers.index(name), dcols], meas.distortion[li]
+                ),
                 "multipliers": entries,
             }
         )
@@ -258,6 +286,12 @@ def analyze(
         # what any predictor of logit distortion can reach: measured logit distortion vs accuracy drop
         "logit_accuracy_spearman": _spearman(net.logit_distortion, drop),
         "homogeneous_with_measurable_drop": int((np.abs(drop) > 2.0 / max(net.images, 1)).sum()),
+        # P1 (closed form, no sampling) vs the measured layer distortion; the predictors' for comparison
+        "p1_distortion_spearman": {
+            "overall": _spearman(p1_all, meas.distortion.ravel()),
+            "layers": p1_rho,
+        },
+        "distortion_spearman_by_predictor": dist_by_pred,
         "spearman_by_aggregate": {
             k: {"accuracy": _spearman(v, drop), "logit": _spearman(v, net.logit_distortion)}
             for k, v in aggregates.items()

@@ -234,3 +234,47 @@ def test_p3_pools_spread_column_scales_with_the_variance_of_the_scales():
     assert mean[0] == pytest.approx(sums.mean(), rel=0.03)
     s_old, _ = est.predict_p3(local, hw, err[None], k, col_scale=np.sqrt(np.mean(scales**2)))
     assert s_old[0] < 0.6 * sums.std()  # the Var(s)·(E X)² term is most of it here
+
+
+def test_p1_layer_rms_error_against_monte_carlo():
+    """`layer_rms_error` (what `dse analyze` reports as P1): per-column weight histograms and float scales,
+    a biased table and an unbiased one, against Monte Carlo of Σ_k ε(x_k, w_kn) with operands drawn from
+    the same histograms."""
+    rng = np.random.default_rng(17)
+    hx, hw, _ = _dists()
+    shifted = np.roll(hw, 20)  # a second column whose weights lean positive
+    col_hists = np.stack([hw, shifted, 0.5 * (hw + shifted)]) * 1000  # counts: normalised inside
+    col_scale = np.array([0.01, 0.02, 0.005])
+    err = np.stack([_trunc_table(), _round_table(), np.zeros((256, 256))])
+    k, entries = 128, 4000
+    pred = an.layer_rms_error(err, hx, col_hists, k, col_scale)
+    assert pred.shape == (3,) and pred[2] == 0.0  # the exact table: no error
+    mse = np.zeros(3)
+    for n in range(3):
+        x = _draw(rng, hx, (entries, k))
+        w = _draw(rng, col_hists[n] / col_hists[n].sum(), (entries, k))
+        mse += ((err[:, x, w].sum(axis=2) * col_scale[n]) ** 2).mean(axis=1) / 3
+    assert pred[:2] ** 2 == pytest.approx(mse[:2], rel=0.05)
+    mu, var = an.column_moments(err, hx, col_hists)
+    assert mu.shape == var.shape == (3, 3) and np.all(mu[2] == 0) and np.all(var[2] == 0)
+    assert abs(mu[0]).min() > 5  # truncation: biased in every column, so the K² μ² term dominates
+
+
+def test_t10_p2_mre():
+    """T10: P2's MRE (Eq. 2) is 0 for an exact multiplier; one known error gives |ε|/max(1, ij)/n²; errors
+    outside the operand range 0..n do not count."""
+    from dse.multipliers.library import load_library
+
+    lib = load_library()
+    assert an.p2_mre(lib.get("exact_u8").error_table, signed=False) == 0.0
+    assert an.p2_mre(lib.get("exact_s8").error_table, signed=True) == 0.0
+    err = np.zeros((256, 256))
+    err[3, 5] = -6.0  # 3·5 = 15
+    err[0, 7] = 2.0  # product 0: divided by max(1, 0) = 1
+    err[200, 200] = 1e6  # beyond n = 128: not in the sum
+    assert an.p2_mre(err, signed=False) == pytest.approx((6 / 15 + 2) / 128**2)
+    err[128, 128] = 128.0 * 128  # value 128 is in the unsigned sum, not representable signed
+    assert an.p2_mre(err, signed=False) == pytest.approx((6 / 15 + 2 + 1) / 128**2)
+    assert an.p2_mre(err, signed=True) == pytest.approx((6 / 15 + 2) / 128**2)
+    trunc = lib.get("trunc8_u8")
+    assert an.p2_mre(trunc.error_table, signed=False) > 0

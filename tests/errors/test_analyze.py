@@ -40,6 +40,16 @@ def test_analyze_end_to_end(run_dir: Path):
     exact = next(n for n in doc["network"] if n["multiplier"] == "exact_u8")
     assert exact["logit_distortion"] == 0 and exact["accuracy_drop"] == 0
     assert doc["distortion_logit_spearman"] > 0.8
+    # P1: closed-form distortion per layer × multiplier, its Spearman against the measured one
+    p1 = doc["p1_distortion_spearman"]
+    assert set(p1["layers"]) == {layer["name"] for layer in doc["layers"]}
+    assert p1["overall"] > 0.8, p1
+    assert set(doc["distortion_spearman_by_predictor"]) == {"sampled", "weight-aware", "p3"}
+    assert "p1" in doc["prediction_seconds"]
+    for layer in doc["layers"]:
+        assert layer["p1_distortion_spearman"] == p1["layers"][layer["name"]]
+        for e in layer["multipliers"]:
+            assert (e["p1_distortion"] == 0) == (e["multiplier"] == "exact_u8"), e
     sub = _invoke(
         [
             "analyze",
