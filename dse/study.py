@@ -6,6 +6,9 @@ non-editable install); `load_study("my_study.toml")` reads a file, and relative 
 checkpoint, search-space file, `file.py:function` hooks) are relative to that file's folder. `to_toml`
 writes a study back (the run directory's study.toml).
 
+Over 400 lines on purpose: it is the whole schema of a study and a search space (every key, its default, its
+check and its error message), read in one place and checked against docs/studies.md by a test.
+
 Light on purpose (no torch): the CLI and the report import it. The run directory is `dse.rundir`, the
 prepare stage `dse.prepare`, the commands' shared options `dse.cli.options`.
 """

@@ -12,6 +12,9 @@ it, tells it. The budget counts simulations in full-split equivalents (a candida
 the n validation images costs k/n; trials answered from the cache cost nothing); a trial whose genome was
 already simulated — here, in an earlier run, or by another worker — is told the stored values without
 simulating again.
+
+Over 400 lines because ask, staged simulation, tell and the re-queue of a dead worker's trials act on one
+batch's state; the next cut, when it grows, is the batch bookkeeping into its own record.
 """
 
 from __future__ import annotations

@@ -130,11 +130,11 @@ def test_bad_mean_std(tmp_path, mean, std, message):
 
 
 def test_fashion_mnist_defaults_to_the_debian_path_and_names_the_package(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "FASHION_MNIST_DIR", tmp_path / "absent")
+    monkeypatch.setattr(data.sources, "FASHION_MNIST_DIR", tmp_path / "absent")
     with pytest.raises(UserError, match=r"apt-get install dataset-fashion-mnist") as e:
         load_source("fashion_mnist")
     assert "\n" not in str(e.value)
-    monkeypatch.setattr(data, "FASHION_MNIST_DIR", _idx_dir(tmp_path))
+    monkeypatch.setattr(data.sources, "FASHION_MNIST_DIR", _idx_dir(tmp_path))
     src = load_source("fashion_mnist")
     assert src.kind == "fashion_mnist" and src.test_start == 40
 
