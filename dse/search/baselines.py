@@ -13,7 +13,7 @@ from dse.search.records import Genome, Origin, SearchPoint, SimulationFailure
 from dse.search.simulate import SimulationCache
 
 
-def _points(
+def simulated_points(
     problem: SearchProblem, cache: SimulationCache, genomes: Sequence[Genome], origins: Sequence[Origin]
 ) -> list[SearchPoint]:
     accs = cache.evaluate(genomes, "val")
@@ -26,13 +26,13 @@ def _points(
 
 def homogeneous_points(problem: SearchProblem, cache: SimulationCache) -> list[SearchPoint]:
     genomes = problem.homogeneous()
-    return _points(problem, cache, genomes, [Origin("homogeneous")] * len(genomes))
+    return simulated_points(problem, cache, genomes, [Origin("homogeneous")] * len(genomes))
 
 
 def agn_points(
     problem: SearchProblem, cache: SimulationCache, agn: Sequence[tuple[Genome, Origin]]
 ) -> list[SearchPoint]:
-    return _points(problem, cache, [g for g, _ in agn], [o for _, o in agn])
+    return simulated_points(problem, cache, [g for g, _ in agn], [o for _, o in agn])
 
 
 def random_points(problem: SearchProblem, cache: SimulationCache, n: int, seed: int) -> list[SearchPoint]:
@@ -49,4 +49,4 @@ def random_points(problem: SearchProblem, cache: SimulationCache, n: int, seed: 
                 seen.append(g)
                 if len(seen) >= n:
                     break
-    return _points(problem, cache, seen, [Origin("random")] * len(seen))
+    return simulated_points(problem, cache, seen, [Origin("random")] * len(seen))

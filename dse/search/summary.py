@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from dse.prepare.records import PreparedLayer
-from dse.search.baselines import agn_points, homogeneous_points, random_points
+from dse.search.baselines import agn_points, homogeneous_points, random_points, simulated_points
 from dse.search.pareto import hypervolume
 from dse.search.problem import SearchProblem
 from dse.search.records import (
@@ -167,7 +167,7 @@ def seed_points(
     out: list[SearchPoint] = []
     exact = problem.all_exact()
     if exact is not None:
-        out += _complete(problem, cache, [exact], [Origin("exact")])
+        out += simulated_points(problem, cache, [exact], [Origin("exact")])
     out += agn_points(problem, cache, agn)
     out += homogeneous_points(problem, cache)
     seen: set[Genome] = set()
@@ -177,17 +177,6 @@ def seed_points(
             seen.add(p.genome)
             unique.append(p)
     return unique
-
-
-def _complete(
-    problem: SearchProblem, cache: SimulationCache, genomes: Sequence[Genome], origins: Sequence[Origin]
-) -> list[SearchPoint]:
-    accs = cache.evaluate(genomes, "val")
-    return [
-        problem.point(g, a, origin=o)
-        for g, a, o in zip(genomes, accs, origins)
-        if not isinstance(a, SimulationFailure)
-    ]
 
 
 def prospective_tau(points: Sequence[SearchPoint]) -> float | None:
