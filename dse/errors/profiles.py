@@ -163,16 +163,10 @@ def capture_layer_inputs(
 
 
 def calibration_images(dataset: torch.utils.data.TensorDataset, n: int, seed: int = 0) -> torch.Tensor:
-    """A seeded sample of `n` inputs (float tensor) of a TensorDataset-like split."""
-    import torch
+    """A seeded sample of `n` inputs of a split: `dse.simulation.calibration_images` (the remedies' images)."""
+    from dse.simulation import calibration_images as sample
 
-    total = len(dataset)
-    if total == 0:
-        raise UserError("calibration data: the split is empty (layers with no sample data)")
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(total, generator=g)[: min(n, total)]
-    xs = [dataset[int(i)][0] for i in idx]
-    return torch.stack(xs)
+    return sample(dataset, n, seed)
 
 
 def layer_operands(

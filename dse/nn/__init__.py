@@ -5,7 +5,8 @@
 - `dse.nn.state`: the cached quantization state and the LRU of prepared tables (`table_key`).
 - `dse.nn.exact`: exact integer accumulators from float convolutions / GEMMs (chunked sums).
 - `dse.nn.model`: `convert`, `approx_layers`, `set_mode`, `assign`, `approximated`, `calibrate`,
-  `layer_infos`, `negative_clipping`, `LayerInfo`.
+  `layer_infos`, `negative_clipping`, `LayerInfo`, `calibrate_remedies`.
+- `dse.nn.compensation`: bias compensation and weight tuning (the math; variant names "+bc" / "+wt").
 
 Typical use: `convert(model, fmt)`, `calibrate(model, batches)`, `set_mode(model, Mode.QUANT)`, then
 `with approximated(model, {layer: multiplier}): evaluate(model)`.
@@ -20,6 +21,7 @@ from dse.nn.model import (
     approximated,
     assign,
     calibrate,
+    calibrate_remedies,
     convert,
     layer_infos,
     negative_clipping,
@@ -37,6 +39,7 @@ __all__ = [
     "approximated",
     "assign",
     "calibrate",
+    "calibrate_remedies",
     "convert",
     "layer_infos",
     "negative_clipping",

@@ -31,10 +31,12 @@ The per-kind parts (the convolution or GEMM, the exact chunked sums, the kernel'
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from enum import Enum
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -44,6 +46,7 @@ from dse.nn.state import (
     LutState,
     PreparedKernel,
     PreparedTables,
+    QKey,
     QState,
     build_lut_state,
     build_qstate,
@@ -54,10 +57,12 @@ from dse.quant import (
     ActivationQuantizer,
     MultiplierOrTable,
     QuantFormat,
+    _raw_table,
     centred_codes_ste,
     centred_weight_codes_ste,
     check_multiplier_format,
 )
+from dse.util import UserError
 
 
 class Mode(str, Enum):
@@ -115,6 +120,11 @@ class ApproxLayer(nn.Module):
         self._positions: int | None = None  # host copy of out_positions once known
         self._state: QState | None = None
         self._luts = PreparedTables()
+        # remedies (dse.nn.compensation): "bias" | "weights" | None, applied in lut mode with a multiplier;
+        # they need the calibration histograms [G, K, 256]
+        self.remedy: str | None = None
+        self._calibration: torch.Tensor | None = None
+        self._remedy_cache: dict[tuple[str, str, QKey], Any] = {}
         self.to(weight.device)
 
     # ----------------------------------------------------------------------------------- description
@@ -219,14 +229,92 @@ class ApproxLayer(nn.Module):
         self._state = st
         return st
 
-    def _lut_state(self, st: QState, multiplier: MultiplierOrTable | None, device: torch.device) -> LutState:
-        """The cached table state of `multiplier` (None = exact) for the current quantization state."""
-        tkey = table_key(multiplier)
+    def _lut_state(
+        self,
+        st: QState,
+        multiplier: MultiplierOrTable | None,
+        device: torch.device,
+        remedy: str | None = None,
+    ) -> LutState:
+        """The cached table state of `multiplier` (None = exact) for the current quantization state, with
+        `remedy` ("bias": the expected error folded into the constant correction; "weights": the
+        weight-tuned table) — see dse.nn.compensation."""
+        if multiplier is None:
+            remedy = None
+        tkey = table_key(multiplier) + ("" if remedy is None else "+" + remedy)
         ls = self._luts.lookup(tkey, st.key)
         if ls is None:
-            ls = build_lut_state(st, multiplier, self.fmt, self.fan_in, device, self._prepare)
+            table = multiplier
+            if remedy == "weights":
+                assert multiplier is not None
+                table = _raw_table(multiplier)[0][:, self.weight_map(multiplier)]
+            elif remedy not in (None, "bias"):
+                raise ValueError(f"layer {self.name}: remedy {remedy!r}: expected 'bias', 'weights' or None")
+            ls = build_lut_state(st, table, self.fmt, self.fan_in, device, self._prepare)
+            if remedy == "bias":
+                assert multiplier is not None
+                corr = ls.corr - self.bias_correction(multiplier).to(device=ls.corr.device, dtype=torch.int32)
+                ls = dataclasses.replace(ls, corr=corr)
             self._luts.add(tkey, ls)
         return ls
+
+    # ----------------------------------------------------------------------------------- remedies
+    @property
+    def calibration(self) -> torch.Tensor | None:
+        """Calibration histograms [G, K, 256] (activation byte counts per unfolded input row), or None."""
+        return self._calibration
+
+    @calibration.setter
+    def calibration(self, hist: torch.Tensor | None) -> None:
+        if hist is not None:
+            hist = hist.detach().to("cpu", torch.float64)
+            if tuple(hist.shape) != (self.groups, self.fan_in, 256):
+                raise ValueError(
+                    f"layer {self.name}: calibration histograms {list(hist.shape)}, expected "
+                    f"{[self.groups, self.fan_in, 256]}"
+                )
+        self._calibration = hist
+        self._remedy_cache.clear()
+        self._luts.clear()
+
+    def _require_calibration(self) -> torch.Tensor:
+        if self._calibration is None:
+            from dse.nn.compensation import CALIBRATION_HINT
+
+            raise UserError(f"layer {self.name}: a remedy needs calibration data; {CALIBRATION_HINT}")
+        return self._calibration
+
+    def expected_acc_error(self, multiplier: MultiplierOrTable) -> torch.Tensor:
+        """c_n: the expected accumulator error per output channel on the calibration data, float64 [C_out]."""
+        from dse.nn.compensation import error_table, expected_acc_error
+
+        st = self._qstate(self.weight.device)
+        key = ("c", table_key(multiplier), st.key)
+        c = self._remedy_cache.get(key)
+        if c is None:
+            hist = self._require_calibration()
+            wb = (st.w_codes.reshape(self.out_channels, -1).to(torch.int64) & 0xFF).cpu()
+            c = expected_acc_error(hist, wb, error_table(multiplier, self.fmt), self.groups)
+            self._remedy_cache[key] = c
+        out: torch.Tensor = c
+        return out
+
+    def bias_correction(self, multiplier: MultiplierOrTable) -> torch.Tensor:
+        """round(c_n), int64 [C_out]: what bias compensation subtracts from the accumulator."""
+        return self.expected_acc_error(multiplier).round().to(torch.int64)
+
+    def weight_map(self, multiplier: MultiplierOrTable) -> np.ndarray:
+        """The ALWANN weight-byte map [256] of `multiplier` at this layer (dse.nn.compensation.weight_map)."""
+        from dse.nn.compensation import weight_map
+
+        key = ("w", table_key(multiplier), ())
+        m = self._remedy_cache.get(key)
+        if m is None:
+            hist = self._require_calibration()
+            m = weight_map(multiplier, hist.sum(dim=(0, 1)).numpy(), self.fmt)
+            self._remedy_cache[key] = m
+        out: np.ndarray = m
+        return out
 
     def kernel_backends(self) -> list[str]:
         """Backends of the kernel prepared for the current multiplier (empty before its first lut forward)."""
@@ -254,16 +342,19 @@ class ApproxLayer(nn.Module):
         """Weight codes, shape of the weight (int8 for symmetric/sign-magnitude, uint8 for affine)."""
         return self._qstate(self.weight.device).w_codes
 
-    def int_forward(self, in_codes: torch.Tensor, lut: MultiplierOrTable | None = None) -> torch.Tensor:
+    def int_forward(
+        self, in_codes: torch.Tensor, lut: MultiplierOrTable | None = None, remedy: str | None = None
+    ) -> torch.Tensor:
         """The zero-point-corrected int32 accumulator for input codes; `lut` a Multiplier or raw table of the
-        format (None = exact). Same shape as the layer output."""
+        format (None = exact), with `remedy` ("bias" | "weights", dse.nn.compensation). Same shape as the
+        layer output."""
         st = self._qstate(in_codes.device)
         with torch.no_grad():
             if lut is None:
                 xc = in_codes.to(torch.float32) - st.z_a
                 return self._exact_acc(xc, st.wc).round().to(torch.int32)
             check_multiplier_format(lut, self.fmt, where=f"layer {self.name}")
-            return self._lut_acc(in_codes, st, self._lut_state(st, lut, in_codes.device))
+            return self._lut_acc(in_codes, st, self._lut_state(st, lut, in_codes.device, remedy))
 
     def _lut_acc(self, codes: torch.Tensor, st: QState, ls: LutState) -> torch.Tensor:
         acc = self._kernel_acc(codes, ls)
@@ -307,7 +398,7 @@ class ApproxLayer(nn.Module):
         self._count_negative(x, st)
         xq = self.act_quant.float_codes(x, st.s_a, st.z_a)
         if self._mode is Mode.LUT:
-            ls = self._lut_state(st, self.multiplier, x.device)
+            ls = self._lut_state(st, self.multiplier, x.device, self.remedy)
             acc = self._lut_acc(xq.to(self.fmt.act_dtype), st, ls)
         else:
             acc = self._exact_acc(xq.sub_(st.z_a), st.wc)
@@ -330,7 +421,7 @@ class ApproxLayer(nn.Module):
         if self._mode is Mode.LUT:
             with torch.no_grad():
                 st = self._qstate(x.device)
-                ls = self._lut_state(st, self.multiplier, x.device)
+                ls = self._lut_state(st, self.multiplier, x.device, self.remedy)
                 codes = (xc.detach() + z_a).to(self.fmt.act_dtype)
                 y_lut = self._lut_acc(codes, st, ls).to(torch.float32)
                 y_lut = y_lut * self._chan_view(st.out_scale)
@@ -354,6 +445,7 @@ class ApproxLayer(nn.Module):
         )
         state["_state"] = None
         state["_luts"] = PreparedTables()
+        state["_remedy_cache"] = {}
         return state
 
     def _apply(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> ApproxLayer:

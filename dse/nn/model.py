@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from dse.multipliers.core import Multiplier
+from dse.nn import compensation
 from dse.nn.conv import ApproxConv2d
 from dse.nn.layer import ApproxLayer, Mode
 from dse.nn.linear import ApproxLinear
@@ -109,23 +110,37 @@ def assign(model: nn.Module, assignment: Mapping[str, MultiplierOrTable | None])
 
 
 @contextmanager
-def approximated(model: nn.Module, assignment: Mapping[str, Multiplier]) -> Iterator[nn.Module]:
+def approximated(
+    model: nn.Module,
+    assignment: Mapping[str, Multiplier],
+    remedies: Mapping[str, str] | None = None,
+) -> Iterator[nn.Module]:
     """Simulate `assignment` ({layer: Multiplier}; layers not named get exact): inside the block every
-    approximate layer is in `Mode.LUT` with its assigned multiplier; on exit (also on an exception) each
-    layer gets back the mode and multiplier it had before."""
+    approximate layer is in `Mode.LUT` with its assigned multiplier and its remedy from `remedies`
+    ({layer: "bias" | "weights"}, dse.nn.compensation; layers not named: none); on exit (also on an
+    exception) each layer gets back the mode, multiplier and remedy it had before."""
     layers = approx_layers(model)
-    before = {n: (layer.mode, layer.multiplier) for n, layer in layers.items()}
+    remedies = dict(remedies or {})
+    unknown = sorted(set(remedies) - set(layers))
+    if unknown:
+        raise UserError(f"remedies: unknown layer(s) {', '.join(unknown)}")
+    before = {n: (layer.mode, layer.multiplier, layer.remedy) for n, layer in layers.items()}
     try:
         assign(model, assignment)
+        for n, layer in layers.items():
+            layer.remedy = remedies.get(n)
+            if layer.remedy is not None and layer.multiplier is not None:
+                layer._require_calibration()  # the one-line error before any forward
         set_mode(model, Mode.LUT)
         yield model
     finally:
         for n, layer in layers.items():
-            mode, mult = before[n]
+            mode, mult, remedy = before[n]
             if layer.multiplier is not mult:
                 layer.multiplier = mult
                 layer.invalidate()
             layer.mode = mode
+            layer.remedy = remedy
 
 
 Batches = torch.Tensor | torch.utils.data.Dataset[Any] | Iterable[Any]
@@ -179,6 +194,40 @@ def calibrate(
     if missing:
         raise UserError(f"calibration: no data reached layer(s) {', '.join(missing)} (empty batches?)")
     return model
+
+
+def calibrate_remedies(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 64) -> None:
+    """Set every approximate layer's calibration histograms from the model's own (current-mode, usually
+    `quant`) forward over `images`, in batches; the layers then compute their remedies from them."""
+    layers = approx_layers(model)
+    hists: dict[str, torch.Tensor] = {}
+    inputs: dict[str, torch.Tensor] = {}
+
+    def hook(mod: torch.nn.Module, args: tuple[torch.Tensor, ...], _name: str) -> None:
+        inputs[_name] = args[0].detach()
+
+    handles = [
+        layer.register_forward_pre_hook(lambda m, a, _n=name: hook(m, a, _n))
+        for name, layer in layers.items()
+    ]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for i in range(0, len(images), batch_size):
+                inputs.clear()
+                model(images[i : i + batch_size])
+                for name, x in inputs.items():
+                    h = compensation.layer_histograms(layers[name], x)
+                    hists[name] = h if name not in hists else hists[name] + h
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    for name, layer in layers.items():
+        if name not in hists:
+            raise UserError(f"layer {name}: no calibration data reached it; {compensation.CALIBRATION_HINT}")
+        layer.calibration = hists[name]
 
 
 def layer_infos(model: nn.Module) -> list[LayerInfo]:
