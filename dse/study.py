@@ -22,7 +22,15 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from dse.util import UserError
 
@@ -146,6 +154,31 @@ class SearchConfig(_Section):
         0.25, ge=0, lt=1, description="share of each batch picked for expected improvement, not the front"
     )
     random_baseline: bool = True
+    compensate_bias: bool | Literal["search"] = Field(
+        False,
+        description="bias compensation (the expected error per output channel on the calibration images "
+        'subtracted through the bias; no hardware cost): false, true (every approximate layer), or "search" '
+        "(one yes/no gene per layer: the search decides)",
+    )
+    weight_tuning: bool = Field(
+        False,
+        description="ALWANN weight tuning as extra choices: each approximate multiplier also with the layer's "
+        "weights remapped to the codes whose approximate products err least (same energy)",
+    )
+
+    @field_validator("compensate_bias", mode="before")
+    @classmethod
+    def _compensate_is_bool_or_search(cls, v: Any) -> Any:
+        if not (isinstance(v, bool) or v == "search"):
+            raise ValueError(f'expected true, false or "search", got {v!r}')
+        return v
+
+    @field_validator("weight_tuning", mode="before")
+    @classmethod
+    def _strict_bool(cls, v: Any) -> Any:
+        if not isinstance(v, bool):
+            raise ValueError(f"expected true or false, got {v!r}")
+        return v
 
 
 class Study(_Section):

@@ -12,6 +12,10 @@ relative distortions, `Predictions.network_distortion`).
 P1 (dse.errors.analytic.layer_rms_error): the closed-form distortion from each table's error moments under the
 layer's profiled byte histograms (no operand sampling), next to the predictors; its Spearman against the
 measured layer distortion over the analysed multipliers, per layer and pooled over all layer × multiplier pairs.
+Remedies (dse.nn.compensation): each layer × multiplier is also measured with bias compensation and with
+weight tuning, both computed from the training split's calibration images (disjoint from the validation
+images measured here); `compensation` gives per multiplier the median factor by which they lower the
+layer-output distortion.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from dse.multipliers.core import Multiplier
 from dse.multipliers.library import select
 from dse.nn import approx_layers, approximated
 from dse.prepare import Prepared
+from dse.simulation import ensure_calibration
 from dse.train import dataset_tensors
 from dse.util import UserError, progress
 
@@ -60,13 +65,18 @@ def _spearman(x: ArrayLike, y: ArrayLike) -> float | None:
 @dataclass(frozen=True)
 class LayerMeasurements:
     """Measured output error per layer × multiplier (arrays [L, M], float output units before bias): std,
-    mean and relative distortion ‖ΔY‖_F/‖Y‖_F; `output_std` [L] of the exact layer output."""
+    mean and relative distortion ‖ΔY‖_F/‖Y‖_F; `output_std` [L] of the exact layer output; with remedies,
+    the same distortion and mean with bias compensation (`*_compensated`) and the distortion with ALWANN
+    weight tuning (`distortion_tuned`), both computed from the training split's calibration images."""
 
     layers: list[str]
     sigma: np.ndarray
     mean: np.ndarray
     distortion: np.ndarray
     output_std: np.ndarray
+    distortion_compensated: np.ndarray | None = None
+    mean_compensated: np.ndarray | None = None
+    distortion_tuned: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -81,16 +91,20 @@ class NetworkMeasurements:
 
 
 def measure_layers(
-    prepared: Prepared, multipliers: Sequence[Multiplier], images: torch.Tensor
+    prepared: Prepared, multipliers: Sequence[Multiplier], images: torch.Tensor, remedies: bool = False
 ) -> LayerMeasurements:
-    """Measured error std / mean / relative distortion per layer × multiplier, exact inputs."""
+    """Measured error std / mean / relative distortion per layer × multiplier, exact inputs; with
+    `remedies` also with bias compensation and with weight tuning (calibrated on the training split)."""
     model = prepared.model
+    if remedies:
+        ensure_calibration(prepared)
     layers = approx_layers(model)
     inputs = capture_layer_inputs(model, images.to(prepared.device))
     names = list(layers)
     n_l, n_m = len(names), len(multipliers)
     sigma, mean, dist = np.zeros((n_l, n_m)), np.zeros((n_l, n_m)), np.zeros((n_l, n_m))
     out_std = np.zeros(n_l)
+    d_comp, m_comp, d_tuned = np.zeros((n_l, n_m)), np.zeros((n_l, n_m)), np.zeros((n_l, n_m))
     bar = progress(total=n_l * n_m, desc="analyze: layers")
     for li, name in enumerate(names):
         layer = layers[name]
@@ -108,9 +122,18 @@ def measure_layers(
                 sigma[li, mi] = float(dy.std(unbiased=False))
                 mean[li, mi] = float(dy.mean())
                 dist[li, mi] = float(torch.linalg.vector_norm(dy)) / max(y_norm, 1e-30)
+                if remedies:
+                    for remedy, d_out in (("bias", d_comp), ("weights", d_tuned)):
+                        acc = layer.int_forward(codes, m, remedy=remedy).to(torch.int64)
+                        dy = float_output(acc - exact, layer.output_scale)
+                        d_out[li, mi] = float(torch.linalg.vector_norm(dy)) / max(y_norm, 1e-30)
+                        if remedy == "bias":
+                            m_comp[li, mi] = float(dy.mean())
                 bar.update(1)
     bar.close()
-    return LayerMeasurements(names, sigma, mean, dist, out_std)
+    if not remedies:
+        return LayerMeasurements(names, sigma, mean, dist, out_std)
+    return LayerMeasurements(names, sigma, mean, dist, out_std, d_comp, m_comp, d_tuned)
 
 
 def measure_network(
@@ -137,6 +160,38 @@ def measure_network(
         acc.append(float((z.argmax(1) == y).double().mean()))
         ldist.append(float(torch.linalg.vector_norm(z - z0)) / max(z0n, 1e-30))
     return NetworkMeasurements(acc0, np.array(acc), np.array(ldist), len(y))
+
+
+def _remedy_entries(meas: LayerMeasurements, li: int, mi: int) -> dict[str, float]:
+    if meas.distortion_compensated is None or meas.mean_compensated is None or meas.distortion_tuned is None:
+        return {}
+    return {
+        "measured_distortion_compensated": float(meas.distortion_compensated[li, mi]),
+        "measured_mean_compensated": float(meas.mean_compensated[li, mi]),
+        "measured_distortion_weight_tuned": float(meas.distortion_tuned[li, mi]),
+    }
+
+
+def _compensation_summary(meas: LayerMeasurements, mults: Sequence[Multiplier]) -> dict[str, Any] | None:
+    """Per multiplier, the median over layers of distortion / compensated distortion (how many times the
+    compensation lowers the layer-output error), and the same for weight tuning."""
+    if meas.distortion_compensated is None or meas.distortion_tuned is None:
+        return None
+
+    def ratio(d: np.ndarray, r: np.ndarray) -> list[float | None]:
+        out: list[float | None] = []
+        for mi in range(d.shape[1]):
+            ok = r[:, mi] > 0
+            out.append(float(np.median(d[ok, mi] / r[ok, mi])) if ok.any() else None)
+        return out
+
+    comp = ratio(meas.distortion, meas.distortion_compensated)
+    tuned = ratio(meas.distortion, meas.distortion_tuned)
+    return {
+        "images": "validation split (the corrections: training-split calibration images)",
+        "distortion_ratio_compensated": {m.name: comp[i] for i, m in enumerate(mults) if not m.is_exact},
+        "distortion_ratio_weight_tuned": {m.name: tuned[i] for i, m in enumerate(mults) if not m.is_exact},
+    }
 
 
 def analyze(
@@ -189,7 +244,7 @@ def analyze(
         )
     t0 = time.perf_counter()
     images = calibration_images(val, layer_images, seed=1)
-    meas = measure_layers(prepared, mults, images)
+    meas = measure_layers(prepared, mults, images, remedies=True)
     layer_seconds = time.perf_counter() - t0
 
     if network_images is not None and network_images < len(val):
@@ -247,6 +302,7 @@ def analyze(
                     "measured_distortion": meas.distortion[li, mi],
                     "predicted": predicted,
                     "p1_distortion": float(p1[name][mi]),
+                    **_remedy_entries(meas, li, mi),
                 }
             )
         info = next(i for i in prepared.layers if i.name == name)
@@ -292,6 +348,8 @@ def analyze(
             "layers": p1_rho,
         },
         "distortion_spearman_by_predictor": dist_by_pred,
+        # measured layer distortion without / with bias compensation (and weight tuning), validation images
+        "compensation": _compensation_summary(meas, mults),
         "spearman_by_aggregate": {
             k: {"accuracy": _spearman(v, drop), "logit": _spearman(v, net.logit_distortion)}
             for k, v in aggregates.items()

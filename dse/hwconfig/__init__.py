@@ -3,7 +3,9 @@ its JSON Schema (`config.schema.json`, shipped beside this module), validation o
 one serialisation, and `read_assignment`, the one reader of a {layer: multiplier} assignment from a file.
 
 `resolve_assignment(assignment, prepared)` is the one resolver: names -> `Multiplier`s of the run's
-library, checked against the prepared model's layers and operand format.
+library, checked against the prepared model's layers and operand format. A name may carry a remedy's
+suffix ("NAME+bc" bias compensation, "NAME+wt" weight tuning; `dse.nn.compensation.remedies_of` reads
+them): a configuration layer with a `compensation` object reads back as that name (`layer_choice`).
 
 `config_text(config)` is the one serialisation: `dse export` writes it and the report embeds it for its
 download button, so the two files are byte-identical. Building a configuration from a run's point is the
@@ -25,8 +27,9 @@ from dse.util import UserError, atomic_write_text, dumps_json, read_json
 if TYPE_CHECKING:
     from dse.prepare import Prepared
 
-SCHEMA_VERSION = 2
-READABLE_VERSIONS = (1, 2)  # 2 added per-layer synth_area_rel / toggle_energy_rel
+SCHEMA_VERSION = 3
+# 2 added per-layer synth_area_rel / toggle_energy_rel; 3 the per-layer compensation (bias / weights)
+READABLE_VERSIONS = (1, 2, 3)
 
 
 @cache
@@ -90,13 +93,13 @@ def read_assignment(path: Path, *, complete: bool = True) -> dict[str, str]:
     if isinstance(raw, dict) and "schema_version" in raw:
         try:
             config = read_config(path)
-            return {layer["name"]: layer["multiplier"] for layer in config["layers"]}
+            return {layer["name"]: layer_choice(layer) for layer in config["layers"]}
         except UserError:
             if complete:
                 raise
     if not complete and isinstance(raw, dict) and isinstance(raw.get("layers"), list):
         try:
-            return {str(e["name"]): str(e["multiplier"]) for e in raw["layers"]}
+            return {str(e["name"]): layer_choice(e) for e in raw["layers"]}
         except (KeyError, TypeError):
             raise UserError(f"{path}: layers: expected a list of {{'name', 'multiplier'}} objects") from None
     if (
@@ -109,6 +112,15 @@ def read_assignment(path: Path, *, complete: bool = True) -> dict[str, str]:
         f"{path}: expected a dse configuration (schema_version {SCHEMA_VERSION}) or a non-empty object "
         '{"layer name": "multiplier name", …}'
     )
+
+
+def layer_choice(layer: Mapping[str, Any]) -> str:
+    """A configuration layer's assignment name: its multiplier, with the remedy's suffix when it carries a
+    compensation ("NAME+bc" / "NAME+wt", dse.nn.compensation)."""
+    from dse.nn.compensation import variant_name
+
+    comp = layer.get("compensation")
+    return variant_name(str(layer["multiplier"]), comp["remedy"] if isinstance(comp, dict) else None)
 
 
 def read_assignment_file(path: Path) -> tuple[dict[str, str], Any]:
@@ -139,9 +151,12 @@ def resolve_assignment(
             f"{', '.join(unknown) or '-'}; model layers not in the configuration: {', '.join(missing) or '-'}"
             f" (the model's layers are {', '.join(names)})"
         )
+    from dse.nn.compensation import split_variant
+
     signed = bool(prepared.fmt.signed)
     out = {}
-    for layer, mult_name in assignment.items():
+    for layer, name in assignment.items():
+        mult_name = split_variant(name)[0]  # "NAME+bc" / "NAME+wt": the remedy is the caller's (remedies_of)
         try:
             m = prepared.library.get(mult_name)
         except UserError:

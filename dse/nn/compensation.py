@@ -112,6 +112,27 @@ def with_remedies(choices: Sequence[str], exact: set[str], compensate: bool | st
     return out
 
 
+class ChoiceSpace(Protocol):
+    """A search problem's layers and their allowed names (dse.search.problem.SearchProblem)."""
+
+    @property
+    def layers(self) -> tuple[str, ...]: ...
+
+    @property
+    def choices(self) -> tuple[tuple[str, ...], ...]: ...
+
+
+def in_choices(assignment: Mapping[str, str], problem: ChoiceSpace) -> dict[str, str]:
+    """An assignment of plain names (an AGN mapping) in a space whose choices may be variants only
+    (compensate_bias = true): a name a layer does not offer becomes its compensated variant if offered."""
+    allowed = dict(zip(problem.layers, problem.choices))
+    out = {}
+    for layer, name in assignment.items():
+        comp = variant_name(name, BIAS)
+        out[layer] = comp if name not in allowed.get(layer, ()) and comp in allowed.get(layer, ()) else name
+    return out
+
+
 # ------------------------------------------------------------------------------------------ histograms
 
 

@@ -117,18 +117,20 @@ def approximated(
 ) -> Iterator[nn.Module]:
     """Simulate `assignment` ({layer: Multiplier}; layers not named get exact): inside the block every
     approximate layer is in `Mode.LUT` with its assigned multiplier and its remedy from `remedies`
-    ({layer: "bias" | "weights"}, dse.nn.compensation; layers not named: none); on exit (also on an
-    exception) each layer gets back the mode, multiplier and remedy it had before."""
+    ({layer: "bias" | "weights"}, dse.nn.compensation; layers not named: none; `remedies=None` leaves
+    every layer's `remedy` as it is); on exit (also on an exception) each layer gets back the mode,
+    multiplier and remedy it had before."""
     layers = approx_layers(model)
-    remedies = dict(remedies or {})
-    unknown = sorted(set(remedies) - set(layers))
+    chosen = None if remedies is None else dict(remedies)
+    unknown = sorted(set(chosen or {}) - set(layers))
     if unknown:
         raise UserError(f"remedies: unknown layer(s) {', '.join(unknown)}")
     before = {n: (layer.mode, layer.multiplier, layer.remedy) for n, layer in layers.items()}
     try:
         assign(model, assignment)
         for n, layer in layers.items():
-            layer.remedy = remedies.get(n)
+            if chosen is not None:
+                layer.remedy = chosen.get(n)
             if layer.remedy is not None and layer.multiplier is not None:
                 layer._require_calibration()  # the one-line error before any forward
         set_mode(model, Mode.LUT)

@@ -4,12 +4,14 @@ learned tolerances, the quantization parameters, totals and provenance."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Protocol
 
 from dse import __version__
 from dse.energy import mac_shares
 from dse.hwconfig import SCHEMA_VERSION, validate_config
 from dse.multipliers.core import Multiplier
+from dse.nn.compensation import RemedyLayer, remedies_of, remedy_json
 from dse.report.activity import toggle_energy, weight_scheme_of
 from dse.report.results import RunResults
 from dse.rundir import RunDir
@@ -35,10 +37,9 @@ def build_config(run: RunResults, point: SearchPoint, library: MultiplierSource)
     macs = {layer.name: int(layer.macs) for layer in layers}
     shares = mac_shares(macs)
     objective = str(run.search_space.get("energy", "gates"))  # the space's energy objective
-    mults = {
-        name: energy_objective(library.get(assignment.get(name) or _exact_name(run)), objective)
-        for name in names
-    }
+    bases, remedies = remedies_of({name: assignment.get(name) or _exact_name(run) for name in names})
+    mults = {name: energy_objective(library.get(bases[name]), objective) for name in names}
+    remedy_layers = _remedy_layers(run.run_dir) if remedies else {}
     energy = {name: shares[name] * mults[name].energy_rel for name in names}
     total_energy = sum(energy.values())
     agn = run.tolerance_for(point)
@@ -69,6 +70,9 @@ def build_config(run: RunResults, point: SearchPoint, library: MultiplierSource)
                 "quant": qparams.get(name),
                 "synth_area_rel": m.synth_area_rel,
                 "toggle_energy_rel": toggle_energy(run.run_dir, name, m, scheme),
+                "compensation": remedy_json(remedy_layers[name], m, remedies[name])
+                if name in remedies
+                else None,
             }
         )
     study, summary = run.study, run.summary
@@ -115,6 +119,24 @@ def build_config(run: RunResults, point: SearchPoint, library: MultiplierSource)
     }
     validate_config(config, where=f"configuration of trial {point.trial}")
     return config
+
+
+_REMEDY_LAYERS: dict[str, dict[str, RemedyLayer]] = {}
+
+
+def _remedy_layers(run_dir: Path | str) -> dict[str, RemedyLayer]:
+    """The run's prepared layers with their calibration histograms (what a compensated layer's correction is
+    computed from), loaded once per run directory and process."""
+    from dse.nn import approx_layers
+    from dse.prepare import load_prepared
+    from dse.simulation import ensure_calibration
+
+    key = str(Path(run_dir).resolve())
+    if key not in _REMEDY_LAYERS:
+        prepared = load_prepared(Path(run_dir))
+        ensure_calibration(prepared)
+        _REMEDY_LAYERS[key] = dict(approx_layers(prepared.model))
+    return _REMEDY_LAYERS[key]
 
 
 def _num(x: Any) -> float | None:

@@ -1,6 +1,8 @@
 """`dse evaluate`: rebuild a run's prepared model, apply a configuration's per-layer multipliers (each
-table checked against the library by sha256, the layers against the model) and re-measure its accuracy
-by behavioural simulation — `dse.simulation.simulate_accuracy`, the same lut-mode path as the search's."""
+table checked against the library by sha256, the layers against the model) and remedies (each stored
+bias correction / weight map checked against the model's channels and the run's calibration) and
+re-measure its accuracy by behavioural simulation — `dse.simulation.simulate_accuracy`, the same lut-mode
+path as the search's."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from dse.data import Split
 from dse.energy import energy_rel
 from dse.hwconfig import read_assignment, read_config, resolve_assignment
 from dse.multipliers.core import Multiplier
+from dse.nn.compensation import remedies_of, variant_name
 from dse.prepare import load_prepared
 from dse.prepare.records import PreparedLayer
 from dse.rundir import RunDir
@@ -35,6 +38,40 @@ def _recorded_from_summary(run_dir: Path, assignment: dict[str, str], split: str
             if dict(p.assignment) == assignment and value is not None:
                 return float(value)
     return None
+
+
+def _check_compensation(
+    path: Path, config: dict[str, Any], prepared: Any, chosen: dict[str, Multiplier]
+) -> None:
+    """Each compensated layer's stored correction against the model: one value per output channel, equal to
+    the correction the run's calibration gives (what the simulation then applies)."""
+    from dse.nn import approx_layers
+    from dse.simulation import ensure_calibration
+
+    layers = approx_layers(prepared.model)
+    entries = [(i, e) for i, e in enumerate(config["layers"]) if isinstance(e.get("compensation"), dict)]
+    for i, entry in entries:  # the shape first: no calibration needed to refuse it
+        comp, layer = entry["compensation"], layers[entry["name"]]
+        for key in ("acc_correction", "float_bias") if comp["remedy"] == "bias" else ():
+            if len(comp[key]) != layer.out_channels:
+                raise UserError(
+                    f"{path}: layers[{i}].compensation.{key}: {len(comp[key])} values, but the model's "
+                    f"{entry['name']} has {layer.out_channels} output channels"
+                )
+    ensure_calibration(prepared)
+    for i, entry in entries:
+        comp, layer, m = entry["compensation"], layers[entry["name"]], chosen[entry["name"]]
+        where = f"{path}: layers[{i}].compensation"
+        if comp["remedy"] == "bias":
+            if [int(v) for v in layer.bias_correction(m).tolist()] != comp["acc_correction"]:
+                raise UserError(
+                    f"{where}.acc_correction: does not match the correction of this run's weights and "
+                    "calibration images (a configuration of another run or checkpoint?)"
+                )
+        elif [int(v) for v in layer.weight_map(m).tolist()] != comp["weight_map"]:
+            raise UserError(
+                f"{where}.weight_map: does not match the weight tuning of this run's calibration images"
+            )
 
 
 def evaluate_config(
@@ -93,6 +130,7 @@ def evaluate_config(
     if missing:  # --rest exact: the unnamed layers on the exact multiplier of the run's format
         exact = next(m for m in prepared.library.multipliers(signed=bool(prepared.fmt.signed)) if m.is_exact)
         assignment = {n: assignment.get(n, exact.name) for n in names}
+    remedies = remedies_of(assignment)[1]
     for i, name in enumerate(names):
         if name in assignment:
             where = f"{path}: layers[{i}].multiplier" if config is not None else f"{path}: {name}"
@@ -109,12 +147,16 @@ def evaluate_config(
                 raise UserError(
                     f"{path}: layers[{i}].macs: {layer['macs']} but the model's {layer['name']} has {macs[layer['name']]}"
                 )
+        if remedies:
+            _check_compensation(path, config, prepared, chosen)
     dataset = prepared.splits[Split(split)]
-    accuracy = simulate_accuracy(prepared, chosen, Split(split))
+    accuracy = simulate_accuracy(prepared, chosen, Split(split), remedies=remedies)
     if config is not None:
         recorded = config["totals"]["accuracy" if split == "val" else "test_accuracy"]
     else:
-        recorded = _recorded_from_summary(run_dir, {n: m.name for n, m in chosen.items()}, split)
+        recorded = _recorded_from_summary(
+            run_dir, {n: variant_name(m.name, remedies.get(n)) for n, m in chosen.items()}, split
+        )
     return {
         "accuracy": accuracy,
         "energy_rel": energy_rel(macs, {n: m.energy_rel for n, m in chosen.items()}),
@@ -123,6 +165,8 @@ def evaluate_config(
         "split": split,
         "samples": len(dataset),
         "run_dir": str(run_dir.resolve()),
-        "assignment": {n: chosen[n].name if n in chosen else None for n in names},
+        "assignment": {
+            n: variant_name(chosen[n].name, remedies.get(n)) if n in chosen else None for n in names
+        },
         "exact_rest": missing,
     }

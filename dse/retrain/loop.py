@@ -40,11 +40,12 @@ from dse.data import Split
 from dse.hwconfig import resolve_assignment
 from dse.multipliers.core import Multiplier
 from dse.nn import Mode, approx_layers, approximated, set_mode
+from dse.nn.compensation import remedies_of, variant_name
 from dse.prepare import Prepared, load_prepared
 from dse.retrain.statistics import CALIBRATION_SAMPLES, STATS_VERSION, get_error_stats, measure_error_stats
 from dse.retrain.surrogates import METHODS, agn_sigma_source, build_surrogates
 from dse.rundir import RunDir
-from dse.simulation import simulate_accuracy
+from dse.simulation import ensure_calibration, simulate_accuracy
 from dse.train import fit
 from dse.util import (
     UserError,
@@ -102,15 +103,22 @@ def load_run(run_dir: Path, data: str | None = None, device: str = "cpu") -> Pre
     return load_prepared(run.path, data=data, device=device)
 
 
-def config_hash(assignment: Mapping[str, Multiplier], run_dir: Path, calibration_samples: int) -> str:
-    """12 hex digits naming `retrain/<config-hash>/`: the assignment (names and table hashes), the QAT
-    checkpoint it starts from and the calibration sample size."""
-    key = {
+def config_hash(
+    assignment: Mapping[str, Multiplier],
+    run_dir: Path,
+    calibration_samples: int,
+    remedies: Mapping[str, str] | None = None,
+) -> str:
+    """12 hex digits naming `retrain/<config-hash>/`: the assignment (names and table hashes, and the
+    layers' remedies when any), the QAT checkpoint it starts from and the calibration sample size."""
+    key: dict[str, Any] = {
         "assignment": {k: f"{m.name}:{m.sha256}" for k, m in sorted(assignment.items())},
         "checkpoint": sha256_file(RunDir(run_dir).qat_ckpt),
         "calibration_samples": calibration_samples,
         "version": STATS_VERSION,
     }
+    if remedies:
+        key["remedies"] = dict(sorted(remedies.items()))
     return sha256_bytes(json.dumps(key, sort_keys=True).encode())[:12]
 
 
@@ -264,6 +272,7 @@ def retrain(
     if prepared is None:
         prepared = load_run(run_dir, data=data, device=device)
     multipliers = resolve_assignment(assignment, prepared, where=where, raw=raw_config)
+    remedies = remedies_of(assignment)[1]  # "NAME+bc" / "NAME+wt": set on the layers for the whole retrain
     missing = [n for n in prepared.layer_names if n not in multipliers]
     if missing and rest != "exact":
         raise UserError(
@@ -272,8 +281,14 @@ def retrain(
         )
     model = prepared.model
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    chash = config_hash(multipliers, run_dir, calibration_samples)
+    chash = config_hash(multipliers, run_dir, calibration_samples, remedies)
     out_dir = RunDir(run_dir).retrain_run_dir(chash)
+    layers = approx_layers(model)
+    calibration = {n: layer.calibration for n, layer in layers.items()}
+    if remedies:
+        ensure_calibration(prepared)
+        for n, r in remedies.items():
+            layers[n].remedy = r  # every simulation, training step and error statistic below uses it
     try:
         accuracy_before = simulate_accuracy(prepared, multipliers, Split.VAL, device=device)
         stats_seconds = 0.0
@@ -303,17 +318,23 @@ def retrain(
         times, cpu_times = train_epochs(
             model, prepared, method, multipliers, surrogates, epochs, lr, bs, seed, device, resume, refresh
         )
+        if remedies:  # the correction (and the weight map) of the retrained weights and their activations
+            ensure_calibration(prepared, recompute=True)
         accuracy_after = simulate_accuracy(prepared, multipliers, Split.VAL, device=device)
         state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     finally:
         model.load_state_dict(initial)  # the prepared model stays as it was for the caller
+        for n, layer in layers.items():
+            layer.remedy = None
+            if remedies:
+                layer.calibration = calibration[n]
     ckpt = out_dir / f"{method}.pt"
     result = RetrainResult(
         method=method,
         epochs=epochs,
         lr=lr,
         batch_size=bs,
-        assignment={n: m.name for n, m in multipliers.items()},
+        assignment={n: variant_name(m.name, remedies.get(n)) for n, m in multipliers.items()},
         quant_accuracy=float(prepared.quant_accuracy),
         accuracy_before=accuracy_before,
         accuracy_after=accuracy_after,

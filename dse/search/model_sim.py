@@ -19,6 +19,7 @@ import torch
 
 from dse.multipliers.core import Multiplier
 from dse.nn import ApproxLayer, Mode
+from dse.nn.compensation import split_variant
 from dse.search.problem import SearchProblem
 from dse.search.records import Genome
 
@@ -154,6 +155,7 @@ class ModelSimulator:
             layer.multiplier = target
             layer.invalidate()
         layer.mode = Mode.QUANT if exact else Mode.LUT
+        layer.remedy = split_variant(name)[1]  # "NAME+bc" / "NAME+wt": dse.nn.compensation
         y = original(x)
         if key is not None and self.cache is not None:
             self.cache.put(key, y.clone())
@@ -185,6 +187,7 @@ class ModelSimulator:
             self._genome = None
             for layer in self.layers.values():  # leave the model as prepared: quant mode
                 layer.mode = Mode.QUANT
+                layer.remedy = None
         return correct
 
     def accuracy(self, genome: Genome, split: str = "val") -> float:

@@ -10,11 +10,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from dse.multipliers.core import Multiplier
+from dse.nn.compensation import BIAS, in_choices, split_variant, with_remedies
 from dse.prepare.records import PreparedLayer
 from dse.search.problem import SearchProblem
 from dse.search.records import Fallback, Genome, Origin
 from dse.search.simulate import SimulationCache
 from dse.search.surrogate import Surrogate
+from dse.simulation import ensure_calibration
 from dse.util import log
 
 if TYPE_CHECKING:
@@ -50,6 +52,11 @@ def build_problem(prepared: Prepared) -> tuple[SearchProblem, dict[str, Multipli
             mults[ex.name] = ex
             exact = ex.name
     choices = [[m.name for m in layer_space.get(n, [])] for n in names]
+    cfg = prepared.study.search
+    if cfg.compensate_bias is not False or cfg.weight_tuning:  # remedy variants: "NAME+bc", "NAME+wt"
+        exact_names = {name for name, m in mults.items() if m.is_exact}
+        choices = [with_remedies(ch, exact_names, cfg.compensate_bias, cfg.weight_tuning) for ch in choices]
+        mults.update({v: mults[split_variant(v)[0]] for ch in choices for v in ch})
     energies = {name: float(m.energy_rel) for name, m in mults.items()}
     return SearchProblem.build(names, macs, choices, energies, exact=exact), mults
 
@@ -63,6 +70,8 @@ def build_setup(
     from dse.search.model_sim import ModelSimulator
 
     problem, mults = build_problem(prepared)
+    if any(split_variant(m)[1] for ch in problem.choices for m in ch):
+        ensure_calibration(prepared)  # the remedies' calibration histograms, before the simulator runs
     stage_seconds: dict[str, float] = {}
     agn: list[tuple[Genome, Origin]] = []
     surrogate = None
@@ -94,7 +103,7 @@ def _agn_seeds(
     t0 = time.perf_counter()
     try:
         for r in get_agn_results(prepared, prepared.study.agn.lambdas):
-            out.append((problem.genome(r.assignment), Origin.agn(r.lam)))
+            out.append((problem.genome(in_choices(r.assignment, problem)), Origin.agn(r.lam)))
     except (RuntimeError, ValueError, ArithmeticError, OSError, KeyError, IndexError) as e:
         # a training that diverged, ran out of memory, or a stage file it could not write: the search
         # still works without AGN (no AGN seeds, no AGN baseline), and says so
@@ -134,8 +143,10 @@ def _surrogate(
     for li, name in enumerate(problem.layers):
         tol = max(std[row[name]], 1e-12)
         for ci, m in enumerate(problem.choices[li]):
-            if m in col:
-                s, mu = pred.sigma[row[name], col[m]], pred.mean[row[name], col[m]]
+            base, remedy = split_variant(m)
+            if base in col:  # a compensated variant: the mean error is removed (weight tuning: as predicted)
+                s, mu = pred.sigma[row[name], col[base]], pred.mean[row[name], col[base]]
+                mu = 0.0 if remedy == BIAS else mu
                 dist[li, ci] = (s * s + mu * mu) / (tol * tol)
     chance = 1.0 / max(2, int(prepared.splits.num_classes))
     return Surrogate(problem, dist, prepared.quant_accuracy, chance, generations=cfg.surrogate_generations)

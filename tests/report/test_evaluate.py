@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from dse.cli import cli
@@ -37,6 +38,7 @@ def recorded_run(tmp_path_factory):
     from dse.prepare import load_prepared, prepare
     from dse.search.model_sim import ModelSimulator
     from dse.search.setup import build_problem
+    from dse.simulation import ensure_calibration
     from dse.study import load_study
     from dse.util import atomic_write_json
 
@@ -46,7 +48,6 @@ def recorded_run(tmp_path_factory):
     prepare(load_study(root / "tiny.toml"), out=run_dir, device="cpu")
     prepared = load_prepared(run_dir, device="cpu")
     problem, mults = build_problem(prepared)
-    sim = ModelSimulator(prepared, problem, mults)
     approx = [m for m in problem.choices[0] if m != problem.exact]
     approx = sorted(approx, key=lambda m: -problem.energies[m])
     genomes = [
@@ -54,12 +55,19 @@ def recorded_run(tmp_path_factory):
         tuple(approx[len(approx) // 3] for _ in problem.layers),
         tuple(approx[(i * 5) % len(approx)] for i in range(len(problem.layers))),
     ]
+    # trials 3 and 4: the remedies (the search's "NAME+bc" / "NAME+wt" names; same energy as NAME)
+    trunc = next(m for m in approx if m.startswith("trunc") and int(m[5:].split("_")[0]) >= 6)
+    genomes.append(tuple(f"{trunc}+bc" for _ in problem.layers))
+    genomes.append(tuple(f"{m}+wt" if i % 2 else f"{m}+bc" for i, m in enumerate(genomes[2])))
+    mults.update({v: mults[v[:-3]] for g in genomes[3:] for v in g})
+    ensure_calibration(prepared)
+    sim = ModelSimulator(prepared, problem, mults)
     points = []
     for trial, g in enumerate(genomes):
         points.append(
             {
                 "trial": trial,
-                "energy_rel": problem.energy_rel(g),
+                "energy_rel": problem.energy_rel(tuple(m.split("+")[0] for m in g)),
                 "accuracy": sim.accuracy(g, "val"),
                 "test_accuracy": sim.accuracy(g, "test"),
                 "assignment": problem.assignment(g),
@@ -124,6 +132,67 @@ def test_evaluate_reproduces_recorded_accuracy_exactly(recorded_run, tmp_path, t
     assert out["accuracy"] == point["accuracy"]  # bit-exact simulation: equal, not approximately equal
     assert out["matches_recorded"] is True
     assert out["energy_rel"] == pytest.approx(point["energy_rel"], abs=1e-12)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trial", [3, 4])
+def test_evaluate_reproduces_a_compensated_configuration_exactly(recorded_run, tmp_path, trial):
+    from dse.nn import approx_layers
+    from dse.prepare import load_prepared
+
+    run_dir, summary = recorded_run
+    cfg_path = tmp_path / "cfg.json"
+    cfg = export(run_dir, trial, cfg_path)
+    assert cfg["schema_version"] == 3
+    point = summary["points"][trial]
+    layers = approx_layers(load_prepared(run_dir).model)
+    for entry in cfg["layers"]:
+        comp = entry["compensation"]
+        remedy = "bias" if point["assignment"][entry["name"]].endswith("+bc") else "weights"
+        assert comp["remedy"] == remedy and "+" not in entry["multiplier"]
+        layer = layers[entry["name"]]
+        if remedy == "bias":  # one integer per channel; the float bias carries exactly that correction
+            assert len(comp["acc_correction"]) == len(comp["float_bias"]) == layer.out_channels
+            scale = layer.output_scale.double()
+            bias = layer.bias.detach().double()
+            expected = bias - torch.tensor(comp["acc_correction"], dtype=torch.float64) * scale
+            assert torch.allclose(torch.tensor(comp["float_bias"], dtype=torch.float64), expected)
+            assert any(comp["acc_correction"])  # a truncated table's error does not vanish
+        else:
+            assert len(comp["weight_map"]) == 256
+    result = invoke("evaluate", cfg_path, "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)  # stderr: the calibration's log line
+    assert out["accuracy"] == point["accuracy"] and out["matches_recorded"] is True
+    assert out["assignment"] == point["assignment"]
+
+    wrong = json.loads(json.dumps(cfg))
+    entry = next(e for e in wrong["layers"] if e["compensation"]["remedy"] == "bias")
+    entry["compensation"]["acc_correction"] = entry["compensation"]["acc_correction"][:-1]
+    path = tmp_path / "wrong.json"
+    path.write_text(json.dumps(wrong))
+    line = one_line_error(invoke("evaluate", path))
+    assert "acc_correction" in line and "output channels" in line
+    entry["compensation"]["acc_correction"] = [
+        v + 1 for v in cfg["layers"][wrong["layers"].index(entry)]["compensation"]["acc_correction"]
+    ]
+    path.write_text(json.dumps(wrong))
+    result = invoke("evaluate", path)
+    assert result.exit_code == 2 and result.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "does not match" in result.stderr.splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_a_version_2_configuration_is_still_read(recorded_run, tmp_path):
+    run_dir, summary = recorded_run
+    cfg = export(run_dir, 1, tmp_path / "cfg.json")
+    for entry in cfg["layers"]:
+        assert entry.pop("compensation") is None
+    cfg["schema_version"] = 2
+    path = tmp_path / "v2.json"
+    path.write_text(json.dumps(cfg))
+    out = json.loads(invoke("evaluate", path, "--json").stdout)
+    assert out["accuracy"] == summary["points"][1]["accuracy"]
 
 
 @pytest.mark.slow

@@ -58,7 +58,7 @@ def test_config_content_matches_run_and_library(run, tmp_path):
     point = summary["front"][len(summary["front"]) // 2]
     path, cfg = export_config(run_dir, tmp_path / "c.json", trial=point["trial"], library=fake_library())
     jsonschema.validate(cfg, config_schema())
-    assert cfg["schema_version"] == 2
+    assert cfg["schema_version"] == 3
     lib = fake_library()
     total_macs = sum(layer["macs"] for layer in LAYERS)
     for layer, spec in zip(cfg["layers"], LAYERS):
@@ -168,7 +168,7 @@ def test_schema_violation_names_the_field(run, tmp_path):
     with pytest.raises(UserError, match="totals.*bogus"):
         validate_config(broken)
     broken = json.loads(json.dumps(cfg))
-    broken["schema_version"] = 3
+    broken["schema_version"] = 4
     path.write_text(json.dumps(broken))
     with pytest.raises(UserError, match="schema_version"):
         read_config(path)

@@ -196,3 +196,16 @@ def test_compute_commands_share_the_thread_setting(monkeypatch):
     for cmd in ("prepare", "agn", "search"):
         r = CliRunner().invoke(cli, [cmd, "--threads", "0"])
         assert r.exit_code == 2 and "--threads 0" in r.output, (cmd, r.output)
+
+
+@pytest.mark.parametrize("value", ['"yes"', "1", '"true"', "[true]"])
+def test_compensate_bias_is_true_false_or_search(tmp_path, value):
+    for ok, expected in (("true", True), ("false", False), ('"search"', "search")):
+        p = write(tmp_path, f'name = "x"\n[search]\ncompensate_bias = {ok}\n')
+        assert load_study(p).search.compensate_bias == expected
+    p = write(tmp_path, f'name = "x"\n[search]\ncompensate_bias = {value}\n')
+    with pytest.raises(UserError, match=r'search\.compensate_bias: .*expected true, false or "search"'):
+        load_study(p)
+    p = write(tmp_path, 'name = "x"\n[search]\nweight_tuning = "yes"\n')
+    with pytest.raises(UserError, match=r"search\.weight_tuning: .*expected true or false"):
+        load_study(p)
