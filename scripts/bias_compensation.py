@@ -66,10 +66,14 @@ def distortion(runs: list[str], images: int) -> dict[str, object]:
             "min_compensated_ratio": float(np.min(comp)),
         }
         print(f"{run} ({fmt.format}/{fmt.weight_scheme}), {x.shape[0]} validation images, {seconds:.1f} s")
-        print(f"  {'multiplier':<16} {'plain/comp':>10} {'plain/tuned':>11}   (median over {len(meas.layers)} layers)")
+        print(
+            f"  {'multiplier':<16} {'plain/comp':>10} {'plain/tuned':>11}   (median over {len(meas.layers)} layers)"
+        )
         for name, r in rows.items():
             print(f"  {name:<16} {r['compensated_ratio']:>10.2f} {r['tuned_ratio']:>11.2f}")
-        print(f"  median over multipliers: compensation {np.median(comp):.2f}x, weight tuning {np.median(tuned):.2f}x")
+        print(
+            f"  median over multipliers: compensation {np.median(comp):.2f}x, weight tuning {np.median(tuned):.2f}x"
+        )
     return out
 
 
