@@ -118,14 +118,16 @@ def analyze(
         click.echo(f"{layer['name']} (fan-in {layer['fan_in']}, output std {layer['output_std']:.4g})")
         click.echo(
             f"  {'multiplier':<20} {'meas σ':>10} {'pred σ':>10} {'meas mean':>10} {'pred mean':>10} "
-            f"{'meas dist':>10} {'P1 dist':>10}"
+            f"{'meas dist':>10} {'P1 dist':>10} {'comp dist':>10} {'tuned dist':>10}"
         )
         for e in layer["multipliers"]:
             p = e["predicted"][predictor]
             click.echo(
                 f"  {e['multiplier']:<20} {e['measured_sigma']:10.4g} {p['sigma']:10.4g} "
                 f"{e['measured_mean']:10.4g} {p['mean']:10.4g} "
-                f"{e['measured_distortion']:10.4g} {e['p1_distortion']:10.4g}"
+                f"{e['measured_distortion']:10.4g} {e['p1_distortion']:10.4g} "
+                f"{e.get('measured_distortion_compensated', float('nan')):10.4g} "
+                f"{e.get('measured_distortion_weight_tuned', float('nan')):10.4g}"
             )
         click.echo(f"  P1 distortion Spearman: {fmt(layer['p1_distortion_spearman'])}")
     click.echo("network (homogeneous assignments):")
@@ -140,6 +142,15 @@ def analyze(
     click.echo(
         f"p1_distortion_spearman (all layers × multipliers): {fmt(result['p1_distortion_spearman']['overall'])}"
     )
+    comp = result.get("compensation")
+    if comp:
+        ratios = [v for v in comp["distortion_ratio_compensated"].values() if v is not None]
+        tuned = [v for v in comp["distortion_ratio_weight_tuned"].values() if v is not None]
+        if ratios:
+            click.echo(
+                f"layer distortion / with bias compensation (median over layers, then multipliers): "
+                f"{sorted(ratios)[len(ratios) // 2]:.2f}x; / with weight tuning: {sorted(tuned)[len(tuned) // 2]:.2f}x"
+            )
     if toggles is not None:
         click.echo("\n".join(toggle_lines(toggles)))
     click.echo(f"distortion_logit_spearman: {fmt(result['distortion_logit_spearman'])}")

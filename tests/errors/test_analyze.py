@@ -50,6 +50,16 @@ def test_analyze_end_to_end(run_dir: Path):
         assert layer["p1_distortion_spearman"] == p1["layers"][layer["name"]]
         for e in layer["multipliers"]:
             assert (e["p1_distortion"] == 0) == (e["multiplier"] == "exact_u8"), e
+    # with and without bias compensation (corrections from training images, measured on validation ones)
+    approx = [e for layer in doc["layers"] for e in layer["multipliers"] if e["multiplier"] != "exact_u8"]
+    exact_entries = [
+        e for layer in doc["layers"] for e in layer["multipliers"] if e["multiplier"] == "exact_u8"
+    ]
+    assert all(e["measured_distortion_compensated"] == 0 for e in exact_entries)
+    assert sum(abs(e["measured_mean_compensated"]) for e in approx) < 0.5 * sum(
+        abs(e["measured_mean"]) for e in approx
+    )
+    assert set(doc["compensation"]["distortion_ratio_compensated"]) == {e["multiplier"] for e in approx}
     sub = _invoke(
         [
             "analyze",
