@@ -250,11 +250,13 @@ class ApproxLayer(nn.Module):
                 table = _raw_table(multiplier)[0][:, self.weight_map(multiplier)]
             elif remedy not in (None, "bias"):
                 raise ValueError(f"layer {self.name}: remedy {remedy!r}: expected 'bias', 'weights' or None")
-            ls = build_lut_state(st, table, self.fmt, self.fan_in, device, self._prepare)
-            if remedy == "bias":
+            if remedy == "bias":  # the plain table's kernel, shared; only the constant correction differs
                 assert multiplier is not None
+                ls = self._lut_state(st, multiplier, device)
                 corr = ls.corr - self.bias_correction(multiplier).to(device=ls.corr.device, dtype=torch.int32)
                 ls = dataclasses.replace(ls, corr=corr)
+            else:
+                ls = build_lut_state(st, table, self.fmt, self.fan_in, device, self._prepare)
             self._luts.add(tkey, ls)
         return ls
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from dse.multipliers.core import Multiplier
 from dse.multipliers.library import Library
+from dse.nn.compensation import split_variant
 from dse.report.points import GROUP_STYLE, PagePoint, group_label
 from dse.report.results import BASELINE_NAMES, RunResults
 from dse.util import UserError
@@ -344,8 +345,8 @@ def library_figure(run: RunResults, library: Library | None, points: list[PagePo
     }
     if library is None:
         return {**fig, "empty": "Multiplier library: could not be loaded."}
-    used = {m for p in points for m in p.assignment.values()}
-    front_used = {m for p in points if p.on_front for m in p.assignment.values()}
+    used = {split_variant(m)[0] for p in points for m in p.assignment.values()}  # "NAME+bc": NAME
+    front_used = {split_variant(m)[0] for p in points if p.on_front for m in p.assignment.values()}
     patterns = run.search_space.get("multipliers") or []
     fmt = run.search_space.get("format")
     signed = None if fmt is None else fmt == "signed"
