@@ -145,3 +145,32 @@ def test_cross_matrix(run_dir):
     everywhere = {name: "trunc9_u8" for name in ("conv1", "conv2", "fc1", "fc2")}
     assert out.accuracy[0][1] == _lut_accuracy(run_dir, None, everywhere)
     assert out.accuracy[0][0] == _lut_accuracy(run_dir, None, {})
+
+
+def test_a_compensated_assignment_is_retrained_with_its_correction_recomputed(run_dir):
+    from dse.nn import approx_layers
+    from dse.prepare import load_prepared
+    from dse.retrain.loop import retrain
+    from dse.simulation import ensure_calibration, simulate_accuracy
+
+    compensated = {"conv2": "bam_h4_v8_u8+bc", "fc1": "trunc8_u8+wt"}
+    res = retrain(run_dir, compensated, "errmodel", epochs=1, calibration_samples=128, rest="exact")
+    plain = retrain(run_dir, ASSIGNMENT, "errmodel", epochs=1, calibration_samples=128, rest="exact")
+    assert res.config_hash != plain.config_hash  # its own statistics and checkpoint
+    assert {k: v for k, v in res.assignment.items() if k in compensated} == compensated
+
+    def measured(checkpoint: Path | None) -> tuple[float, torch.Tensor]:
+        prepared = load_prepared(run_dir, device="cpu")
+        if checkpoint is not None:
+            blob = torch.load(checkpoint, map_location="cpu", weights_only=True)
+            prepared.model.load_state_dict(blob["state_dict"])
+        ensure_calibration(prepared)  # calibrated on the weights it runs with
+        mults = {k: prepared.library.get(v.split("+")[0]) for k, v in compensated.items()}
+        remedies = {"conv2": "bias", "fc1": "weights"}
+        acc = simulate_accuracy(prepared, mults, remedies=remedies)
+        return acc, approx_layers(prepared.model)["conv2"].bias_correction(mults["conv2"])
+
+    before, corr_before = measured(None)
+    after, corr_after = measured(Path(res.checkpoint))
+    assert res.accuracy_before == before and res.accuracy_after == after
+    assert not torch.equal(corr_before, corr_after)  # the retrained weights get their own correction
