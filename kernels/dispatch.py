@@ -94,7 +94,9 @@ def auto_backend(
     bitplane needs a partial-product table, G = 1 and K >= BITPLANE_MIN_K. A convolution (`conv`) that
     bitplane can run takes it without a race: its int8 convolutions on x's planes skip im2col, and won
     every shape of the ResNet-20 study (1 thread, 250 28x28 images, 16->16 3x3: 0.02-0.06 s against cpu
-    0.12-0.16 s and lowrank 0.08-0.28 s; 64->64 on 7x7: 6-14 ms against 62-80 ms and 25-116 ms)."""
+    0.12-0.16 s and lowrank 0.08-0.28 s; 64->64 on 7x7: 6-14 ms against 62-80 ms and 25-116 ms); else a
+    convolution that lowrank can run in float32 (G = 1, K >= BITPLANE_MIN_K) takes lowrank's float32
+    convolutions, also without a race."""
     cuda = device.type == "cuda"
     default = "triton" if cuda and triton_usable(device) else "cpu"
     options: dict[str, float] = {default: 0}
@@ -107,6 +109,9 @@ def auto_backend(
             if conv and bitplane.conv_available():
                 return "bitplane"
             options["bitplane"] = len(p.planes)
+    if conv and not cuda and groups == 1 and k >= BITPLANE_MIN_K and f is not None and "lowrank" in options:
+        if f.float_plan(k)[0] == torch.float32:  # float32 convolutions of U_j[x], no im2col (measured:
+            return "lowrank"  # DRUM-k 16->16 3x3 on 28x28: 0.06-0.07 s against cpu's 0.31-0.34 s)
     if not cuda and len(options) > 1 and groups * k * 256 * n * 4 > cpu.KEEP_TABLE_BYTES:
         # the cpu backend's weight tables would be rebuilt on every call: never the fastest, slow to race
         del options["cpu"]

@@ -96,6 +96,8 @@ class PreparedPair(Protocol):
 
     def apply(self, a: torch.Tensor) -> torch.Tensor: ...
 
+    def apply_conv(self, x: torch.Tensor, geometry: ConvGeometry) -> torch.Tensor | None: ...
+
 
 class PerPairPlan(Plan):
     """Each (weights, table) pair prepared on its own by `prepare` (lowrank, bitplane), applied one after the
@@ -121,13 +123,11 @@ class PerPairPlan(Plan):
         return torch.cat([w.apply(a) for w in self.weights], dim=2)
 
     def apply_conv(self, x: torch.Tensor, geometry: ConvGeometry) -> torch.Tensor | None:
-        """bitplane: one int8 convolution per digit level on x's masked planes (no im2col,
-        `BitPlaneWeights.apply_conv`); None when a pair cannot (then every pair runs on the im2col)."""
-        if not all(isinstance(w, bitplane.BitPlaneWeights) for w in self.weights):
-            return None
+        """Convolutions without im2col: bitplane as one int8 convolution per digit level on x's masked
+        planes (`BitPlaneWeights.apply_conv`), lowrank as float32 convolutions of U_j[x]
+        (`LowRankWeights.apply_conv`); None when a pair cannot (then every pair runs on the im2col)."""
         outs = []
         for w in self.weights:
-            assert isinstance(w, bitplane.BitPlaneWeights)
             y = w.apply_conv(x, geometry)
             if y is None:
                 return None
