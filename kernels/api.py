@@ -126,7 +126,7 @@ def _prepare_conv(
         pairs.append((gemm_weights(w, geometry), check_lut(lut, device)))
     assert geometry is not None  # callers pass at least one candidate
     in_channels = candidates[0][0].shape[1] * groups
-    return PreparedConv2d(CandidatePlans(pairs, backend, device), geometry, in_channels)
+    return PreparedConv2d(CandidatePlans(pairs, backend, device, conv=True), geometry, in_channels)
 
 
 def prepare_conv2d(

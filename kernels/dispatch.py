@@ -45,11 +45,13 @@ def triton_usable(device: torch.device) -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1" and device.type == "cpu"
 
 
-def choose(pairs: Sequence[Pair], backend: str, device: torch.device) -> list[tuple[str, list[int]]]:
+def choose(
+    pairs: Sequence[Pair], backend: str, device: torch.device, conv: bool = False
+) -> list[tuple[str, list[int]]]:
     """Backend per candidate: [(backend, candidate indices)], candidates sharing a backend kept together.
 
     An explicit backend must run every candidate (else KernelInputError saying why); "auto" picks per
-    candidate (`auto_backend`)."""
+    candidate (`auto_backend`; `conv`: the pairs are a convolution's, whose plans may skip im2col)."""
     if backend == "triton" and not triton_usable(device):
         raise KernelInputError(
             "backend='triton': needs CUDA tensors and the triton package (or TRITON_INTERPRET=1 on CPU for "
@@ -79,15 +81,22 @@ def choose(pairs: Sequence[Pair], backend: str, device: torch.device) -> list[tu
     groups, k = pairs[0][0].shape[0], pairs[0][0].shape[1]
     chosen: dict[str, list[int]] = {}
     for i, (b, lut) in enumerate(pairs):
-        chosen.setdefault(auto_backend(lut, k, b.shape[2], groups, device), []).append(i)
+        chosen.setdefault(auto_backend(lut, k, b.shape[2], groups, device, conv), []).append(i)
     return [(b, chosen[b]) for b in AUTO_ORDER if b in chosen]
 
 
-def auto_backend(lut: torch.Tensor, k: int, n: int, groups: int, device: torch.device) -> str:
+def auto_backend(
+    lut: torch.Tensor, k: int, n: int, groups: int, device: torch.device, conv: bool = False
+) -> str:
     """Backend for one table: the fastest, by a measured race, of the backends that can run it here —
     CPU: cpu, lowrank (rank·dtype cost <= CPU_LOWRANK_MAX_COST), bitplane (oneDNN int8 GEMMs);
     CUDA: triton, lowrank (cost <= CUDA_LOWRANK_MAX_COST).
-    bitplane needs a partial-product table, G = 1 and K >= BITPLANE_MIN_K."""
+    bitplane needs a partial-product table, G = 1 and K >= BITPLANE_MIN_K. A convolution (`conv`) that
+    bitplane can run takes it without a race: its int8 convolutions on x's planes skip im2col, and won
+    every shape of the ResNet-20 study (1 thread, 250 28x28 images, 16->16 3x3: 0.02-0.06 s against cpu
+    0.12-0.16 s and lowrank 0.08-0.28 s; 64->64 on 7x7: 6-14 ms against 62-80 ms and 25-116 ms); else a
+    convolution that lowrank can run in float32 (G = 1, K >= BITPLANE_MIN_K) takes lowrank's float32
+    convolutions, also without a race."""
     cuda = device.type == "cuda"
     default = "triton" if cuda and triton_usable(device) else "cpu"
     options: dict[str, float] = {default: 0}
@@ -97,7 +106,12 @@ def auto_backend(lut: torch.Tensor, k: int, n: int, groups: int, device: torch.d
     if groups == 1 and k >= BITPLANE_MIN_K and bitplane.available(device):
         p = bitplane.bitplane_planes(lut)
         if p is not None:
+            if conv and bitplane.conv_available():
+                return "bitplane"
             options["bitplane"] = len(p.planes)
+    if conv and not cuda and groups == 1 and k >= BITPLANE_MIN_K and f is not None and "lowrank" in options:
+        if f.float_plan(k)[0] == torch.float32:  # float32 convolutions of U_j[x], no im2col (measured:
+            return "lowrank"  # DRUM-k 16->16 3x3 on 28x28: 0.06-0.07 s against cpu's 0.31-0.34 s)
     if not cuda and len(options) > 1 and groups * k * 256 * n * 4 > cpu.KEEP_TABLE_BYTES:
         # the cpu backend's weight tables would be rebuilt on every call: never the fastest, slow to race
         del options["cpu"]

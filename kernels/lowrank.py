@@ -30,6 +30,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 from dse.kernels.cpu import FLOAT32_EXACT, FLOAT64_EXACT
+from dse.kernels.geometry import ConvGeometry
 
 MAX_RANK = 16  # tables of higher rank are never worth it (>= 16 GEMMs)
 MIN_FLOAT32_CHUNK = 64  # below this many K steps per exact float32 chunk, float64 GEMMs are faster
@@ -183,6 +184,47 @@ class LowRankWeights:
     def nbytes(self) -> int:
         return self.vb.numel() * self.vb.element_size()
 
+    def apply_conv(self, x: torch.Tensor, geometry: ConvGeometry) -> torch.Tensor | None:
+        """A convolution straight from x [B, C, H, W] uint8 codes, without im2col: per chunk of input
+        channels whose float32 sums stay exact, ONE float32 convolution (oneDNN) of U_j[x] stacked along
+        channels for the r terms against V_j[w] -> int32 [B, 1, N, Ho·Wo]. DRUM-k (rank 1), ResNet-20
+        16->16 3x3 on 250 28x28 images, one thread: ~0.02 s against 0.17 s for im2col + GEMMs.
+        None (the caller uses im2col + `apply`) off CPU, for grouped convolutions, float64 plans, or a
+        chunk shorter than one channel's taps."""
+        kh, kw = geometry.kernel
+        k, n = self.vb.shape[2], self.vb.shape[3]
+        cc = self.chunk // (kh * kw)
+        if x.device.type != "cpu" or geometry.groups != 1 or self.dtype != torch.float32 or cc < 1:
+            return None
+        if k % (kh * kw) or x.shape[1] * kh * kw != k:
+            return None
+        c, r = k // (kh * kw), self.factors.rank
+        ho, wo = geometry.checked_output_size(x.shape[2], x.shape[3])
+        w = self.vb[:, 0].permute(0, 2, 1).reshape(r, n, c, kh, kw)  # [r, N, C, kh, kw]
+        padding = list(geometry.padding)
+        if any(padding) and (geometry.pad_code != 0 or bool(self.u_t[:, 0].any())):
+            ph, pw = geometry.padding  # padding must read U[pad_code], not 0: pad the codes first
+            x = torch.nn.functional.pad(x, (pw, pw, ph, ph), value=geometry.pad_code)
+            padding = [0, 0]
+        xi = x.to(torch.int64)
+        u = torch.stack([self.u_t[j][xi] for j in range(r)], dim=1)  # [B, r, C, H, W]
+        out: torch.Tensor | None = None
+        with exact_float_conv():
+            for c0 in range(0, c, cc):
+                c1 = min(c, c0 + cc)
+                inp = u[:, :, c0:c1].reshape(u.shape[0], r * (c1 - c0), *u.shape[3:])
+                wt = w[:, :, c0:c1].permute(1, 0, 2, 3, 4).reshape(n, r * (c1 - c0), kh, kw)
+                y = torch.nn.functional.conv2d(
+                    inp, wt, None, geometry.stride, padding, geometry.dilation
+                )  # exact: every partial sum is an integer below 2^24
+                if c1 - c0 == c and self.factors.denom == 1:
+                    return y.to(torch.int32).view(x.shape[0], 1, n, ho * wo)
+                out = y.to(torch.int64) if out is None else out.add_(y.to(torch.int64))
+        assert out is not None  # c >= 1
+        if self.factors.denom != 1:
+            out = torch.div(out, self.factors.denom, rounding_mode="floor")
+        return out.to(torch.int32).reshape(x.shape[0], 1, n, ho * wo)
+
     def apply(self, a: torch.Tensor) -> torch.Tensor:
         """a: [G, M, K] codes 0..255 -> int32 [G, M, N]: Σ_j U_j[A] @ V_j[B], in exact float chunks of K."""
         g, m, k = a.shape
@@ -226,6 +268,21 @@ def exact_float_matmul() -> Iterator[None]:
     finally:
         for b, v in zip(backends, saved):
             b.fp32_precision = v
+
+
+@contextmanager
+def exact_float_conv() -> Iterator[None]:
+    """Full-precision float32 convolutions through oneDNN (no bf16 / tf32), whatever the user set."""
+    conv = getattr(torch.backends.mkldnn, "conv", None)
+    if conv is None or not hasattr(conv, "fp32_precision"):  # torch < 2.9: always full precision
+        yield
+        return
+    saved = conv.fp32_precision
+    try:
+        conv.fp32_precision = "ieee"
+        yield
+    finally:
+        conv.fp32_precision = saved
 
 
 def _apply(a: torch.Tensor, w: LowRankWeights, out: torch.Tensor) -> torch.Tensor:

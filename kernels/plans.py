@@ -96,6 +96,8 @@ class PreparedPair(Protocol):
 
     def apply(self, a: torch.Tensor) -> torch.Tensor: ...
 
+    def apply_conv(self, x: torch.Tensor, geometry: ConvGeometry) -> torch.Tensor | None: ...
+
 
 class PerPairPlan(Plan):
     """Each (weights, table) pair prepared on its own by `prepare` (lowrank, bitplane), applied one after the
@@ -116,7 +118,21 @@ class PerPairPlan(Plan):
         return sum(w.nbytes for w in self.weights)
 
     def apply(self, a: torch.Tensor) -> torch.Tensor:
+        if len(self.weights) == 1:  # a one-element cat is a copy of the whole output
+            return self.weights[0].apply(a)
         return torch.cat([w.apply(a) for w in self.weights], dim=2)
+
+    def apply_conv(self, x: torch.Tensor, geometry: ConvGeometry) -> torch.Tensor | None:
+        """Convolutions without im2col: bitplane as one int8 convolution per digit level on x's masked
+        planes (`BitPlaneWeights.apply_conv`), lowrank as float32 convolutions of U_j[x]
+        (`LowRankWeights.apply_conv`); None when a pair cannot (then every pair runs on the im2col)."""
+        outs = []
+        for w in self.weights:
+            y = w.apply_conv(x, geometry)
+            if y is None:
+                return None
+            outs.append(y)
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
 
 
 def _lowrank_weights(b: torch.Tensor, lut: torch.Tensor) -> lowrank.LowRankWeights:

@@ -21,10 +21,10 @@ from dse.kernels.plans import Pair, Plan, make_plan
 class CandidatePlans:
     """Several (weights, table) candidates sharing G and K: per-backend plans, outputs split per candidate."""
 
-    def __init__(self, pairs: Sequence[Pair], backend: str, device: torch.device) -> None:
+    def __init__(self, pairs: Sequence[Pair], backend: str, device: torch.device, conv: bool = False) -> None:
         self.count = len(pairs)
         self.parts: list[tuple[list[int], Plan]] = [
-            (ix, make_plan(b, [pairs[i] for i in ix])) for b, ix in choose(pairs, backend, device)
+            (ix, make_plan(b, [pairs[i] for i in ix])) for b, ix in choose(pairs, backend, device, conv)
         ]
 
     @property

@@ -170,12 +170,14 @@ class Baseline:
     points: tuple[SearchPoint, ...]
     best_saving_within_1pp: float | None = None
     best_saving_within_1pp_test: float | None = None
+    simulated_images: int | None = None  # validation images its points cost (None: not recorded)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "hypervolume": self.hypervolume,
             "best_saving_within_1pp": self.best_saving_within_1pp,
             "best_saving_within_1pp_test": self.best_saving_within_1pp_test,
+            "simulated_images": self.simulated_images,
             "points": [p.to_json() for p in self.points],
         }
 
@@ -186,6 +188,7 @@ class Baseline:
             tuple(SearchPoint.from_json(p) for p in obj.get("points") or []),
             obj.get("best_saving_within_1pp"),
             obj.get("best_saving_within_1pp_test"),
+            obj.get("simulated_images"),
         )
 
 

@@ -12,7 +12,15 @@ from pathlib import Path
 import numpy as np
 
 from dse.prepare.records import PreparedLayer
-from dse.search.baselines import agn_points, homogeneous_points, random_points, simulated_points
+from dse.search.baselines import (
+    agn_points,
+    baseline_images,
+    front_genomes,
+    homogeneous_points,
+    random_points,
+    simulated_points,
+    test_accuracies,
+)
 from dse.search.pareto import hypervolume
 from dse.search.problem import SearchProblem
 from dse.search.records import (
@@ -81,8 +89,11 @@ def build_summary(
       `surrogate_kendall_tau_in_sample`: the model refitted on every point and scored on them.
     - `hypervolume_by_origin`: the hypervolume of each origin's complete points alone.
     - baselines: homogeneous, AGN, random search with the same budget (`budget` full-split simulations:
-      the search's image budget), and `random_with_seeds`: that random search plus the same seeds,
-      every seed complete (more images than the search had)."""
+      the search's image budget, with the search's early rejection against its own front), and
+      `random_with_seeds`: that random search plus the same seeds, every seed complete (more images
+      than the search had); each baseline's `simulated_images` says what its points cost.
+    - test split: the search's front and each baseline's validation front are re-measured (the points a
+      user would pick from); other points keep test_accuracy None."""
     problem, cache, prepared = setup.problem, setup.cache, setup.prepared
     pts = list(points)
     front_idx = front_of(pts)
@@ -93,18 +104,19 @@ def build_summary(
     if random_baseline:
         # `budget` full-split simulations (the search's image budget; its candidates may be more, some
         # rejected early), and the same plus the seeds, complete (the stronger reference: more images)
-        rand = random_points(problem, cache, budget, seed)
+        confidence = float(prepared.study.search.early_rejection_confidence)
+        rand = random_points(problem, cache, budget, seed, confidence)
         baselines["random"] = rand
         seeds = seed_points(problem, cache, setup.agn)
         have = {p.genome for p in seeds}
         baselines["random_with_seeds"] = seeds + [p for p in rand if p.genome not in have]
-    # re-measure every front and baseline point on the test split
+    # re-measure the search's front and every baseline's validation front on the test split
     to_test = [pts[i].genome for i in front_idx]
     for b in baselines.values():
-        to_test += [p.genome for p in b]
+        to_test += front_genomes(b)
     q_val = cache.evaluate([setup.quant_genome], "val")[0]
     q_test = cache.evaluate([setup.quant_genome], "test")[0]
-    test_acc = dict(zip(to_test, cache.evaluate(to_test, "test")))
+    test_acc = test_accuracies(cache, to_test)
     for i in front_idx:  # a front point is one of the points: both lists carry its test accuracy
         pts[i] = dataclasses.replace(pts[i], test_accuracy=_value(test_acc.get(pts[i].genome)))
     front = [pts[i] for i in front_idx]
@@ -153,6 +165,7 @@ def build_summary(
                 tuple(v),
                 best_saving_within(v, quant_accuracy) if v else None,
                 best_saving_within_test(v, quant_test) if v and quant_test is not None else None,
+                baseline_images(v),
             )
             for k, v in baselines.items()
         },

@@ -13,6 +13,7 @@ from dse.kernels import (
     prepare_conv2d,
 )
 from dse.kernels.bitplane import available as bitplane_available
+from dse.kernels.bitplane import conv_available
 from kernel_tables import (
     V,
     broken_array,
@@ -88,3 +89,44 @@ def test_bitplane_is_cpu_only():
     from dse.kernels import bitplane
 
     assert not bitplane.available("meta") and not bitplane.available("cuda")
+
+
+@pytest.mark.skipif(
+    not (bitplane_available() and conv_available()), reason="oneDNN int8 convolution not usable on this CPU"
+)
+def test_bitplane_convolutions_run_without_im2col_and_match_reference(monkeypatch):
+    """A convolution on a partial-product table runs as int8 convolutions on x's planes (auto picks it),
+    bit-exact for every library table, stride, dilation and pad code (non-zero pad codes included); a
+    grouped convolution falls back to im2col."""
+    from dse.kernels import approx_conv2d, conv
+
+    def no_im2col(*args, **kwargs):
+        raise AssertionError("im2col called")
+
+    g = torch.Generator().manual_seed(32)
+    tables = [(k, t) for k, t in library_tables().items() if bitplane_planes(t) is not None]
+    shapes = [
+        (3, 3, 1, 1, 1, 0),
+        (16, 3, 2, 1, 1, 0),
+        (5, 3, 1, 1, 1, 7),
+        (4, 1, 2, 0, 1, 0),
+        (40, 5, 1, 2, 2, 3),
+    ]
+    with monkeypatch.context() as mp:
+        mp.setattr(conv, "im2col", no_im2col)
+        mp.setattr("dse.kernels.prepared.im2col", no_im2col)
+        for i, ((name, scheme), lut) in enumerate(tables):
+            c, k, s, p, d, pad = shapes[i % len(shapes)]
+            x = codes((2, c, 9, 8), torch.uint8, g)
+            x[0] = 255  # the int16-saturation worst case of the pair sums
+            w = codes((6, c, k, k), torch.int8 if scheme == "sign-magnitude" else torch.uint8, g)
+            expect = approx_conv2d_reference(x, w, lut, s, p, d, pad_code=pad)
+            plan = prepare_conv2d(w, lut, s, p, d, pad_code=pad)
+            got = approx_conv2d(x, w, lut, s, p, d, pad_code=pad, backend="bitplane")
+            assert torch.equal(got, expect), (name, c, k, s, p, d, pad)
+            if c * k * k >= 32:  # auto: bitplane without a race (smaller K races cpu / lowrank, on im2col)
+                assert plan.backend == "bitplane" and torch.equal(plan(x), expect), name
+    lut = sign_magnitude(broken_array(3, 9))
+    x, w = codes((2, 4, 7, 6), torch.uint8, g), codes((4, 2, 3, 3), torch.int8, g)
+    grouped = approx_conv2d(x, w, lut, 1, 1, groups=2, backend="cpu")
+    assert torch.equal(grouped, approx_conv2d_reference(x, w, lut, 1, 1, groups=2))

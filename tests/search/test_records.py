@@ -82,6 +82,7 @@ def test_summary_round_trips_to_the_same_json():
                 "hypervolume": 0.4,
                 "best_saving_within_1pp": 0.2,
                 "best_saving_within_1pp_test": 0.1,
+                "simulated_images": 400,
                 "points": [pts[1].to_json()],
             }
         },

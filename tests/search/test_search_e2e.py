@@ -106,7 +106,12 @@ def test_search_end_to_end_on_digits_writes_a_valid_summary_and_workers_join(tmp
     assert all(p["images"] < n_val for p in summary["points"] if p["partial"])
     assert summary["front"] and not any(p["partial"] for p in summary["front"])  # never a partial front
     assert set(summary["baselines"]) == {"homogeneous", "agn", "random", "random_with_seeds"}
-    assert len(summary["baselines"]["random"]["points"]) == 14
+    # random search spends the same budget with the same early rejection: 14 full-split simulations
+    # in images (a candidate rejected after k images costs k / n), and the summary says what it simulated
+    rand = summary["baselines"]["random"]
+    spent = sum(min(1.0, p["images"] / n_val) for p in rand["points"])
+    assert 14 <= spent < 15 and rand["simulated_images"] == sum(p["images"] for p in rand["points"])
+    assert all(p["images"] == n_val for p in rand["points"] if not p["partial"])
     # the seeds are their own origins and come first; every later candidate was proposed by the
     # surrogate's NSGA-II (exploit or explore), none by optuna's sampler
     origins = [p["origin"].split(":")[0] for p in sorted(summary["points"], key=lambda p: p["trial"])]
@@ -135,6 +140,13 @@ def test_search_end_to_end_on_digits_writes_a_valid_summary_and_workers_join(tmp
 
     lib = load_library(tmp_path / "no-user-library")
     macs = {layer["name"]: layer["macs"] for layer in summary["layers"]}
+    from dse.search.pareto import pareto_mask
+
+    for b in summary["baselines"].values():  # each baseline's validation front is re-measured on test
+        full = [p for p in b["points"] if not p["partial"]]
+        mask = pareto_mask([p["energy_rel"] for p in full], [p["accuracy"] for p in full])
+        assert all(p["test_accuracy"] is not None for p, keep in zip(full, mask) if keep)
+        assert all(p["test_accuracy"] is None for p in b["points"] if p["partial"])
     for p in summary["front"] + [p for b in summary["baselines"].values() for p in b["points"]]:
         assert set(p["assignment"]) == layer_names
         # energy on the one exact scale: the MAC-weighted mean of the chosen multipliers' energy_rel, and
@@ -143,7 +155,7 @@ def test_search_end_to_end_on_digits_writes_a_valid_summary_and_workers_join(tmp
         expect = sum(macs[n] * m.energy_rel for n, m in chosen.items()) / sum(macs.values())
         assert p["energy_rel"] == pytest.approx(expect, rel=1e-9) and 0 <= p["energy_rel"] <= 1
         assert not any(m.dominated for m in chosen.values()) and 0 <= p["accuracy"] <= 1
-        assert p["test_accuracy"] is not None  # re-measured on the test split
+    assert all(p["test_accuracy"] is not None for p in summary["front"])  # re-measured on the test split
     assert summary["front"] and all(p["trial"] is not None for p in summary["front"])
     # a rerun with a larger budget continues the same optuna study (the 10 trials are kept)
     url = f"sqlite:///{run / 'search' / 'optuna.db'}"
