@@ -21,7 +21,7 @@ from dse.search.pareto import hypervolume
 from dse.search.problem import SearchProblem
 from dse.search.records import Fallback, Summary
 from dse.search.seeding import first_generation, surrogate_callbacks
-from dse.search.setup import build_problem, build_setup
+from dse.search.setup import build_setup, problem_of
 from dse.search.storage import (
     ATTR_BUDGET,
     ATTR_CONFIG,
@@ -126,7 +126,11 @@ def check_search_inputs(problem: SearchProblem, budget: int, n_lambdas: int) -> 
 def check_before_prepare(target: str | Path | None, budget: int | None) -> None:
     """What can be validated without training, before the prepare stage (35-58 s on the built-in studies,
     hours on a real network): the study file, search.budget, the search space and every multiplier
-    pattern in it, and the layer names of its per-layer restrictions (on the untrained model)."""
+    pattern in it, the layer names of its per-layer restrictions, a space in which every layer may only be
+    exact, and a budget smaller than the seeds (the layers from the model built, not trained)."""
+    from dse.models import build_model
+    from dse.nn import convert
+    from dse.nn.model import approx_layers
     from dse.prepare.stage import run_dir_target
     from dse.study import load_study
 
@@ -137,15 +141,13 @@ def check_before_prepare(target: str | Path | None, budget: int | None) -> None:
         raise UserError(f"search.budget = {b}: expected a positive number of simulations")
     space = study.load_search_space()
     library = space.load_library()
-    space.resolve(library)
-    if space.layers:  # per-layer restrictions: their names against the model's layers (built, not trained)
-        from dse.models import build_model
-        from dse.nn import convert
-        from dse.nn.model import approx_layers
-
-        model = build_model(study.model.name, base_dir=study.base_dir)
-        names = list(approx_layers(convert(model, space.quant_format(study.train.per_channel))))
-        space.resolve_layers(library, names)
+    resolved = space.resolve(library)
+    model = build_model(study.model.name, base_dir=study.base_dir)
+    names = list(approx_layers(convert(model, space.quant_format(study.train.per_channel))))
+    layer_space = space.resolve_layers(library, names)
+    # MACs do not matter here: the seeds and the exact-only check depend on the multipliers only
+    problem, _ = problem_of(names, [1] * len(names), layer_space, resolved, library, space.signed)
+    check_search_inputs(problem, b, len(study.agn.lambdas))
 
 
 def run_search(
@@ -176,7 +178,6 @@ def run_search(
     if budget <= 0:
         raise UserError(f"search.budget = {budget}: expected a positive number of simulations")
     seed = int(cfg.seed if seed is None else seed)
-    check_search_inputs(build_problem(prepared)[0], budget, len(prepared.study.agn.lambdas))
     log(f"search {prepared.study.name}: layer profiles, σ predictions and AGN tolerances (cached in the run)")
     setup = build_setup(prepared)
     problem = setup.problem

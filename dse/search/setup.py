@@ -4,6 +4,7 @@ genome cache, and the seeds that the error models give (AGN mappings, the surrog
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -20,6 +21,7 @@ from dse.simulation import ensure_calibration
 from dse.util import log
 
 if TYPE_CHECKING:
+    from dse.multipliers.library import Library
     from dse.prepare import Prepared
 
 
@@ -39,15 +41,33 @@ class Setup:
 
 def build_problem(prepared: Prepared) -> tuple[SearchProblem, dict[str, Multiplier]]:
     """The search problem of a prepared run and the multipliers by name (search space + exact)."""
-    layer_space = prepared.layer_space
-    names = prepared.layer_names
     macs = [PreparedLayer.of(info).macs for info in prepared.layers]
+    return problem_of(
+        prepared.layer_names,
+        macs,
+        prepared.layer_space,
+        prepared.space,
+        prepared.library,
+        prepared.fmt.signed,
+    )
+
+
+def problem_of(
+    names: Sequence[str],
+    macs: Sequence[int],
+    layer_space: Mapping[str, Sequence[Multiplier]],
+    space: Sequence[Multiplier],
+    library: Library,
+    signed: bool,
+) -> tuple[SearchProblem, dict[str, Multiplier]]:
+    """The search problem of layers (forward order, their MACs), the multipliers allowed per layer and the
+    space, with the exact multiplier of the format (from the library when the space has none)."""
     mults = {m.name: m for ms in layer_space.values() for m in ms}
-    for m in prepared.space:
+    for m in space:
         mults.setdefault(m.name, m)
     exact = next((m.name for m in mults.values() if m.is_exact), None)
     if exact is None:
-        ex = next((m for m in prepared.library.multipliers(signed=prepared.fmt.signed) if m.is_exact), None)
+        ex = next((m for m in library.multipliers(signed=signed) if m.is_exact), None)
         if ex is not None:
             mults[ex.name] = ex
             exact = ex.name

@@ -47,6 +47,9 @@ def test_upper_bound_covers_the_whole_split_accuracy_with_the_stated_confidence(
     assert accuracy_upper_bound(90, 100, 100, alpha) == pytest.approx(0.9)  # seen everything: exact
     assert accuracy_upper_bound(100, 100, 1000, alpha) == 1.0
     assert slice_plan(1000) == [125, 250, 500, 1000] and slice_plan(100) == [64, 100]
+    # no look after more than 3/4 of the split (700 images: 87, 174, 348, then the whole, not 696)
+    assert slice_plan(700) == [87, 174, 348, 700] and slice_plan(700, 64, 6) == [64, 128, 256, 512, 700]
+    assert slice_plan(2000, 64, 6) == [64, 128, 256, 512, 1024, 2000]
 
 
 def test_staged_evaluation_stops_only_candidates_below_the_threshold():

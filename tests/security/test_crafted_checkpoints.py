@@ -110,7 +110,8 @@ def test_commands_on_a_prepared_run_refuse_a_crafted_qat_checkpoint(crafted_run,
     args = {
         "evaluate": ["evaluate", str(config), "--run", str(run)],
         "analyze": ["analyze", str(run)],
-        "search": ["search", str(run / "study.toml"), "--out", str(run), "--no-report", "--budget", "2"],
+        # a budget of at least the 8 seeds: a smaller one is refused before the checkpoint is read
+        "search": ["search", str(run / "study.toml"), "--out", str(run), "--no-report", "--budget", "8"],
         "retrain": ["retrain", str(run), "--config", str(config), "--epochs", "1"],
     }[command]
     _assert_refused(CliRunner().invoke(cli, args, env={"DSE_NO_PROGRESS": "1"}), marker, ckpt)
