@@ -146,7 +146,9 @@ def check_before_prepare(target: str | Path | None, budget: int | None) -> None:
     names = list(approx_layers(convert(model, space.quant_format(study.train.per_channel))))
     layer_space = space.resolve_layers(library, names)
     # MACs do not matter here: the seeds and the exact-only check depend on the multipliers only
-    problem, _ = problem_of(names, [1] * len(names), layer_space, resolved, library, space.signed)
+    problem, _ = problem_of(
+        names, [1] * len(names), layer_space, resolved, library, space.signed, study.search
+    )
     check_search_inputs(problem, b, len(study.agn.lambdas))
 
 

@@ -23,6 +23,7 @@ from dse.util import log
 if TYPE_CHECKING:
     from dse.multipliers.library import Library
     from dse.prepare import Prepared
+    from dse.study import SearchConfig
 
 
 @dataclass
@@ -49,6 +50,7 @@ def build_problem(prepared: Prepared) -> tuple[SearchProblem, dict[str, Multipli
         prepared.space,
         prepared.library,
         prepared.fmt.signed,
+        prepared.study.search,
     )
 
 
@@ -59,9 +61,11 @@ def problem_of(
     space: Sequence[Multiplier],
     library: Library,
     signed: bool,
+    cfg: SearchConfig,
 ) -> tuple[SearchProblem, dict[str, Multiplier]]:
     """The search problem of layers (forward order, their MACs), the multipliers allowed per layer and the
-    space, with the exact multiplier of the format (from the library when the space has none)."""
+    space, with the exact multiplier of the format (from the library when the space has none) and the
+    remedy variants that the search settings `cfg` ask for."""
     mults = {m.name: m for ms in layer_space.values() for m in ms}
     for m in space:
         mults.setdefault(m.name, m)
@@ -72,7 +76,6 @@ def problem_of(
             mults[ex.name] = ex
             exact = ex.name
     choices = [[m.name for m in layer_space.get(n, [])] for n in names]
-    cfg = prepared.study.search
     if cfg.compensate_bias is not False or cfg.weight_tuning:  # remedy variants: "NAME+bc", "NAME+wt"
         exact_names = {name for name, m in mults.items() if m.is_exact}
         choices = [with_remedies(ch, exact_names, cfg.compensate_bias, cfg.weight_tuning) for ch in choices]
