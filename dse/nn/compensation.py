@@ -26,7 +26,7 @@ compensation, "trunc4_u8+wt" with tuned weights; `split_variant` / `variant_name
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -34,7 +34,6 @@ import torch
 
 from dse.multipliers.core import Multiplier, operand_values
 from dse.quant import MultiplierOrTable, QuantFormat, _raw_table, effective_lut, exact_lut
-from dse.util import UserError
 
 
 class RemedyLayer(Protocol):
@@ -203,8 +202,9 @@ def weight_candidates(fmt: QuantFormat) -> np.ndarray:
 
 
 def weight_map(multiplier: MultiplierOrTable, act_hist: np.ndarray, fmt: QuantFormat) -> np.ndarray:
-    """map[w] = argmin_{w'} Σ_a p(a)·|a·w − L(a, w')| over the allowed bytes (ties: w itself, then the
-    smallest byte), int64 [256] over weight bytes of the multiplier's table; `act_hist` [256] counts."""
+    """map[w] = argmin_{w'} Σ_a p(a)·|a·w − L(a, w')| over the allowed bytes (`weight_candidates`; ties
+    keep w, else the first candidate), int64 [256] over the weight bytes of the multiplier's table; bytes no
+    weight can take map to themselves; `act_hist` [256] activation byte counts."""
     lut, _, _ = _raw_table(multiplier)
     vals = operand_values(fmt.signed).astype(np.float64)
     p = np.asarray(act_hist, dtype=np.float64)
@@ -224,20 +224,6 @@ def weight_map(multiplier: MultiplierOrTable, act_hist: np.ndarray, fmt: QuantFo
     return out
 
 
-def tuned_multiplier(multiplier: Multiplier, wmap: np.ndarray) -> Multiplier:
-    """The multiplier whose table is L'(a, w) = L(a, map[w]) (its name carries the '+wt' suffix)."""
-    import dataclasses
-
-    params: dict[str, Any] = dict(multiplier.params)
-    params["weight_map_of"] = multiplier.name
-    return dataclasses.replace(
-        multiplier,
-        name=variant_name(multiplier.name, WEIGHTS),
-        lut=np.asarray(multiplier.lut)[:, wmap],
-        params=params,
-    )
-
-
 def remedy_json(layer: RemedyLayer, multiplier: Multiplier, remedy: str | None) -> dict[str, Any] | None:
     """What the configuration JSON carries for a layer's remedy (None: no remedy): bias compensation: the
     per-channel correction in accumulator units (subtracted) and the resulting float bias; weight tuning:
@@ -252,9 +238,3 @@ def remedy_json(layer: RemedyLayer, multiplier: Multiplier, remedy: str | None) 
             "float_bias": [float(v) for v in compensated_float_bias(layer.bias, corr, layer.output_scale)],
         }
     return {"remedy": WEIGHTS, "weight_map": [int(v) for v in layer.weight_map(multiplier).tolist()]}
-
-
-def check_remedies(remedies: Iterable[str]) -> None:
-    bad = sorted(set(remedies) - set(REMEDIES))
-    if bad:
-        raise UserError(f"remedy: expected {' or '.join(REMEDIES)}, got {', '.join(bad)}")
