@@ -85,7 +85,8 @@ def random_points(
     pool = random_genomes(problem, max(1, int(budget)) * 16, seed)  # rejected candidates cost 1/8 or less
     out: list[SearchPoint] = []
     spent = 0.0
-    with progress(total=int(np.ceil(budget)), desc="baseline random search (full simulations)") as bar:
+    total = int(np.ceil(budget * n_val))
+    with progress(total=total, desc="baseline random search (validation images)", unit="img") as bar:
         for g in pool:
             if spent >= budget - 1e-9:
                 break
@@ -102,7 +103,7 @@ def random_points(
             )
             cost = min(1.0, r.images / n_val)
             spent += cost
-            bar.update(round(cost, 2))
+            bar.update(min(r.images, n_val))
     return out
 
 
