@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dse.search.accurate import completed_points, run_trials, simulated_count
+from dse.search.accurate import completed_points, run_trials, simulated_count, spent, val_images
 from dse.search.pareto import hypervolume
 from dse.search.problem import SearchProblem
 from dse.search.records import Fallback, Summary
@@ -88,13 +88,16 @@ def _config_and_fingerprint(
     return config, fp
 
 
-def _hv_progress(bar: tqdm[Any]) -> Callable[[list[optuna.trial.FrozenTrial]], None]:
+def _hv_progress(bar: tqdm[Any], n_val: int | None) -> Callable[[list[optuna.trial.FrozenTrial]], None]:
+    """The bar counts the budget spent (a candidate rejected early costs its share of the split, as the
+    budget counts it) and shows the candidates simulated and the hypervolume so far."""
+
     def on_batch(trials: list[optuna.trial.FrozenTrial]) -> None:
         done = [t for t in trials if t.state.name == "COMPLETE"]
         hv = hypervolume([t.values[0] for t in done], [t.values[1] for t in done])
-        n = simulated_count(trials)
-        bar.update(max(0, n - bar.n))
-        bar.set_postfix(hypervolume=f"{hv:.4f}")
+        used = round(spent(trials, n_val), 1)
+        bar.update(max(0.0, used - bar.n))
+        bar.set_postfix(candidates=simulated_count(trials), hypervolume=f"{hv:.4f}")
 
     return on_batch
 
@@ -215,7 +218,7 @@ def run_search(
             seed=seed,
             predict=predict,
             suggest=suggest,
-            on_batch=_hv_progress(bar),
+            on_batch=_hv_progress(bar, val_images(setup.cache)),
             confidence=cfg.early_rejection_confidence,
         )
     points = completed_points(problem, study)
@@ -314,7 +317,7 @@ def run_worker(
             seed=worker_seed,
             predict=predict,
             suggest=suggest,
-            on_batch=_hv_progress(bar),
+            on_batch=_hv_progress(bar, val_images(setup.cache)),
             confidence=study_cfg.search.early_rejection_confidence,
         )
     return WorkerResult(
