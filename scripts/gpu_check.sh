@@ -8,6 +8,10 @@
 #   kernels - dse bench kernels --device cuda --json
 #   model   - dse bench model --device cuda --batch 1024 --json
 #   profile - scripts/profile_model.py: top operators of a ResNet-20 forward, quantized and table mode
+#   search  - the fashion_resnet20 study end to end on CUDA (dse search: prepare + AGN + search +
+#             baselines), every stage's seconds and the headline figures in OUTDIR/search_times.json.
+#             The idx files: $FASHION_DIR, else /usr/share/datasets/fashion-mnist, else ./fashion-mnist
+#             (copy the four *-ubyte.gz files there, 30 MB, git-ignored, and carry that folder along).
 # Usage: scripts/gpu_check.sh [OUTDIR] [STEP ...]    (default: all steps; OUTDIR default ./gpu-out)
 set -u
 out=${1:-gpu-out}
@@ -42,6 +46,13 @@ EOF
     model) timeout 180 dse bench model --device cuda --batch 1024 --json >"$out/bench_model.json" \
         2>"$out/bench_model.err"; cat "$out/bench_model.json"; tail -3 "$out/bench_model.err" ;;
     profile) timeout 120 python3 scripts/profile_model.py >"$out/profile.log" 2>&1; cat "$out/profile.log" | cut -c1-160 ;;
+    search) data=${FASHION_DIR:-/usr/share/datasets/fashion-mnist}
+        [ -d "$data" ] || data=fashion-mnist
+        s0=$(date +%s)
+        timeout 560 dse search fashion_resnet20 --device cuda --data "$data" --out "$out/fashion_resnet20" \
+            --no-report --json >"$out/search.json" 2>"$out/search.err" || { tail -5 "$out/search.err"; rc=1; }
+        python3 scripts/search_times.py "$out/fashion_resnet20" $(($(date +%s) - s0)) \
+            >"$out/search_times.json" && cat "$out/search_times.json" ;;
     *) echo "unknown step $step"; rc=2 ;;
     esac
 
