@@ -96,7 +96,7 @@ def _hv_progress(bar: tqdm[Any], n_val: int | None) -> Callable[[list[optuna.tri
         done = [t for t in trials if t.state.name == "COMPLETE"]
         hv = hypervolume([t.values[0] for t in done], [t.values[1] for t in done])
         used = round(spent(trials, n_val), 1)
-        bar.update(max(0.0, used - bar.n))
+        bar.update(max(0.0, min(used, bar.total or used) - bar.n))  # the last batch may pass the budget
         bar.set_postfix(candidates=simulated_count(trials), hypervolume=f"{hv:.4f}")
 
     return on_batch
