@@ -103,3 +103,13 @@ def library_tables() -> dict[tuple[str, str], torch.Tensor]:
         if not m.signed
         for f in fmts
     }
+
+
+# convolution cases of the im2col-free paths' tests: (channels, kernel, stride, padding, dilation, pad code)
+CONV_SHAPES = [
+    (3, 3, 1, 1, 1, 0),
+    (16, 3, 2, 1, 1, 0),
+    (5, 3, 1, 1, 1, 7),
+    (4, 1, 2, 0, 1, 0),
+    (40, 5, 1, 2, 2, 3),
+]

@@ -15,6 +15,7 @@ from dse.kernels import (
 from dse.kernels.bitplane import available as bitplane_available
 from dse.kernels.bitplane import conv_available
 from kernel_tables import (
+    CONV_SHAPES,
     V,
     broken_array,
     codes,
@@ -105,13 +106,7 @@ def test_bitplane_convolutions_run_without_im2col_and_match_reference(monkeypatc
 
     g = torch.Generator().manual_seed(32)
     tables = [(k, t) for k, t in library_tables().items() if bitplane_planes(t) is not None]
-    shapes = [
-        (3, 3, 1, 1, 1, 0),
-        (16, 3, 2, 1, 1, 0),
-        (5, 3, 1, 1, 1, 7),
-        (4, 1, 2, 0, 1, 0),
-        (40, 5, 1, 2, 2, 3),
-    ]
+    shapes = CONV_SHAPES
     with monkeypatch.context() as mp:
         mp.setattr(conv, "im2col", no_im2col)
         mp.setattr("dse.kernels.prepared.im2col", no_im2col)

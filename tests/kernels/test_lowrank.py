@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 from dse.kernels import approx_matmul, approx_matmul_reference, lowrank_factors
-from kernel_tables import codes, drum_like, exact_signed, low_rank, random_table, truncated_unsigned
+from kernel_tables import (
+    CONV_SHAPES,
+    codes,
+    drum_like,
+    exact_signed,
+    low_rank,
+    random_table,
+    truncated_unsigned,
+)
 
 
 def test_lowrank_factors_are_exact_and_minimal():
@@ -49,13 +57,7 @@ def test_lowrank_convolutions_run_without_im2col_and_match_reference(monkeypatch
     drum = drum_like(g)
     assert lowrank_factors(drum).u[0].any()  # U[0] != 0: zero padding would be wrong, padding reads U[pad]
     tables = [drum, exact_signed(), truncated_unsigned()]
-    shapes = [
-        (3, 3, 1, 1, 1, 0),
-        (16, 3, 2, 1, 1, 0),
-        (5, 3, 1, 1, 1, 7),
-        (4, 1, 2, 0, 1, 0),
-        (40, 5, 1, 2, 2, 3),
-    ]
+    shapes = CONV_SHAPES
     saved = torch.backends.mkldnn.conv.fp32_precision
     try:
         torch.backends.mkldnn.conv.fp32_precision = "bf16"

@@ -79,3 +79,12 @@ class SlicedSyntheticEvaluator(SyntheticEvaluator):
     def accuracy(self, genome: Genome, split: str = "val") -> float:
         self.calls.append((tuple(genome), split))
         return float(self.outcomes(genome, split).mean())
+
+
+# the search space of the end-to-end and bad-input tests: the exact product, 5 truncations, 2 DRUMs
+TINY_SPACE = """
+name = "tiny"
+format = "unsigned"
+weight_scheme = "sign-magnitude"
+multipliers = ["exact_u8", "trunc[2-6]_u8", "drum4_u8", "drum5_u8"]
+"""

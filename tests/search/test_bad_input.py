@@ -7,16 +7,10 @@ from __future__ import annotations
 import time
 
 import pytest
+from synthetic import TINY_SPACE as SPACE
 
 from dse.search.run import run_search
 from dse.util import UserError
-
-SPACE = """
-name = "tiny"
-format = "unsigned"
-weight_scheme = "sign-magnitude"
-multipliers = ["exact_u8", "trunc[2-6]_u8", "drum4_u8", "drum5_u8"]
-"""
 
 STUDY = """
 name = "digits_tiny"

@@ -9,15 +9,10 @@ import subprocess
 import sys
 
 import pytest
+from synthetic import TINY_SPACE as SPACE
 
 DSE = [sys.executable, "-c", "from dse.cli import main; main()"]
 
-SPACE = """
-name = "tiny"
-format = "unsigned"
-weight_scheme = "sign-magnitude"
-multipliers = ["exact_u8", "trunc[2-6]_u8", "drum4_u8", "drum5_u8"]
-"""
 
 STUDY = """
 name = "digits_tiny"
