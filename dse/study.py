@@ -158,7 +158,7 @@ class SearchConfig(_Section):
         False,
         description="bias compensation (the expected error per output channel on the calibration images "
         'subtracted through the bias; no hardware cost): false, true (every approximate layer), or "search" '
-        "(one yes/no gene per layer: the search decides)",
+        "(the search decides per layer: each approximate multiplier is offered with and without it)",
     )
     weight_tuning: bool = Field(
         False,
