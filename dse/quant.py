@@ -108,7 +108,7 @@ class QuantFormat:
 # Effective tables
 
 
-def _raw_table(multiplier: MultiplierOrTable) -> tuple[np.ndarray, bool | None, str]:
+def raw_table(multiplier: MultiplierOrTable) -> tuple[np.ndarray, bool | None, str]:
     """(table int32 [256,256], signedness or None if unknown, identity) of a Multiplier or a raw table."""
     if isinstance(multiplier, Multiplier):
         return np.asarray(multiplier.lut, dtype=np.int32), bool(multiplier.signed), multiplier.sha256
@@ -156,7 +156,7 @@ def effective_lut(multiplier: MultiplierOrTable, fmt: QuantFormat) -> torch.Tens
     Cached by table hash; do not modify the returned tensor.
     """
     check_multiplier_format(multiplier, fmt)
-    lut, _, sha = _raw_table(multiplier)
+    lut, _, sha = raw_table(multiplier)
     key = (sha, fmt.weight_scheme)
     table = _EFFECTIVE.get(key)
     if table is None:

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from dse.multipliers.core import Multiplier, operand_values
-from dse.quant import MultiplierOrTable, QuantFormat, _raw_table, effective_lut, exact_lut
+from dse.quant import MultiplierOrTable, QuantFormat, effective_lut, exact_lut, raw_table
 
 
 class RemedyLayer(Protocol):
@@ -205,7 +205,7 @@ def weight_map(multiplier: MultiplierOrTable, act_hist: np.ndarray, fmt: QuantFo
     """map[w] = argmin_{w'} Σ_a p(a)·|a·w − L(a, w')| over the allowed bytes (`weight_candidates`; ties
     keep w, else the first candidate), int64 [256] over the weight bytes of the multiplier's table; bytes no
     weight can take map to themselves; `act_hist` [256] activation byte counts."""
-    lut, _, _ = _raw_table(multiplier)
+    lut, _, _ = raw_table(multiplier)
     vals = operand_values(fmt.signed).astype(np.float64)
     p = np.asarray(act_hist, dtype=np.float64)
     p = p / max(p.sum(), 1.0)
@@ -218,9 +218,9 @@ def weight_map(multiplier: MultiplierOrTable, act_hist: np.ndarray, fmt: QuantFo
     for w in cand:
         exact = a * vals[w]  # [A]
         cost = (pw[:, None] * np.abs(exact[:, None] - table[:, cand])).sum(axis=0)  # [C]
-        best = int(cand[int(np.argmin(cost))])
-        if cost[int(np.argmin(cost))] < cost[int(np.nonzero(cand == w)[0][0])]:
-            out[w] = best
+        i = int(np.argmin(cost))
+        if cost[i] < cost[int(np.nonzero(cand == w)[0][0])]:  # ties keep w
+            out[w] = int(cand[i])
     return out
 
 

@@ -57,10 +57,10 @@ from dse.quant import (
     ActivationQuantizer,
     MultiplierOrTable,
     QuantFormat,
-    _raw_table,
     centred_codes_ste,
     centred_weight_codes_ste,
     check_multiplier_format,
+    raw_table,
 )
 from dse.util import UserError
 
@@ -247,7 +247,7 @@ class ApproxLayer(nn.Module):
             table = multiplier
             if remedy == "weights":
                 assert multiplier is not None
-                table = _raw_table(multiplier)[0][:, self.weight_map(multiplier)]
+                table = raw_table(multiplier)[0][:, self.weight_map(multiplier)]
             elif remedy not in (None, "bias"):
                 raise ValueError(f"layer {self.name}: remedy {remedy!r}: expected 'bias', 'weights' or None")
             if remedy == "bias":  # the plain table's kernel, shared; only the constant correction differs
