@@ -30,7 +30,7 @@ import numpy as np
 
 from dse.search.problem import SearchProblem
 from dse.search.records import Genome, Origin, SearchPoint, SimulationFailure
-from dse.search.simulate import SimulationCache, SlicedEvaluator, Staged
+from dse.search.simulate import SimulationCache, Staged, val_images
 from dse.search.storage import SqliteWorkerLock, beat, requeue_stale_trials, worker_id
 from dse.util import UserError
 
@@ -65,12 +65,6 @@ def is_simulation(trial: optuna.trial.FrozenTrial) -> bool:
 
 def simulated_count(trials: Sequence[optuna.trial.FrozenTrial]) -> int:
     return sum(1 for t in trials if is_simulation(t))
-
-
-def val_images(cache: SimulationCache) -> int | None:
-    """Size of the validation split when the evaluator simulates slices (else None: whole candidates)."""
-    ev = cache.evaluator
-    return ev.size("val") if isinstance(ev, SlicedEvaluator) else None
 
 
 def trial_cost(trial: optuna.trial.FrozenTrial, n_val: int | None) -> float:

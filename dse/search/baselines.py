@@ -22,7 +22,7 @@ import numpy as np
 from dse.search.pareto import pareto_mask
 from dse.search.problem import SearchProblem
 from dse.search.records import Genome, Origin, SearchPoint, SimulationFailure
-from dse.search.simulate import SimulationCache, SlicedEvaluator, Staged
+from dse.search.simulate import SimulationCache, Staged, val_images
 from dse.util import progress
 
 
@@ -31,7 +31,7 @@ def simulated_points(
 ) -> list[SearchPoint]:
     """Complete validation points of these genomes (simulated where the cache does not know them)."""
     accs = cache.evaluate(genomes, "val")
-    n = _val_size(cache)
+    n = val_images(cache)
     return [
         dataclasses.replace(problem.point(g, a, origin=o), images=n)
         for g, a, o in zip(genomes, accs, origins)
@@ -78,7 +78,7 @@ def random_points(
     evaluator) every candidate goes through the search's early rejection against the random search's own
     front, and candidates are drawn until the budget is spent (k/n per candidate rejected after k of n
     images); without, `budget` complete random candidates."""
-    n_val = _val_size(cache)
+    n_val = val_images(cache)
     if confidence is None or n_val is None:
         genomes = random_genomes(problem, int(budget), seed)
         return simulated_points(problem, cache, genomes, [Origin("random")] * len(genomes))
@@ -143,8 +143,3 @@ def test_accuracies(
     for g in progress(todo, desc="test re-measurement of the fronts"):
         out[g] = cache.evaluate([g], "test")[0]
     return out
-
-
-def _val_size(cache: SimulationCache) -> int | None:
-    ev = cache.evaluator
-    return ev.size("val") if isinstance(ev, SlicedEvaluator) else None

@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dse.search.accurate import completed_points, run_trials, simulated_count, spent, val_images
+from dse.search.accurate import completed_points, run_trials, simulated_count, spent
 from dse.search.pareto import hypervolume
 from dse.search.problem import SearchProblem
 from dse.search.records import Fallback, Summary
 from dse.search.seeding import first_generation, surrogate_callbacks
 from dse.search.setup import build_setup, problem_of
+from dse.search.simulate import val_images
 from dse.search.storage import (
     ATTR_BUDGET,
     ATTR_CONFIG,

@@ -181,3 +181,9 @@ class SimulationCache:
                 self.partial[g] = (c, k)
                 out[g] = Staged(c / k, k, False)
         return [out[g] for g in genomes]
+
+
+def val_images(cache: SimulationCache) -> int | None:
+    """Size of the validation split when the evaluator simulates slices (else None: whole candidates)."""
+    ev = cache.evaluator
+    return ev.size("val") if isinstance(ev, SlicedEvaluator) else None
