@@ -177,9 +177,12 @@ def resolve_device(name: str = "auto") -> torch.device:
 def set_threads(threads: int | None = None) -> None:
     """CPU threads for torch; BLAS (numpy/scipy) always one. Every compute command calls this first.
 
-    Default: one torch thread on machines with at most 2 cores — measured on the shared 2-core machine, a
-    second OpenMP thread made im2col 8x slower (and `dse prepare` ~10x slower) as soon as anything else
-    ran, and gains little on a quiet one. More cores: torch's own default."""
+    Default: torch's own (one thread per core). Measured on a quiet 2-core machine: two threads simulate a
+    fashion_resnet20 candidate (2,000 images) in 3.7-4.9 s against 7.0 s for one, and the default digits
+    search takes 34 s against 36 s; beside one busy process, though, two threads took 11 s against one's
+    7.3 s (one thread waits for the other at every layer), so on a busy machine pass `--threads 1`.
+    Letting OpenMP's idle threads sleep (OMP_WAIT_POLICY=PASSIVE) fixes the busy case (7.5 s) but made the
+    small studies 1.4x slower (digits: 51 s), so it is not set."""
     try:
         from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
@@ -188,8 +191,6 @@ def set_threads(threads: int | None = None) -> None:
         pass
     if threads is not None and threads <= 0:
         raise UserError(f"--threads {threads}: expected a positive number")
-    if threads is None and (os.cpu_count() or 1) <= 2:
-        threads = 1
     if threads is not None:
         import torch
 

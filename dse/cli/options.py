@@ -48,7 +48,10 @@ def json_option(f: F) -> F:
 
 def threads_option(f: F) -> F:
     return click.option(
-        "--threads", type=int, default=None, help="CPU threads for torch (default: 1 on <= 2 cores)."
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch (default: one per core; 1 on a busy machine is faster).",
     )(f)
 
 

@@ -37,10 +37,6 @@ from dse.util import UserError
 if TYPE_CHECKING:
     import optuna
 
-# early rejection's looks (`simulate.slice_plan`): a first slice of 64 validation images, doubling up to the
-# whole split (2,000 images: 64, 128, ..., 1,024, 2,000)
-REJECT_FIRST, REJECT_STAGES = 64, 6
-
 
 def distributions(problem: SearchProblem) -> dict[str, optuna.distributions.BaseDistribution]:
     from optuna.distributions import CategoricalDistribution
@@ -284,7 +280,7 @@ def _simulate_and_tell(
         t0 = time.perf_counter()
         r: Staged | SimulationFailure
         if confidence is not None:
-            r = cache.evaluate_staged([g], threshold, confidence, REJECT_FIRST, REJECT_STAGES)[0]
+            r = cache.evaluate_staged([g], threshold, confidence)[0]
         else:
             full = cache.evaluate([g])[0]
             r = full if isinstance(full, SimulationFailure) else Staged(full, n_val or 0, True)

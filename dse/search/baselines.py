@@ -22,7 +22,7 @@ import numpy as np
 from dse.search.pareto import pareto_mask
 from dse.search.problem import SearchProblem
 from dse.search.records import Genome, Origin, SearchPoint, SimulationFailure
-from dse.search.simulate import SimulationCache, Staged, val_images
+from dse.search.simulate import REJECT_FIRST, SimulationCache, Staged, val_images
 from dse.util import progress
 
 
@@ -82,7 +82,8 @@ def random_points(
     if confidence is None or n_val is None:
         genomes = random_genomes(problem, int(budget), seed)
         return simulated_points(problem, cache, genomes, [Origin("random")] * len(genomes))
-    pool = random_genomes(problem, max(1, int(budget)) * 16, seed)  # rejected candidates cost 1/8 or less
+    # a candidate rejected at the first look costs REJECT_FIRST / n_val of a simulation: enough for all
+    pool = random_genomes(problem, max(1, int(budget)) * (n_val // REJECT_FIRST + 1), seed)
     out: list[SearchPoint] = []
     spent = 0.0
     total = int(np.ceil(budget * n_val))

@@ -72,6 +72,11 @@ def accuracy_upper_bound(correct: int, seen: int, total: int, alpha: float) -> f
     return (correct + (total - seen) * p_hi) / total
 
 
+# early rejection's looks (`slice_plan`), the same for the search and the random baseline: a first slice of
+# 64 validation images, doubling up to the whole split (2,000 images: 64, 128, ..., 1,024, 2,000)
+REJECT_FIRST, REJECT_STAGES = 64, 6
+
+
 class SimulationCache:
     """Accuracy per (split, genome), simulated at most once; counts simulations and the time they took.
 
@@ -131,8 +136,8 @@ class SimulationCache:
         genomes: Sequence[Genome],
         threshold: Callable[[Genome], float],
         confidence: float,
-        first_images: int = 64,
-        stages: int = 4,
+        first_images: int = REJECT_FIRST,
+        stages: int = REJECT_STAGES,
     ) -> list[Staged | SimulationFailure]:
         """Validation accuracy with early rejection: each unknown genome is simulated on a first slice,
         then on doubling slices; after each slice it stops when the (1 − α) upper bound of its full-split

@@ -61,12 +61,13 @@ def test_staged_evaluation_stops_only_candidates_below_the_threshold():
     assert ev.accuracy(bad) < 0.5
     out = cache.evaluate_staged([good, bad], threshold=lambda g: 0.9, confidence=0.95)
     assert out[0].complete and out[0].images == 800 and out[0].accuracy == pytest.approx(ev.accuracy(good))
-    assert not out[1].complete and out[1].images == 100  # stopped after the first slice (800 / 8)
-    assert cache.images["val"] == 900 and cache.known(bad) is None and bad in cache.partial
+    # stopped after the first slice: 64 images, the search's and the random baseline's first look
+    assert not out[1].complete and out[1].images == 64
+    assert cache.images["val"] == 864 and cache.known(bad) is None and bad in cache.partial
     # finishing a rejected candidate simulates only the rest of the split, and agrees with the whole
     assert cache.evaluate([bad])[0] == pytest.approx(ev.accuracy(bad))
     assert cache.images["val"] == 1600 and bad not in cache.partial
-    assert (bad, 100, 800) in ev.slices
+    assert (bad, 64, 800) in ev.slices
     with pytest.raises(UserError, match="early_rejection_confidence"):
         run_trials(_study(problem), problem, cache, 5, 4, confidence=1.0)
 
