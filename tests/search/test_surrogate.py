@@ -71,6 +71,34 @@ def test_fit_recovers_layer_gains_and_ranks_held_out_candidates():
     assert np.median(err) < 0.03
 
 
+def test_fit_corrects_a_multiplier_whose_predicted_distortion_is_off():
+    """One design hurts the network 30x less than its predicted distortion says (fashion_resnet20's DRUM):
+    its factor, shared by every layer, is learnt from the simulated points."""
+    problem = _problem()
+    dist = 10 * _distortion(problem)  # enough distortion that candidates' accuracies differ
+    true_dist = dist.copy()
+    off = 7  # "m7", the cheapest design: its distortion decides most candidates' accuracy
+    true_dist[:, off] /= 30.0
+    gains = np.ones(len(problem.layers))
+    rng = np.random.default_rng(4)
+    train = problem.random_genomes(rng, 120) + [("m7",) * 4, ("m6",) * 4]
+    test = problem.random_genomes(np.random.default_rng(5), 120)
+    plain = Surrogate(problem, dist, Q, CHANCE, multiplier_ridge=1e6)  # factors held at 1
+    sur = Surrogate(problem, dist, Q, CHANCE)
+    for s in (plain, sur):
+        s.fit(train, _truth(problem, true_dist, gains, train))
+    phi = dict(zip(sur.multiplier_names, sur.phi))
+    # learnt: m7 distorts the network less than predicted (log-factor); the others' factors also absorb
+    # the difference between the model's link and this network's, so only m7's sign is certain
+    assert phi["m7"] < -1.0 and phi["m7"] == min(phi.values())
+    assert np.allclose(plain.phi, 0.0, atol=1e-3)
+    truth = _truth(problem, true_dist, gains, test)
+    err_plain = np.median(np.abs(plain.predict(test) - truth))
+    err = np.median(np.abs(sur.predict(test) - truth))
+    assert err < err_plain / 2
+    assert sur.kendall_tau(test, truth) > plain.kendall_tau(test, truth)
+
+
 def test_fewer_than_three_points_keep_the_prior():
     problem = _problem()
     sur = Surrogate(problem, _distortion(problem), Q, CHANCE)
