@@ -92,14 +92,14 @@ class Surrogate:
         cols = np.arange(idx.shape[1])[None, :]
         return np.asarray(self.distortion[cols, idx]), self._mult_id[cols, idx]
 
-    def features(self, idx: np.ndarray) -> np.ndarray:
-        """Each gene's distortion times its multiplier's fitted factor, [n, L]."""
-        d, m = self._raw(idx)
-        return np.asarray(d * np.exp(self.phi[m]))
+    @staticmethod
+    def _log_z(d: np.ndarray, mid: np.ndarray, theta: np.ndarray, phi: np.ndarray) -> np.ndarray:
+        """ln z = ln Σ_l exp(θ_l)·exp(φ_m)·distortion, per row of `_raw`'s (d, mid): the model, once."""
+        return np.asarray(np.log((d * np.exp(phi[mid])) @ np.exp(theta) + _TINY))
 
     def score_index(self, idx: np.ndarray) -> np.ndarray:
         """ln of the predicted summed relative distortion z (higher = worse), per index genome."""
-        return np.asarray(np.log(self.features(idx) @ self.weights + _TINY))
+        return self._log_z(*self._raw(idx), self.theta, self.phi)
 
     def _accuracy(self, log_z: np.ndarray, a: float | np.ndarray, b: float | np.ndarray) -> np.ndarray:
         from scipy.special import expit
@@ -129,7 +129,7 @@ class Surrogate:
 
         def residuals(x: np.ndarray) -> np.ndarray:
             theta, a, b, phi = x[:n_l], x[n_l], x[n_l + 1], x[n_l + 2 :]
-            pred = self._accuracy(np.log((d * np.exp(phi[mid])) @ np.exp(theta) + _TINY), a, b)
+            pred = self._accuracy(self._log_z(d, mid, theta, phi), a, b)
             prior = [0.1 * ridge * np.log(a / A_PRIOR), 0.1 * ridge * (b - B_PRIOR)]
             return np.concatenate([pred - acc, ridge * theta, prior, m_ridge * phi])
 
@@ -168,10 +168,7 @@ class Surrogate:
         d, mid = self._raw(idx)
         if not self.members:
             return np.zeros(len(d))
-        preds = [
-            self._accuracy(np.log((d * np.exp(phi[mid])) @ np.exp(t) + _TINY), a, b)
-            for t, a, b, phi in self.members
-        ]
+        preds = [self._accuracy(self._log_z(d, mid, t, phi), a, b) for t, a, b, phi in self.members]
         return np.asarray(np.std(np.stack(preds), axis=0))
 
     def kendall_tau(self, genomes: Sequence[Genome], accuracies: Sequence[float]) -> float | None:
