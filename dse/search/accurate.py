@@ -30,7 +30,7 @@ import numpy as np
 
 from dse.search.problem import SearchProblem
 from dse.search.records import Genome, Origin, SearchPoint, SimulationFailure
-from dse.search.simulate import SimulationCache, Staged, val_images
+from dse.search.simulate import SimulationCache, Staged, front_threshold_over, val_images
 from dse.search.storage import SqliteWorkerLock, beat, requeue_stale_trials, worker_id
 from dse.util import UserError
 
@@ -104,16 +104,10 @@ def sync_cache(
 def front_threshold(problem: SearchProblem, cache: SimulationCache) -> Callable[[Genome], float]:
     """threshold(genome): the best complete validation accuracy simulated so far at an energy at most
     the genome's (0 where there is none): the front a candidate must reach to enter it."""
-
-    def threshold(g: Genome) -> float:
-        e = problem.energy_rel(g)
-        best = 0.0
-        for (split, h), acc in cache.values.items():
-            if split == "val" and acc > best and problem.energy_rel(h) <= e + 1e-12:
-                best = acc
-        return best
-
-    return threshold
+    return front_threshold_over(
+        problem.energy_rel,
+        lambda: ((problem.energy_rel(h), acc) for (split, h), acc in cache.values.items() if split == "val"),
+    )
 
 
 @dataclass

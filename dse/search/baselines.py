@@ -22,7 +22,7 @@ import numpy as np
 from dse.search.pareto import pareto_mask
 from dse.search.problem import SearchProblem
 from dse.search.records import Genome, Origin, SearchPoint, SimulationFailure
-from dse.search.simulate import REJECT_FIRST, SimulationCache, Staged, val_images
+from dse.search.simulate import REJECT_FIRST, SimulationCache, Staged, front_threshold_over, val_images
 from dse.util import progress
 
 
@@ -110,13 +110,10 @@ def random_points(
 
 def _own_front(problem: SearchProblem, points: Sequence[SearchPoint]) -> Callable[[Genome], float]:
     """threshold(genome): the best complete accuracy among `points` at an energy at most the genome's."""
-
-    def threshold(g: Genome) -> float:
-        e = problem.energy_rel(g)
-        ok = [p.accuracy for p in points if not p.partial and p.energy_rel <= e + 1e-12]
-        return max((a for a in ok if a is not None), default=0.0)
-
-    return threshold
+    return front_threshold_over(
+        problem.energy_rel,
+        lambda: ((p.energy_rel, p.accuracy) for p in points if not p.partial and p.accuracy is not None),
+    )
 
 
 def front_genomes(points: Sequence[SearchPoint]) -> list[Genome]:

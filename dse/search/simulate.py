@@ -10,7 +10,7 @@ analytic stand-in (`tests/search/synthetic.py`).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -186,6 +186,20 @@ class SimulationCache:
                 self.partial[g] = (c, k)
                 out[g] = Staged(c / k, k, False)
         return [out[g] for g in genomes]
+
+
+def front_threshold_over(
+    energy_rel: Callable[[Genome], float], complete: Callable[[], Iterable[tuple[float, float]]]
+) -> Callable[[Genome], float]:
+    """threshold(genome) for early rejection: the best accuracy among the (energy_rel, accuracy) pairs of
+    the complete points that `complete()` gives when called, at an energy at most the genome's (0 where
+    there is none): the front a candidate must reach to enter it."""
+
+    def threshold(g: Genome) -> float:
+        e = energy_rel(g)
+        return max((a for energy, a in complete() if energy <= e + 1e-12), default=0.0)
+
+    return threshold
 
 
 def val_images(cache: SimulationCache) -> int | None:
