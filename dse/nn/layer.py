@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from dse.multipliers.core import Multiplier
+from dse.nn.compensation import BIAS, WEIGHTS
 from dse.nn.exact import chunk_bound
 from dse.nn.state import (
     LutState,
@@ -244,19 +245,19 @@ class ApproxLayer(nn.Module):
         tkey = table_key(multiplier) + ("" if remedy is None else "+" + remedy)
         ls = self._luts.lookup(tkey, st.key)
         if ls is None:
-            table = multiplier
-            if remedy == "weights":
-                assert multiplier is not None
-                table = raw_table(multiplier)[0][:, self.weight_map(multiplier)]
-            elif remedy not in (None, "bias"):
-                raise ValueError(f"layer {self.name}: remedy {remedy!r}: expected 'bias', 'weights' or None")
-            if remedy == "bias":  # the plain table's kernel, shared; only the constant correction differs
+            if remedy == BIAS:  # the plain table's kernel, shared; only the constant correction differs
                 assert multiplier is not None
                 ls = self._lut_state(st, multiplier, device)
                 corr = ls.corr - self.bias_correction(multiplier).to(device=ls.corr.device, dtype=torch.int32)
                 ls = dataclasses.replace(ls, corr=corr)
-            else:
+            elif remedy == WEIGHTS:  # the weight-tuned table L(a, map[w]), a table of its own
+                assert multiplier is not None
+                table = raw_table(multiplier)[0][:, self.weight_map(multiplier)]
                 ls = build_lut_state(st, table, self.fmt, self.fan_in, device, self._prepare)
+            elif remedy is None:
+                ls = build_lut_state(st, multiplier, self.fmt, self.fan_in, device, self._prepare)
+            else:
+                raise ValueError(f"layer {self.name}: remedy {remedy!r}: expected 'bias', 'weights' or None")
             self._luts.add(tkey, ls)
         return ls
 
