@@ -53,10 +53,8 @@ def kernels(device: str, as_json: bool, quick: bool, threads: int | None) -> Non
     dev = resolve_device(device)
     if threads is not None:
         torch.set_num_threads(threads)
-    else:
-        set_threads(None)
-        if quick and (os.cpu_count() or 1) <= 2:  # two threads on a busy 2-core machine: 96 s, not 17 s
-            torch.set_num_threads(1)
+    else:  # --quick on <= 2 cores: one thread (two on a busy 2-core machine took 96 s, not 17 s)
+        set_threads(1 if quick and (os.cpu_count() or 1) <= 2 else None)
     if not as_json:
         log("benchmarking (timings on a shared or busy machine are noisy; ratios are measured side by side)")
     result = bench_kernels(dev, quick=quick)

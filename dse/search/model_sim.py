@@ -6,12 +6,16 @@ batches. Work shared between candidates is reused: each layer's output is cached
 *prefix* (the multipliers of every layer executed up to and including it), so a candidate that shares its
 first k layers with one simulated just before recomputes only from layer k+1's kernels on; the search
 evaluates each batch in lexicographic order so that such candidates meet. The cache is an LRU bounded
-in bytes.
+in bytes. Measured by replaying finished searches' complete candidates in their batches: mnist_lenet5
+49 % hits, 27 s against 34 s without the cache; digits 40 % hits but 10.1 s against 6.5 s (the copies
+cost more than its tiny layers); fashion_resnet20 0 hits in 5,120 lookups (one candidate's layer outputs,
+~1.2 GB on 2,000 images, overflow the 512 MB, and its proposals share no prefix; no time difference
+measurable against the run-to-run noise).
 
 On CPU the split runs in batches of at most `CPU_BATCH` images: a ResNet-20 layer's activations for 2,048
 28x28 images (100 MB per tensor) stream through memory on every elementwise pass, while 256 images stay in
 the caches (fashion_resnet20 candidate on 2,000 validation images, one thread, loaded 2-core machine:
-10.8 CPU-s at batch 2048, 6.6 at 256, 7.0 at 512, 7.2 at 128; two threads were 4x slower in wall time there).
+10.8 CPU-s at batch 2048, 6.6 at 256, 7.0 at 512, 7.2 at 128).
 """
 
 from __future__ import annotations
