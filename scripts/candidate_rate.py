@@ -31,9 +31,7 @@ def main() -> None:
     ap.add_argument("run_dir")
     ap.add_argument("n", nargs="?", type=int, default=3, help="candidates (default 3)")
     ap.add_argument("--staged", action="store_true", help="with the search's early rejection")
-    ap.add_argument(
-        "--threads", type=int, default=None, help="torch threads (default: dse's, one per core)"
-    )
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: dse's, one per core)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     set_threads(args.threads)
