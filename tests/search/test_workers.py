@@ -121,9 +121,6 @@ def test_a_worker_killed_on_another_host_returns_its_trials_within_a_minute(tmp_
     _wait_for_lines(log, 3, pid=far.pid)
     near = _worker(postgres_url, log, *common, "--seed", "2")
     _wait_for_lines(log, 2, pid=near.pid)
-    os.kill(far.pid, signal.SIGKILL)
-    far.wait()
-    t_kill = time.monotonic()
     problem = synthetic_problem(5, 8)
     watch = create_or_load_study(
         open_storage(postgres_url), "uts", problem.fingerprint(), {}, make_sampler(8, 0), postgres_url
@@ -137,7 +134,20 @@ def test_a_worker_killed_on_another_host_returns_its_trials_within_a_minute(tmp_
             if t.state.name == "RUNNING" and t.user_attrs.get("worker", "").startswith(OTHER_HOST + ":")
         ]
 
-    held = far_running()
+    # killed while it holds a trial: frozen first, so that the trial it holds cannot be told in between
+    # (a plain kill between its tell and its next ask left nothing to re-queue, and the test failed in CI)
+    deadline = time.monotonic() + 60
+    while True:
+        os.kill(far.pid, signal.SIGSTOP)
+        held = far_running()
+        if held or time.monotonic() > deadline:
+            break
+        os.kill(far.pid, signal.SIGCONT)
+        time.sleep(0.05)
+    assert held, "the far worker never held a RUNNING trial"
+    os.kill(far.pid, signal.SIGKILL)
+    far.wait()
+    t_kill = time.monotonic()
     while far_running() and time.monotonic() - t_kill < 120:
         time.sleep(0.2)
     returned_s = time.monotonic() - t_kill  # the dead worker's trials are FAIL and queued again
