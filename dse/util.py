@@ -178,9 +178,10 @@ def set_threads(threads: int | None = None) -> None:
     """CPU threads for torch; BLAS (numpy/scipy) always one. Every compute command calls this first.
 
     Default: torch's own (one thread per core). Measured on a quiet 2-core machine: two threads simulate a
-    fashion_resnet20 candidate (2,000 images) in 3.7-4.9 s against 6.2-7.9 s for one, while the default digits
-    search takes 69 s against 67 s (its layers are too small to share); beside one busy process, though, two threads took 11 s against one's
-    7.3 s (one thread waits for the other at every layer), so on a busy machine pass `--threads 1`.
+    fashion_resnet20 candidate (2,000 images) in 3.7-4.9 s against 6.2-7.9 s for one, while the default
+    digits search takes 69 s against 67 s (its layers are too small to share); beside one busy process,
+    though, two threads took 11 s against one's 7.3 s (one thread waits for the other at every layer), so
+    on a busy machine pass `--threads 1`.
     Letting OpenMP's idle threads sleep (OMP_WAIT_POLICY=PASSIVE) fixes the busy case (7.5 s) but made the
     small studies 1.4x slower (digits: 51 s), so it is not set."""
     try:

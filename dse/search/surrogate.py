@@ -11,12 +11,12 @@ saturating at chance like the real network. f_m = exp(φ_m) is one factor per mu
 layers: it corrects a design whose predicted distortion is off at the network level (fashion_resnet20's
 DRUM designs hurt far less than predicted: homogeneous drum4 predicted 72.8 %, simulated 78.6 %); φ starts
 at 0 with a weak ridge (`multiplier_ridge`), so the homogeneous seeds, one per design, calibrate it
-early. The weights w_l = exp(θ_l) start equal (prior: relative errors
-propagate to the logits with gain ~1) and the link starts at a = 4, b = ln 0.7 (half the accuracy lost at a
-summed relative distortion of 0.7, both fitted on digits and LeNet-5). Calibration is a least-squares fit
-of θ, a, b to the accuracies simulated so far, with a ridge pulling θ to 0 and the link to its prior
-(`ridge` 0.1 in accuracy units per unit of θ: strong with a handful of points, weak with hundreds), refit
-as simulations arrive. Ranking uses z itself (no float ties where q − loss rounds to q).
+early. The weights w_l = exp(θ_l) start equal (prior: relative errors propagate to the logits with gain
+~1) and the link starts at a = 4, b = ln 0.7 (half the accuracy lost at a summed relative distortion of
+0.7, both fitted on digits and LeNet-5). Calibration is a least-squares fit of θ, φ, a, b to the
+accuracies simulated so far, with ridges pulling θ and φ to 0 and the link to its prior (`ridge` 0.1 in
+accuracy units per unit of θ: strong with a handful of points, weak with hundreds; `multiplier_ridge` 0.01
+for φ), refit as simulations arrive. Ranking uses z itself (no float ties where q − loss rounds to q).
 
 Measured offline on the finished 200-simulation runs (Kendall τ between prediction and simulated accuracy;
 in-sample / prospective (fit on the trials before each batch of 24) / 5-fold hold-out): digits 0.64 / 0.60
