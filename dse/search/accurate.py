@@ -199,8 +199,12 @@ def run_trials(
         asked = []
         for _ in range(n):
             t = study.ask(fixed_distributions=dists)
+            # a heartbeat now and every HEARTBEAT_INTERVAL_S while it runs, recorded before the worker
+            # attribute: a trial that names its worker has a heartbeat, so a worker killed in between is
+            # found by the heartbeat (after the grace period) or, without the attribute, as unclaimed
+            # (2x grace). In the other order a kill there left a trial of another host RUNNING for an hour.
+            beat(study, t)
             t.set_user_attr("worker", wid)
-            beat(study, t)  # a heartbeat now and every HEARTBEAT_INTERVAL_S while it runs
             asked.append(t)
         asked = _drop_over_budget(study, asked, budget, n_val)
         if not asked:
