@@ -45,16 +45,13 @@ def kernels(device: str, as_json: bool, quick: bool, threads: int | None) -> Non
       dse bench kernels --threads 1      # per-core numbers, robust on a shared machine
       dse bench kernels --device cuda --json > bench.json
     """
-    import torch
-
     from dse.kernels.bench import bench_kernels, format_table
     from dse.util import emit_json, log, resolve_device, set_threads
 
     dev = resolve_device(device)
-    if threads is not None:
-        torch.set_num_threads(threads)
-    else:  # --quick on <= 2 cores: one thread (two on a busy 2-core machine took 96 s, not 17 s)
-        set_threads(1 if quick and (os.cpu_count() or 1) <= 2 else None)
+    if threads is None and quick and (os.cpu_count() or 1) <= 2:
+        threads = 1  # --quick on <= 2 cores: one thread (two on a busy 2-core machine took 96 s, not 17 s)
+    set_threads(threads)
     if not as_json:
         log("benchmarking (timings on a shared or busy machine are noisy; ratios are measured side by side)")
     result = bench_kernels(dev, quick=quick)
@@ -92,17 +89,14 @@ def model(
       dse bench model --device cuda --batch 1024 --json
       dse bench model --model lenet5 --multiplier bam_h3_v9_u8
     """
-    import torch
-
     from dse.benchmark import DEFAULT_MULTIPLIERS, bench_model, format_model_table
     from dse.models import BUILTIN_MODELS
-    from dse.util import UserError, emit_json, log, resolve_device
+    from dse.util import UserError, emit_json, log, resolve_device, set_threads
 
     if model_name not in BUILTIN_MODELS:
         raise UserError(f"--model: expected one of {', '.join(BUILTIN_MODELS)}, got {model_name!r}")
     dev = resolve_device(device)
-    if threads is not None:
-        torch.set_num_threads(threads)
+    set_threads(threads)
     if not as_json:
         log(f"benchmarking {model_name} (first forwards prepare tables and race kernel backends)")
     result = bench_model(model_name, multipliers or DEFAULT_MULTIPLIERS, batch, dev)

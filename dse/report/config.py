@@ -4,6 +4,7 @@ learned tolerances, the quantization parameters, totals and provenance."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -121,22 +122,24 @@ def build_config(run: RunResults, point: SearchPoint, library: MultiplierSource)
     return config
 
 
-_REMEDY_LAYERS: dict[str, dict[str, RemedyLayer]] = {}
-
-
 def _remedy_layers(run_dir: Path | str) -> dict[str, RemedyLayer]:
     """The run's prepared layers with their calibration histograms (what a compensated layer's correction is
-    computed from), loaded once per run directory and process."""
+    computed from), loaded once per run directory and prepared model (a re-prepared run is loaded again)."""
+    run = RunDir(run_dir)
+    stamp = run.qat_ckpt.stat().st_mtime_ns if run.qat_ckpt.is_file() else 0
+    return _load_remedy_layers(str(Path(run_dir).resolve()), stamp)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_remedy_layers(run_dir: str, stamp: int) -> dict[str, RemedyLayer]:
+    """`_remedy_layers`' cache: a few run directories per process (`stamp`: the QAT checkpoint's mtime)."""
     from dse.nn import approx_layers
     from dse.prepare import load_prepared
     from dse.simulation import ensure_calibration
 
-    key = str(Path(run_dir).resolve())
-    if key not in _REMEDY_LAYERS:
-        prepared = load_prepared(Path(run_dir))
-        ensure_calibration(prepared)
-        _REMEDY_LAYERS[key] = dict(approx_layers(prepared.model))
-    return _REMEDY_LAYERS[key]
+    prepared = load_prepared(Path(run_dir))
+    ensure_calibration(prepared)
+    return dict(approx_layers(prepared.model))
 
 
 def _num(x: Any) -> float | None:
