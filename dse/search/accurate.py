@@ -31,7 +31,7 @@ import numpy as np
 from dse.search.problem import SearchProblem
 from dse.search.records import Genome, Origin, SearchPoint, SimulationFailure
 from dse.search.simulate import SimulationCache, Staged, front_threshold_over, val_images
-from dse.search.storage import SqliteWorkerLock, beat, requeue_stale_trials, worker_id
+from dse.search.storage import ATTR_PROPOSED, SqliteWorkerLock, beat, requeue_stale_trials, worker_id
 from dse.util import UserError
 
 if TYPE_CHECKING:
@@ -143,7 +143,8 @@ def run_trials(
     `predict(genomes)` gives the surrogate's accuracy for a batch (stored as `predicted_accuracy`, made
     before the simulation: the out-of-sample τ); `suggest(simulated, n)` returns up to n (genome, origin)
     candidates to enqueue before each batch (the surrogate's NSGA-II, refit on what has been simulated so
-    far). `confidence` in (0, 1) turns on early rejection (None: every candidate on the whole split)."""
+    far; n = 0: refit only). `confidence` in (0, 1) turns on early rejection (None: every candidate on
+    the whole split)."""
     from optuna.trial import TrialState
 
     if budget <= 0:
@@ -176,22 +177,25 @@ def run_trials(
                 time.sleep(poll_s)
             continue
         n = min(batch_size, free)
-        # Proposals queue behind the waiting trials (FIFO): with S seeds waiting, each batch runs what
-        # the surrogate proposed about S candidates earlier (two to three batches on the built-in
-        # studies), and about S proposals are still WAITING when the budget is spent. Asking only for
-        # what the queue leaves (n - waiting) was measured, one run each: fashion_resnet20 HV 0.463 ->
-        # 0.474 but its test ratio 1.15 -> 1.04, digits 0.917 -> 0.907 (the cold-start proposals made
-        # its early jump), LeNet 0.884 -> 0.884. Not adopted without a study over seeds.
         if suggest is not None:
+            # The first batch of proposals (the surrogate's prior) queues behind the seeds (FIFO); after
+            # it, a batch proposes only what the queue leaves, so every later proposal runs in the batch
+            # it was fitted for and none is left WAITING when the budget is spent. (All proposals
+            # queued behind the waiting trials ran about one seed-count of candidates late.)
+            # A batch that proposes nothing still refits: `predict` below uses the model as fitted.
+            prior = not study.user_attrs.get(ATTR_PROPOSED)
+            want = n if prior else max(0, n - sum(t.state == TrialState.WAITING for t in trials))
             complete = [
                 (trial_genome(problem, t), float(t.values[1]))
                 for t in trials
                 if t.state == TrialState.COMPLETE
             ]
-            for g, origin in suggest(complete, n):
+            for g, origin in suggest(complete, want):
                 study.enqueue_trial(
                     problem.assignment(g), user_attrs={"origin": origin.to_json()}, skip_if_exists=True
                 )
+            if prior:
+                study.set_user_attr(ATTR_PROPOSED, True)
         if idle >= 2:  # the sampler keeps proposing simulated genomes: inject fresh random ones
             for g in problem.random_genomes(rng, n):
                 if cache.known(g) is None:

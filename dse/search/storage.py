@@ -34,6 +34,7 @@ ATTR_CONFIG = "dse_config"
 ATTR_FINGERPRINT = "dse_fingerprint"
 ATTR_BUDGET = "dse_budget"
 ATTR_SEEDED = "dse_seeded"
+ATTR_PROPOSED = "dse_proposed"  # the first batch of surrogate proposals (its prior) has been enqueued
 ATTR_REQUEUED_FROM = "requeued_from"  # on a trial enqueued again: the number of the stale trial it repeats
 
 HEARTBEAT_INTERVAL_S = 10  # a worker records a heartbeat for each of its RUNNING trials this often

@@ -251,7 +251,8 @@ class Surrogate:
         coverage: int | None = None,
         explore: int = 0,
     ) -> list[Genome]:
-        """Refit on `simulated`, rerun the surrogate NSGA-II and return up to n unsimulated front genomes.
+        """Refit on `simulated`, rerun the surrogate NSGA-II and return up to n unsimulated front genomes
+        (n = 0: refit only).
 
         n − `coverage` of them sit at predicted accuracy losses spaced geometrically from 1/40 of
         `max_loss` up to `max_loss` (default: a tenth of q − chance), so the band within ~1 pp of q,
@@ -271,6 +272,8 @@ class Surrogate:
                 self.fit_members(
                     [g for g, _ in simulated], [a for _, a in simulated], seed=seed + self.fitted_on
                 )
+        if n <= 0:  # a refit only (the predictions of the next batch use it)
+            return []
         exclude = set(exclude or ()) | {g for g, _ in simulated}
         front = self.front(seeds=list(seeds) + [g for g, _ in simulated][-50:], seed=seed + self.fitted_on)
         n_explore = min(max(0, explore), n) if self.members else 0
