@@ -128,23 +128,17 @@ def test_after_the_prior_batch_each_proposal_runs_in_the_batch_it_was_made_for()
     ev = SlicedSyntheticEvaluator(problem, n=400)
     cache = SimulationCache(ev)
     sur = _surrogate(problem)
-    started: list = []  # genomes in the order their simulation began (the first slice of each)
 
-    def first_slices():
-        for g, start, _ in ev.slices[len(first_slices.seen) :]:
-            first_slices.seen.append(g)
-            if start == 0 and g not in started:
-                started.append(g)
+    def started():  # genomes in the order their simulation began (the first slice of each)
+        return list(dict.fromkeys(g for g, start, _ in ev.slices if start == 0))
 
-    first_slices.seen = []
     made: list[tuple[int, list]] = []  # (candidates started when proposed, the proposals)
     fitted_on: list[int] = []
 
     def suggest(complete, k):
         fitted_on.append(len(complete))
-        first_slices()
         gs = sur.suggest(complete, k, exclude={g for _, b in made for g in b}, seed=0, explore=k // 4)
-        made.append((len(started), gs))
+        made.append((len(started()), gs))
         return [(g, Origin("surrogate")) for g in gs]
 
     study = _study(problem)
@@ -153,15 +147,15 @@ def test_after_the_prior_batch_each_proposal_runs_in_the_batch_it_was_made_for()
         study.enqueue_trial(problem.assignment(g), user_attrs={"origin": "homogeneous"})
     batch = 4
     stats = run_trials(study, problem, cache, 30, batch, seed=0, suggest=suggest, confidence=0.95)
-    first_slices()
     assert len(made) > 2 and len(made[0][1]) == batch  # the prior batch: a whole batch behind the seeds
     # every batch refits, also one that proposes nothing (the seeds still queued): its predictions use it
     assert len(fitted_on) == stats.batches and fitted_on == sorted(fitted_on) and fitted_on[-1] > 0
     assert [b for _, b in made if not b]
     assert all(len(b) <= batch for _, b in made)
+    order = started()
     for at, proposals in made[1:]:
         for g in proposals:
-            assert g in started and at <= started.index(g) < at + batch
+            assert g in order and at <= order.index(g) < at + batch
     assert not [t for t in study.get_trials() if t.state == optuna.trial.TrialState.WAITING]
 
 
