@@ -129,6 +129,8 @@ def toggle_energy(run_dir: Path, layer: str, m: Multiplier, weight_scheme: str) 
         return None
     key = (str(path.resolve()), path.stat().st_mtime, m.sha256, weight_scheme)
     if key not in _CACHE:
+        for other in [k for k in _CACHE if k[:2] != key[:2]]:
+            del _CACHE[other]  # one run's profiles at a time, like _STREAMS: a long process stays small
         table = toggle_table(run_dir, [m], weight_scheme)
         _CACHE[key] = {e.layer: e.toggle_energy_rel for e in table.entries}
     return _CACHE[key].get(layer)

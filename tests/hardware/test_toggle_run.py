@@ -11,7 +11,9 @@ from dse.errors.profiles import get_profiles
 from dse.hardware.activity import operand_streams
 from dse.multipliers.library import load_library
 from dse.prepare import load_prepared
+from dse.report import activity
 from dse.report.activity import toggle_energy, toggle_lines, toggle_table
+from dse.rundir import RunDir
 
 
 @pytest.mark.slow
@@ -32,3 +34,19 @@ def test_toggle_table_of_a_prepared_run(tiny_digits_run: Path, tmp_path: Path) -
     a, b = operand_streams(p.rows, p.weights, "sign-magnitude")
     assert np.isin(a, p.rows).all() and (b == b[:, :1]).all()
     assert any("trunc8_u8" in line for line in toggle_lines(table))
+
+
+@pytest.mark.slow
+def test_the_toggle_memo_keeps_one_run(tiny_digits_run: Path, tmp_path: Path) -> None:
+    """A long process (a report server, a notebook) that reads many runs keeps only the last one's."""
+    import shutil
+
+    profiles = get_profiles(load_prepared(tiny_digits_run))
+    m = load_library(tmp_path / "lib").get("trunc8_u8")
+    layer = profiles.layers[0].name
+    other = RunDir(tmp_path / "other")
+    other.profiles_npz.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(RunDir(tiny_digits_run).profiles_npz, other.profiles_npz)
+    first = toggle_energy(tiny_digits_run, layer, m, "sign-magnitude")
+    assert toggle_energy(other.path, layer, m, "sign-magnitude") == first
+    assert {k[0] for k in activity._CACHE} == {str(other.profiles_npz.resolve())}
