@@ -66,6 +66,12 @@ from dse.quant import (
 from dse.util import UserError
 
 
+def _remedied_key(multiplier: MultiplierOrTable | None, remedy: str | None) -> str:
+    """The prepared-table key of `multiplier` with `remedy` (dse.nn.compensation): its own table's key,
+    "+bias" / "+weights" appended for a remedied variant."""
+    return table_key(multiplier) + ("" if remedy is None else "+" + remedy)
+
+
 class Mode(str, Enum):
     """What an approximate layer computes (see the module docstring); equal to its string value, so
     `set_mode(model, "lut")` and `set_mode(model, Mode.LUT)` are the same."""
@@ -242,7 +248,7 @@ class ApproxLayer(nn.Module):
         weight-tuned table) — see dse.nn.compensation."""
         if multiplier is None:
             remedy = None
-        tkey = table_key(multiplier) + ("" if remedy is None else "+" + remedy)
+        tkey = _remedied_key(multiplier, remedy)
         ls = self._luts.lookup(tkey, st.key)
         if ls is None:
             if remedy == BIAS:  # the plain table's kernel, shared; only the constant correction differs
@@ -321,7 +327,8 @@ class ApproxLayer(nn.Module):
 
     def kernel_backends(self) -> list[str]:
         """Backends of the kernel prepared for the current multiplier (empty before its first lut forward)."""
-        ls = self._luts.get(table_key(self.multiplier))
+        remedy = None if self.multiplier is None else self.remedy
+        ls = self._luts.get(_remedied_key(self.multiplier, remedy))
         return [] if ls is None else list(ls.prepared.backends)
 
     def invalidate(self) -> None:

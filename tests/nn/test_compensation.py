@@ -154,3 +154,12 @@ def test_calibration_histograms_count_padding_as_the_zero_point_code():
     assert z > 0
     # the corner tap (k = 0) sees padding on the first row and column: 7 of 16 positions per image
     assert hist[0, 0, z] >= 2 * 7
+
+
+@pytest.mark.parametrize("remedy", [None, "bias", "weights"])
+def test_kernel_backends_name_the_remedied_kernel_that_ran(remedy):
+    layer, x = _calibrated("linear", "sign-magnitude")
+    mult = _truncated(FORMATS["sign-magnitude"].signed)
+    with approximated(layer, {layer.name: mult}, {layer.name: remedy} if remedy else None):
+        layer(x)
+        assert layer.kernel_backends()  # `dse bench` reports them; a remedied layer read none before
