@@ -146,3 +146,34 @@ def test_suggestions_are_unsimulated_and_concentrate_near_the_quantized_accuracy
     ra = sur.predict(rand)
     for g, a in zip(picks, sur.predict(picks)):
         assert np.mean((re < problem.energy_rel(g) - 1e-9) & (ra > a + 1e-9)) <= 0.02
+
+
+def test_knapsack_front_is_the_model_front_found_by_enumeration():
+    """The dynamic programme gives the least predicted distortion at every energy: on a space small
+    enough to enumerate it, no assignment is cheaper and less distorted than a point it returns, and
+    every point of the enumerated front has one of equal energy and distortion."""
+    problem = SearchProblem.build(
+        [f"l{i}" for i in range(4)],
+        [100, 40, 300, 7],  # unequal MAC shares, so the layers' energy steps differ
+        [["exact"] + [f"m{i}" for i in range(1, 7)]] * 4,
+        {"exact": 1.0, **{f"m{i}": 1.0 - 0.13 * i for i in range(1, 7)}},
+        exact="exact",
+    )
+    rng = np.random.default_rng(0)
+    dist = np.sort(rng.uniform(0, 1, size=(4, 7)) ** 3, axis=1)
+    dist[:, 0] = 0.0
+    sur = Surrogate(problem, dist, Q, CHANCE)
+    sur.theta = rng.normal(0, 0.5, size=4)  # as if fitted: unequal layer weights and multiplier factors
+    sur.phi = rng.normal(0, 0.5, size=len(sur.phi))
+    grid = np.stack(np.meshgrid(*[np.arange(7)] * 4, indexing="ij"), axis=-1).reshape(-1, 4)
+    e_all, z_all = problem.energy_rel_index(grid), sur.score_index(grid)
+    front = sur.knapsack_front(bins=100_000)
+    e, z = problem.energy_rel_index(front), sur.score_index(front)
+    assert np.all(np.diff(e) > 0) and np.all(np.diff(z) < 0)  # by energy, each less distorted
+    for ei, zi in zip(e, z):  # no assignment dominates a returned point
+        assert not np.any((e_all <= ei - 1e-9) & (z_all <= zi - 1e-9))
+    order = np.lexsort((z_all, e_all))  # by energy, the least distorted first at equal energy
+    best = np.minimum.accumulate(z_all[order])
+    on_front = order[np.concatenate([[True], z_all[order][1:] < best[:-1]])]
+    for i in on_front:  # every enumerated front point is found
+        assert np.any((np.abs(e - e_all[i]) < 1e-9) & (np.abs(z - z_all[i]) < 1e-9))
