@@ -200,7 +200,7 @@ class Surrogate:
         harm = self.distortion * np.exp(self.phi[self._mult_id]) * np.exp(self.theta)[:, None]
         valid = np.isfinite(cost)
         step = max(float(cost[valid].max(initial=0.0)) * n_l, 1e-12) / bins
-        units = np.where(valid, np.rint(np.where(valid, cost, 0.0) / step), 0).astype(np.int64)
+        units = np.rint(np.where(valid, cost, 0.0) / step).astype(np.int64)  # padding: 0, never used
         best = np.zeros(1)  # best[b]: least harm of the layers so far at exactly b energy units
         choice = []
         for li in range(n_l):
@@ -267,7 +267,7 @@ class Surrogate:
         exact = self.knapsack_front()  # by energy; up to half the population, spread along it
         pick = np.linspace(0, len(exact) - 1, min(len(exact), population // 2)).round().astype(np.int64)
         head = exact[np.unique(pick)]
-        init = [head.astype(np.int64)]
+        init = [head]
         if len(seeds):
             init.append(problem.to_index(seeds))
         if self._population is not None:
