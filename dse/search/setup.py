@@ -102,7 +102,7 @@ def build_setup(
     if with_error_models:  # before the simulator wraps the layers' forward
         agn = _agn_seeds(prepared, problem, stage_seconds, fallbacks)
     if with_error_models or with_surrogate:
-        surrogate = _surrogate(prepared, problem, stage_seconds, fallbacks)
+        surrogate = _surrogate(prepared, problem, mults, stage_seconds, fallbacks)
     return Setup(
         prepared=prepared,
         problem=problem,
@@ -138,7 +138,11 @@ def _agn_seeds(
 
 
 def _surrogate(
-    prepared: Prepared, problem: SearchProblem, stage_seconds: dict[str, float], fallbacks: list[Fallback]
+    prepared: Prepared,
+    problem: SearchProblem,
+    mults: Mapping[str, Multiplier],
+    stage_seconds: dict[str, float],
+    fallbacks: list[Fallback],
 ) -> Surrogate | None:
     """The surrogate over the σ predictions' distortion table: squared relative output error per layer
     and multiplier (normalising by the AGN tolerances instead of the output std ranked worse, see
@@ -172,4 +176,15 @@ def _surrogate(
                 mu = 0.0 if remedy == BIAS else mu
                 dist[li, ci] = (s * s + mu * mu) / (tol * tol)
     chance = 1.0 / max(2, int(prepared.splits.num_classes))
-    return Surrogate(problem, dist, prepared.quant_accuracy, chance, generations=cfg.surrogate_generations)
+    families = {  # a built-in design's family; an imported table is a family of its own
+        name: str(m.params.get("family", name)) if m.source == "builtin" else name
+        for name, m in mults.items()
+    }
+    return Surrogate(
+        problem,
+        dist,
+        prepared.quant_accuracy,
+        chance,
+        generations=cfg.surrogate_generations,
+        families=families,
+    )

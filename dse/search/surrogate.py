@@ -9,14 +9,18 @@ squared). A genome's predicted relative distortion of the logits is the weighted
 with q the quantized accuracy: a logistic link in log-distortion, monotone, flat at q for tiny errors and
 saturating at chance like the real network. f_m = exp(φ_m) is one factor per multiplier, shared by all
 layers: it corrects a design whose predicted distortion is off at the network level (fashion_resnet20's
-DRUM designs hurt far less than predicted: homogeneous drum4 predicted 72.8 %, simulated 78.6 %); φ starts
-at 0 with a weak ridge (`multiplier_ridge`), so the homogeneous seeds, one per design, calibrate it
-early. The weights w_l = exp(θ_l) start equal (prior: relative errors propagate to the logits with gain
-~1) and the link starts at a = 4, b = ln 0.7 (half the accuracy lost at a summed relative distortion of
-0.7, both fitted on digits and LeNet-5). Calibration is a least-squares fit of θ, φ, a, b to the
-accuracies simulated so far, with ridges pulling θ and φ to 0 and the link to its prior (`ridge` 0.1 in
-accuracy units per unit of θ: strong with a handful of points, weak with hundreds; `multiplier_ridge` 0.01
-for φ), refit as simulations arrive. Ranking uses z itself (no float ties where q − loss rounds to q).
+DRUM designs hurt far less than predicted: homogeneous drum4 predicted 72.8 %, simulated 78.6 %); φ
+starts at 0 with a weak ridge (`multiplier_ridge`), so the homogeneous seeds, one per design, calibrate
+it early. A design family of two or more built-in multipliers (DRUM, truncation, ...) adds one more
+log-factor ψ to all its members, f_m = exp(φ_m + ψ_family), with a weaker ridge (`family_ridge`): what
+the members share is learnt from all their points at once, where one homogeneous seed per design cannot
+move its own φ far against the ridge. The weights w_l = exp(θ_l) start equal (prior: relative errors
+propagate to the logits with gain ~1) and the link starts at a = 4, b = ln 0.7 (half the accuracy lost at
+a summed relative distortion of 0.7, both fitted on digits and LeNet-5). Calibration is a least-squares
+fit of θ, φ, ψ, a, b to the accuracies simulated so far, with ridges pulling θ, φ and ψ to 0 and the link
+to its prior (`ridge` 0.1 in accuracy units per unit of θ: strong with a handful of points, weak with
+hundreds; `multiplier_ridge` 0.01 for φ, `family_ridge` 0.003 for ψ), refit as simulations arrive.
+Ranking uses z itself (no float ties where q − loss rounds to q).
 
 Measured offline on the finished 200-simulation runs (Kendall τ between prediction and simulated accuracy;
 in-sample / prospective (fit on the trials before each batch of 24) / 5-fold hold-out): digits 0.64 / 0.60
@@ -35,7 +39,7 @@ weights for σ² and μ², or biases summed coherently across layers, moved τ b
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -57,6 +61,8 @@ class Surrogate:
         ridge: float = 0.1,
         generations: int = 100,
         multiplier_ridge: float = 0.01,
+        families: Mapping[str, str] | None = None,
+        family_ridge: float = 0.003,
     ) -> None:
         self.problem = problem
         self.distortion = np.asarray(distortion, dtype=np.float64)  # [L, max_choices]
@@ -76,6 +82,15 @@ class Surrogate:
             self._mult_id[li, : len(ch)] = [ids[m] for m in ch]
         self.phi = np.zeros(len(names))
         self.multiplier_ridge = multiplier_ridge
+        # ψ, one log-factor per family of two or more designs (module docstring); fashion_resnet20, one
+        # earlier run's 209 points: homogeneous drum4 predicted 5.5 pp loss after the fit, simulated 2.95 pp,
+        # with ψ 3.4 pp
+        fam = [(families or {}).get(m) for m in names]
+        shared = sorted({f for f in fam if f is not None and fam.count(f) > 1})
+        self.family_names = shared
+        self._mult_family = np.array([shared.index(f) if f in shared else len(shared) for f in fam])
+        self.psi = np.zeros(len(shared))
+        self.family_ridge = family_ridge
         self.a = A_PRIOR
         self.b = B_PRIOR
         self.fitted_on = 0
@@ -95,14 +110,19 @@ class Surrogate:
         cols = np.arange(idx.shape[1])[None, :]
         return np.asarray(self.distortion[cols, idx]), self._mult_id[cols, idx]
 
+    def _log_factor(self, phi: np.ndarray, psi: np.ndarray) -> np.ndarray:
+        """The log-factor of each multiplier id: its own φ_m plus its family's ψ (0 outside a family)."""
+        return np.asarray(phi + np.append(psi, 0.0)[self._mult_family])
+
     @staticmethod
-    def _log_z(d: np.ndarray, mid: np.ndarray, theta: np.ndarray, phi: np.ndarray) -> np.ndarray:
-        """ln z = ln Σ_l exp(θ_l)·exp(φ_m)·distortion, per row of `_raw`'s (d, mid): the model, once."""
-        return np.asarray(np.log((d * np.exp(phi[mid])) @ np.exp(theta) + _TINY))
+    def _log_z(d: np.ndarray, mid: np.ndarray, theta: np.ndarray, log_f: np.ndarray) -> np.ndarray:
+        """ln z = ln Σ_l exp(θ_l)·f_m·distortion, per row of `_raw`'s (d, mid), with ln f_m = `log_f`
+        (`_log_factor`): the model, once."""
+        return np.asarray(np.log((d * np.exp(log_f[mid])) @ np.exp(theta) + _TINY))
 
     def score_index(self, idx: np.ndarray) -> np.ndarray:
         """ln of the predicted summed relative distortion z (higher = worse), per index genome."""
-        return self._log_z(*self._raw(idx), self.theta, self.phi)
+        return self._log_z(*self._raw(idx), self.theta, self._log_factor(self.phi, self.psi))
 
     def _accuracy(self, log_z: np.ndarray, a: float | np.ndarray, b: float | np.ndarray) -> np.ndarray:
         from scipy.special import expit
@@ -127,22 +147,23 @@ class Surrogate:
             return
         d, mid = self._raw(self.problem.to_index(genomes))
         acc = np.asarray(accuracies, dtype=np.float64)
-        n_l, n_m = d.shape[1], len(self.phi)
-        ridge, m_ridge = np.sqrt(self.ridge), np.sqrt(self.multiplier_ridge)
+        n_l, n_m, n_f = d.shape[1], len(self.phi), len(self.psi)
+        ridge, m_ridge, f_ridge = np.sqrt([self.ridge, self.multiplier_ridge, self.family_ridge])
 
         def residuals(x: np.ndarray) -> np.ndarray:
-            theta, a, b, phi = x[:n_l], x[n_l], x[n_l + 1], x[n_l + 2 :]
-            pred = self._accuracy(self._log_z(d, mid, theta, phi), a, b)
+            theta, a, b = x[:n_l], x[n_l], x[n_l + 1]
+            phi, psi = x[n_l + 2 : n_l + 2 + n_m], x[n_l + 2 + n_m :]
+            pred = self._accuracy(self._log_z(d, mid, theta, self._log_factor(phi, psi)), a, b)
             prior = [0.1 * ridge * np.log(a / A_PRIOR), 0.1 * ridge * (b - B_PRIOR)]
-            return np.concatenate([pred - acc, ridge * theta, prior, m_ridge * phi])
+            return np.concatenate([pred - acc, ridge * theta, prior, m_ridge * phi, f_ridge * psi])
 
-        x0 = np.concatenate([self.theta, [self.a, self.b], self.phi])
-        lo = np.concatenate([np.full(n_l, -6.0), [0.5, -20.0], np.full(n_m, -6.0)])
-        hi = np.concatenate([np.full(n_l, 6.0), [40.0, 5.0], np.full(n_m, 6.0)])
+        x0 = np.concatenate([self.theta, [self.a, self.b], self.phi, self.psi])
+        lo = np.concatenate([np.full(n_l, -6.0), [0.5, -20.0], np.full(n_m + n_f, -6.0)])
+        hi = np.concatenate([np.full(n_l, 6.0), [40.0, 5.0], np.full(n_m + n_f, 6.0)])
         res = least_squares(residuals, np.clip(x0, lo, hi), bounds=(lo, hi), max_nfev=200 * (n_l + 2))
         if np.all(np.isfinite(res.x)):
             self.theta, self.a, self.b = res.x[:n_l], float(res.x[n_l]), float(res.x[n_l + 1])
-            self.phi = res.x[n_l + 2 :]
+            self.phi, self.psi = res.x[n_l + 2 : n_l + 2 + n_m], res.x[n_l + 2 + n_m :]
         self.fitted_on = len(genomes)
 
     def fit_members(
@@ -154,15 +175,17 @@ class Surrogate:
             self.members = []
             return
         rng = np.random.default_rng(seed)
-        keep = (self.theta.copy(), self.a, self.b, self.fitted_on, self.phi.copy())
+        keep = (self.theta.copy(), self.a, self.b, self.phi.copy(), self.psi.copy())
+        fitted_on = self.fitted_on
         out = []
         acc = np.asarray(accuracies, dtype=np.float64)
         for _ in range(members):
             pick = rng.integers(0, len(genomes), size=len(genomes))
             self.fit([genomes[i] for i in pick], [float(acc[i]) for i in pick])
-            out.append((self.theta.copy(), self.a, self.b, self.phi.copy()))
-            self.theta, self.a, self.b, self.phi = keep[0].copy(), keep[1], keep[2], keep[4].copy()
-        self.fitted_on = keep[3]
+            out.append((self.theta.copy(), self.a, self.b, self._log_factor(self.phi, self.psi)))
+            self.theta, self.a, self.b = keep[0].copy(), keep[1], keep[2]
+            self.phi, self.psi = keep[3].copy(), keep[4].copy()
+        self.fitted_on = fitted_on
         self.members = out
 
     def spread_index(self, idx: np.ndarray) -> np.ndarray:
@@ -171,7 +194,7 @@ class Surrogate:
         d, mid = self._raw(idx)
         if not self.members:
             return np.zeros(len(d))
-        preds = [self._accuracy(self._log_z(d, mid, t, phi), a, b) for t, a, b, phi in self.members]
+        preds = [self._accuracy(self._log_z(d, mid, t, log_f), a, b) for t, a, b, log_f in self.members]
         return np.asarray(np.std(np.stack(preds), axis=0))
 
     def kendall_tau(self, genomes: Sequence[Genome], accuracies: Sequence[float]) -> float | None:
@@ -197,7 +220,8 @@ class Surrogate:
         shares = np.asarray(problem.macs, dtype=np.float64)
         shares = shares / shares.sum()
         cost = problem.energy_table() * shares[:, None]  # [L, M], +inf padding
-        harm = self.distortion * np.exp(self.phi[self._mult_id]) * np.exp(self.theta)[:, None]
+        log_f = self._log_factor(self.phi, self.psi)
+        harm = self.distortion * np.exp(log_f[self._mult_id]) * np.exp(self.theta)[:, None]
         valid = np.isfinite(cost)
         step = max(float(cost[valid].max(initial=0.0)) * n_l, 1e-12) / bins
         units = np.rint(np.where(valid, cost, 0.0) / step).astype(np.int64)  # padding: 0, never used
