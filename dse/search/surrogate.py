@@ -362,7 +362,7 @@ class Surrogate:
         n = n - len(explore_picks)
         genomes = [g for g in self.problem.from_index(front) if g not in exclude]  # by energy
         if not genomes or n <= 0:
-            return explore_picks
+            return explore_picks + self._top_up(front, simulated, n, exclude, seed)
         loss = self.q - self.predict(genomes)
         max_loss = max_loss if max_loss is not None else 0.1 * (self.q - self.chance)
         n_cover = min(n // 4 if coverage is None else max(0, coverage), n)
@@ -384,7 +384,26 @@ class Surrogate:
                     if rest[k] not in picked:
                         picked.append(rest[k])
                         break
-        return [genomes[i] for i in picked][:n] + explore_picks
+        exploit = [genomes[i] for i in picked][:n]
+        extra = self._top_up(front, simulated, n - len(exploit), exclude | set(exploit), seed)
+        return exploit + explore_picks + extra
+
+    def _top_up(
+        self,
+        front: np.ndarray,
+        simulated: list[tuple[Genome, float]],
+        n: int,
+        exclude: set[Genome],
+        seed: int,
+    ) -> list[Genome]:
+        """Exploratory picks for the n slots the model's front could not fill (all of it simulated
+        already): appended to `last_explore`. Before, optuna's NSGAIISampler filled them; on
+        mnist_lenet5 its 4 of 220 points had hypervolume 0.569 alone and none reached the front."""
+        if n <= 0:
+            return []
+        extra = self.explore_picks(front, simulated, n, exclude, seed + 1)
+        self.last_explore = self.last_explore + extra
+        return extra
 
     def explore_picks(
         self,

@@ -211,3 +211,28 @@ def test_knapsack_front_is_the_model_front_found_by_enumeration():
     on_front = order[np.concatenate([[True], z_all[order][1:] < best[:-1]])]
     for i in on_front:  # every enumerated front point is found
         assert np.any((np.abs(e - e_all[i]) < 1e-9) & (np.abs(z - z_all[i]) < 1e-9))
+
+
+def test_a_batch_the_model_front_cannot_fill_is_topped_up_with_exploratory_picks():
+    # 3 layers x 4 multipliers: 64 assignments, the model's front all simulated or excluded already
+    problem = _problem(n_layers=3, n_mult=4)
+    dist = _distortion(problem)
+    everything = problem.from_index(np.stack(np.meshgrid(*[np.arange(4)] * 3), -1).reshape(-1, 3))
+    rng = np.random.default_rng(0)
+    sim = problem.random_genomes(rng, 12)
+    simulated = list(zip(sim, _truth(problem, dist, np.ones(3), sim).tolist()))
+    sur = Surrogate(problem, dist, Q, CHANCE)
+    sur.fit(sim, [a for _, a in simulated])
+    energy = np.array([problem.energy_rel(g) for g in everything])
+    acc = sur.predict(everything)
+    on_front = {
+        g
+        for g, e, a in zip(everything, energy, acc)
+        if not np.any((energy <= e) & (acc >= a) & ((energy < e) | (acc > a)))
+    }
+    picks = sur.suggest(simulated, 6, exclude=on_front, seed=0)
+    assert len(picks) == 6 and len(set(picks)) == 6
+    assert not set(picks) & (on_front | set(sim))
+    # every pick the front could not give is exploratory, so none is left to optuna's own sampler
+    assert set(picks) <= set(sur.last_explore) | on_front
+    assert set(sur.last_explore) == set(picks)
