@@ -24,7 +24,7 @@ from dse.errors.profiles import get_profiles
 from dse.multipliers.library import load_library
 from dse.prepare import load_prepared
 from dse.search.problem import SearchProblem
-from dse.search.setup import build_problem
+from dse.search.setup import build_problem, design_families
 from dse.search.surrogate import Surrogate
 
 
@@ -44,6 +44,7 @@ def main(run: str) -> None:
         {m.name: m.energy_rel for m in space},
         problem0.exact,
     )
+    families = design_families(space)  # as the search builds it
     prof = get_profiles(prepared)
     pred = predict_table(prof, space, prepared.fmt.weight_scheme, "sampled")
     err = est.error_tables(space, prepared.fmt.weight_scheme)
@@ -65,7 +66,7 @@ def main(run: str) -> None:
     print(f"{len(pts)} points; the run's stored prospective tau {summ['surrogate_kendall_tau']}")
 
     def scored(d: np.ndarray, train: Sequence[int], test: Sequence[int]) -> tuple[list[float], list[float]]:
-        s = Surrogate(problem, d, prepared.quant_accuracy, chance)
+        s = Surrogate(problem, d, prepared.quant_accuracy, chance, families=families)
         s.fit([genomes[i] for i in train], acc[list(train)])
         return list(-s.score_index(problem.to_index([genomes[i] for i in test]))), list(acc[list(test)])
 
@@ -84,7 +85,7 @@ def main(run: str) -> None:
             a, b = scored(d, np.setdiff1d(perm, test).tolist(), test.tolist())
             sc, ac = sc + a, ac + b
         out["5-fold"] = kendalltau(sc, ac).statistic
-        s = Surrogate(problem, d, prepared.quant_accuracy, chance)
+        s = Surrogate(problem, d, prepared.quant_accuracy, chance, families=families)
         out["prior"] = s.kendall_tau(genomes, acc)
         s.fit(genomes, acc)
         out["in-sample"] = s.kendall_tau(genomes, acc)

@@ -4,7 +4,7 @@ genome cache, and the seeds that the error models give (AGN mappings, the surrog
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -176,15 +176,17 @@ def _surrogate(
                 mu = 0.0 if remedy == BIAS else mu
                 dist[li, ci] = (s * s + mu * mu) / (tol * tol)
     chance = 1.0 / max(2, int(prepared.splits.num_classes))
-    families = {  # a built-in design's family; an imported table is a family of its own
-        name: str(m.params.get("family", name)) if m.source == "builtin" else name
-        for name, m in mults.items()
-    }
     return Surrogate(
         problem,
         dist,
         prepared.quant_accuracy,
         chance,
         generations=cfg.surrogate_generations,
-        families=families,
+        families=design_families(mults.values()),
     )
+
+
+def design_families(mults: Iterable[Multiplier]) -> dict[str, str]:
+    """The surrogate's design family of each multiplier: a built-in design's catalogue family, an imported
+    table a family of its own."""
+    return {m.name: str(m.params.get("family", m.name)) if m.source == "builtin" else m.name for m in mults}
