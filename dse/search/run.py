@@ -106,8 +106,9 @@ def _hv_progress(bar: tqdm[Any], n_val: int | None) -> Callable[[list[optuna.tri
 def seed_count(problem: SearchProblem, n_lambdas: int) -> tuple[int, str]:
     """How many seeds a search starts from (at most; an AGN mapping equal to another seed is one) and
     what they are, in words."""
-    exact = 1 if problem.all_exact() is not None else 0
-    homo = len(problem.homogeneous())
+    all_exact = problem.all_exact()
+    exact = 1 if all_exact is not None else 0
+    homo = sum(1 for g in problem.homogeneous() if g != all_exact)  # exact everywhere is counted once
     words = f"{'all-exact, ' if exact else ''}{n_lambdas} AGN mappings, {homo} homogeneous assignments"
     return exact + n_lambdas + homo, words
 

@@ -36,9 +36,10 @@ EXACT_ONLY = SPACE + "".join(
 @pytest.mark.parametrize(
     ("study", "space", "budget", "words"),
     [
-        # 11 seeds: all-exact, 2 AGN mappings, 8 homogeneous (one per multiplier of the space)
-        (STUDY.replace("budget = 40", "budget = 10"), SPACE, None, "smaller than the 11 seeds"),
-        (STUDY, SPACE, 7, "search.budget = 7: smaller than the 11 seeds (all-exact, 2 AGN mappings, 8 homo"),
+        # 10 seeds: all-exact, 2 AGN mappings, 7 homogeneous (one per approximate multiplier of the space;
+        # exact everywhere is the all-exact seed)
+        (STUDY.replace("budget = 40", "budget = 9"), SPACE, None, "smaller than the 10 seeds"),
+        (STUDY, SPACE, 7, "search.budget = 7: smaller than the 10 seeds (all-exact, 2 AGN mappings, 7 homo"),
         (STUDY, EXACT_ONLY, None, "every layer is restricted to the exact multiplier 'exact_u8'"),
         (STUDY.replace("population = 6", "population = 3"), SPACE, None, "population"),
         (STUDY + "early_rejection_confidence = 1.0\n", SPACE, None, "early_rejection_confidence"),
@@ -63,7 +64,7 @@ def test_a_budget_equal_to_the_seeds_passes_the_check(tmp_path):
 
     (tmp_path / "tiny_space.toml").write_text(SPACE)
     path = tmp_path / "study.toml"
-    path.write_text(STUDY.replace("budget = 40", "budget = 11"))
-    check_before_prepare(path, None)  # no error
-    with pytest.raises(UserError, match="smaller than the 11 seeds"):
-        check_before_prepare(path, 10)
+    path.write_text(STUDY.replace("budget = 40", "budget = 10"))
+    check_before_prepare(path, None)  # no error: 10 distinct seeds (exact everywhere counted once)
+    with pytest.raises(UserError, match="smaller than the 10 seeds"):
+        check_before_prepare(path, 9)

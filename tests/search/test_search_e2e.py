@@ -56,10 +56,10 @@ def test_search_end_to_end_on_digits_writes_a_valid_summary_and_workers_join(tmp
     layers = "".join(f'[layers.{n}]\nmultipliers = ["exact_u8"]\n' for n in ("conv1", "conv2", "fc1", "fc2"))
     (tmp_path / "exact_space.toml").write_text(exact_only + 'multipliers = ["*"]\n' + layers)
     run = tmp_path / "run"
-    # bad input first, nothing of the search written: a budget below the 10 seeds (all-exact, 1 AGN
-    # mapping, 8 homogeneous), population < 4, a confidence outside (0, 1)
+    # bad input first, nothing of the search written: a budget below the 9 seeds (all-exact, 1 AGN
+    # mapping, 7 homogeneous besides exact everywhere), population < 4, a confidence outside (0, 1)
     for bad, words in (
-        (STUDY.replace("budget = 14", "budget = 9"), "smaller than the 10 seeds"),
+        (STUDY.replace("budget = 14", "budget = 8"), "smaller than the 9 seeds"),
         (STUDY.replace("population = 6", "population = 3"), "population"),
         (STUDY + "early_rejection_confidence = 1.0\n", "early_rejection_confidence"),
         (STUDY.replace("tiny_space.toml", "exact_space.toml"), "every layer is restricted to the exact"),
