@@ -183,13 +183,16 @@ def set_threads(threads: int | None = None) -> None:
     though, two threads took 11 s against one's 7.3 s (one thread waits for the other at every layer), so
     on a busy machine pass `--threads 1`.
     Letting OpenMP's idle threads sleep (OMP_WAIT_POLICY=PASSIVE) fixes the busy case (7.5 s) but made the
-    small studies 1.4x slower (digits: 51 s), so it is not set."""
-    try:
-        from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+    small studies 1.4x slower (digits: 51 s), so it is not set.
 
-        threadpool_limits(1, user_api="blas")
-    except ImportError:  # threadpoolctl missing: keep the defaults
-        pass
+    The limit reaches only the BLAS libraries loaded when it is set, and scipy ships its own OpenBLAS
+    beside numpy's, loaded with scipy.linalg: so that is imported first. (Before, the surrogate's fits ran
+    scipy's SVDs on every core: on the 2-core machine beside two busy searches 53 ms per SVD against 1.6 ms
+    on one thread, 44 of a digits search's 86 s.)"""
+    import scipy.linalg  # noqa: F401  # loads scipy's own OpenBLAS, so that the limit below reaches it
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+
+    threadpool_limits(1, user_api="blas")
     if threads is not None and threads <= 0:
         raise UserError(f"--threads {threads}: expected a positive number")
     if threads is not None:

@@ -3,6 +3,7 @@ resolution by name; search-space resolution against a library."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import pytest
@@ -194,6 +195,26 @@ def test_compute_commands_share_the_thread_setting():
     for cmd in ("prepare", "agn", "search"):
         r = CliRunner().invoke(cli, [cmd, "--threads", "0"])
         assert r.exit_code == 2 and "--threads 0" in r.output, (cmd, r.output)
+
+
+def test_set_threads_limits_scipys_own_blas_too():
+    """scipy ships an OpenBLAS of its own beside numpy's, loaded with scipy.linalg; a limit set before
+    it loads does not reach it. In a fresh interpreter started with 4 BLAS threads, every BLAS library
+    loaded after set_threads (scipy's included: the surrogate's least-squares fits) runs one thread."""
+    import subprocess
+    import sys
+
+    code = (
+        "from dse.util import set_threads; set_threads(None)\n"
+        "import scipy.optimize, scipy.linalg\n"
+        "from threadpoolctl import threadpool_info\n"
+        "blas = [(i['filepath'], i['num_threads']) for i in threadpool_info() if i['user_api'] == 'blas']\n"
+        "print(blas)\n"
+        "assert blas and all(n == 1 for _, n in blas), blas\n"
+    )
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "4"}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 @pytest.mark.parametrize("value", ['"yes"', "1", '"true"', "[true]"])
